@@ -1,0 +1,747 @@
+//! The mesh configuration: which nodes and workloads make up the mesh.
+//!
+//! The file is YAML (see `testdata/demo.yaml`, which is also
+//! [`MeshConfig::embedded_default`]). Reading it takes three steps, in the way
+//! ztunnel turns xDS and file input into its workload state:
+//!
+//! 1. `serde_yaml` parses the text into the private `Raw*` structs
+//!    (`deny_unknown_fields`). Syntax errors, unknown fields, wrong types and
+//!    bad enum values stop here, with serde_yaml's line and column.
+//! 2. Only when that succeeded, a second pass over the same text with
+//!    `yaml-rust2`'s event parser records where every YAML node starts, keyed
+//!    by its path (`workloads[1].addresses[0]`). serde cannot tell us that,
+//!    and the semantic errors below must point at the offending node.
+//! 3. The raw structs are turned into the domain types ([`MeshConfig`],
+//!    [`Node`], [`Workload`]): defaults are applied here and only here
+//!    ([`DEFAULT_UNKNOWN_SOURCE`], [`DEFAULT_PROTOCOL`]), and everything serde
+//!    cannot check is checked — DNS-1123 names, unicast addresses, ports,
+//!    duplicates and references between workloads and nodes.
+//!
+//! Every error is a [`ConfigError`] that prints as `file:line:column: reason`.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// The example configuration compiled into the binaries.
+const EMBEDDED_DEMO: &str = include_str!("../testdata/demo.yaml");
+
+/// What the dataplane does with traffic from an unknown source when the file
+/// does not say.
+pub const DEFAULT_UNKNOWN_SOURCE: UnknownSource = UnknownSource::Pass;
+
+/// The protocol of a workload whose entry does not say.
+pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
+
+/// The validated mesh configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// The SPIFFE trust domain of every workload identity.
+    pub trust_domain: TrustDomain,
+    /// What to do with traffic from a pod address no workload owns.
+    pub unknown_source: UnknownSource,
+    /// The nodes, in file order; names are unique.
+    pub nodes: Vec<Node>,
+    /// The workloads, in file order; `namespace/name` is unique, every
+    /// address belongs to one workload or node only, and every `node` names
+    /// an entry of [`MeshConfig::nodes`].
+    pub workloads: Vec<Workload>,
+}
+
+/// A node: one host running the dataplane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// DNS-1123 label, unique among nodes.
+    pub name: String,
+    /// The addresses other nodes tunnel to to reach this node's workloads;
+    /// at least one, all unicast.
+    pub gateway_addresses: Vec<IpAddr>,
+}
+
+/// A workload: one pod, with its identity and addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// DNS-1123 label.
+    pub name: String,
+    /// DNS-1123 label.
+    pub namespace: String,
+    /// DNS-1123 label; the identity is derived from it ([`Workload::spiffe_id`]).
+    pub service_account: String,
+    /// The name of the node the workload runs on; an entry of [`MeshConfig::nodes`].
+    pub node: String,
+    /// The pod's addresses: at least one, all unicast, none shared.
+    pub addresses: Vec<IpAddr>,
+    /// How the workload speaks to the mesh.
+    pub protocol: Protocol,
+    /// Ports the workload serves, for information; empty means any. Never 0.
+    pub ports: Vec<u16>,
+}
+
+impl Workload {
+    /// The workload's SPIFFE identity: `spiffe://<td>/ns/<namespace>/sa/<service_account>`.
+    pub fn spiffe_id(&self, td: &TrustDomain) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            td.as_str(),
+            self.namespace,
+            self.service_account
+        )
+    }
+
+    /// `namespace/name`, the workload's unique key, as the error messages spell it.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How a workload speaks to the mesh. In YAML: `TCP` or `HBONE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// Plain TCP: the node's dataplane captures the traffic and tunnels it.
+    Tcp,
+    /// The workload speaks HBONE itself (a sandwiched waypoint, say).
+    Hbone,
+}
+
+/// What the dataplane does with traffic from a pod address that no workload
+/// in the configuration owns. In YAML: `pass` or `reject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSource {
+    /// Hand it to the kernel untouched.
+    Pass,
+    /// Drop it (and count it).
+    Reject,
+}
+
+/// A SPIFFE trust domain name: non-empty, made of lowercase letters, digits,
+/// `.`, `-` and `_`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TrustDomain(String);
+
+/// Why a string is not a [`TrustDomain`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a valid SPIFFE trust domain: {problem}; use lowercase letters, digits, '.', '-' and '_'")]
+pub struct InvalidTrustDomain {
+    /// The rejected text.
+    pub name: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl TrustDomain {
+    /// Validates `name` as a SPIFFE trust domain name.
+    pub fn new(name: &str) -> Result<Self, InvalidTrustDomain> {
+        let problem = if name.is_empty() {
+            Some("it is empty".to_owned())
+        } else {
+            name.chars()
+                .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_'))
+                .map(|c| format!("{c:?} is not allowed"))
+        };
+        match problem {
+            None => Ok(Self(name.to_owned())),
+            Some(problem) => Err(InvalidTrustDomain {
+                name: name.to_owned(),
+                problem,
+            }),
+        }
+    }
+
+    /// The trust domain name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for TrustDomain {
+    type Err = InvalidTrustDomain;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for TrustDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A configuration that could not be read or is not valid.
+///
+/// Prints as `file:line:column: reason`; `line` and `column` are 1-based, and
+/// both are 0 when the file could not be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {reason}", .file.display())]
+pub struct ConfigError {
+    /// The file as it was named to [`MeshConfig::from_path`] or [`MeshConfig::from_str_named`].
+    pub file: PathBuf,
+    /// 1-based line of the offending YAML node; 0 for I/O errors.
+    pub line: usize,
+    /// 1-based column of the offending YAML node; 0 for I/O errors.
+    pub column: usize,
+    /// What is wrong, in words that say what to fix.
+    pub reason: String,
+}
+
+impl MeshConfig {
+    /// Reads and validates the configuration in `path`.
+    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let reason = match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "cannot read the mesh config: no such file; check the path".to_owned()
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    "cannot read the mesh config: permission denied; check the file's permissions"
+                        .to_owned()
+                }
+                std::io::ErrorKind::InvalidData => {
+                    "cannot read the mesh config: the file is not UTF-8 text; check that it is the YAML mesh config"
+                        .to_owned()
+                }
+                _ => format!(
+                    "cannot read the mesh config: {e}; check that the path names a readable file"
+                ),
+            };
+            ConfigError {
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                reason,
+            }
+        })?;
+        Self::from_str_named(&text, path)
+    }
+
+    /// Parses and validates `text`; `file` names it in errors.
+    pub fn from_str_named(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| serde_error(&e, file))?;
+        let at = Locator {
+            file,
+            index: PositionIndex::build(text),
+        };
+        raw.into_domain(&at)
+    }
+
+    /// The demo configuration in `testdata/demo.yaml`, compiled in.
+    pub fn embedded_default() -> Self {
+        // A test parses the same file, so this cannot fail in a tested build.
+        Self::from_str_named(EMBEDDED_DEMO, Path::new("<embedded demo.yaml>"))
+            .expect("the embedded demo config is valid (tested)")
+    }
+
+    /// The workloads that run on `node`, in file order.
+    pub fn workloads_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Workload> + 'a {
+        let node = node.to_owned();
+        self.workloads.iter().filter(move |w| w.node == node)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// Turns a serde_yaml error into a [`ConfigError`], moving its location out
+/// of the message into the line and column fields.
+fn serde_error(e: &serde_yaml::Error, file: &Path) -> ConfigError {
+    let message = e.to_string();
+    let (line, column, reason) = match e.location() {
+        Some(loc) => {
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            (loc.line(), loc.column(), message.replacen(&suffix, "", 1))
+        }
+        // serde_yaml knows no position (e.g. "more than one document"):
+        // point at the start of the file.
+        None => (1, 1, message),
+    };
+    ConfigError {
+        file: file.to_owned(),
+        line,
+        column,
+        reason,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw form: exactly what the YAML says, nothing checked beyond types.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mesh config mapping")]
+struct RawConfig {
+    trust_domain: String,
+    #[serde(default)]
+    unknown_source: Option<UnknownSource>,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+    #[serde(default)]
+    workloads: Vec<RawWorkload>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a node mapping")]
+struct RawNode {
+    name: String,
+    gateway_addresses: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a workload mapping")]
+struct RawWorkload {
+    name: String,
+    namespace: String,
+    service_account: String,
+    node: String,
+    addresses: Vec<String>,
+    #[serde(default)]
+    protocol: Option<Protocol>,
+    #[serde(default)]
+    ports: Vec<u16>,
+}
+
+// ---------------------------------------------------------------------------
+// Raw → domain.
+
+impl RawConfig {
+    fn into_domain(self, at: &Locator<'_>) -> Result<MeshConfig, ConfigError> {
+        let trust_domain = TrustDomain::new(&self.trust_domain)
+            .map_err(|e| at.error("trust_domain", format!("invalid trust_domain: {e}")))?;
+        let mut book = AddressBook::default();
+
+        let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        let mut node_lines: HashMap<String, usize> = HashMap::new();
+        for (i, raw) in self.nodes.into_iter().enumerate() {
+            let node = raw.into_domain(&format!("nodes[{i}]"), at, &mut book)?;
+            let name_path = format!("nodes[{i}].name");
+            match node_lines.entry(node.name.clone()) {
+                Entry::Occupied(first) => {
+                    return Err(at.error(
+                        &name_path,
+                        format!(
+                            "duplicate node name {:?}: already defined at line {}",
+                            node.name,
+                            first.get()
+                        ),
+                    ));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(at.line(&name_path));
+                }
+            }
+            nodes.push(node);
+        }
+
+        let mut workloads: Vec<Workload> = Vec::with_capacity(self.workloads.len());
+        let mut workload_lines: HashMap<(String, String), usize> = HashMap::new();
+        for (i, raw) in self.workloads.into_iter().enumerate() {
+            let prefix = format!("workloads[{i}]");
+            let workload = raw.into_domain(&prefix, at, &nodes, &mut book)?;
+            let name_path = format!("{prefix}.name");
+            let key = (workload.namespace.clone(), workload.name.clone());
+            match workload_lines.entry(key) {
+                Entry::Occupied(first) => {
+                    return Err(at.error(
+                        &name_path,
+                        format!(
+                            "duplicate workload {}: already defined at line {}",
+                            workload.qualified_name(),
+                            first.get()
+                        ),
+                    ));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(at.line(&name_path));
+                }
+            }
+            workloads.push(workload);
+        }
+
+        Ok(MeshConfig {
+            trust_domain,
+            unknown_source: self.unknown_source.unwrap_or(DEFAULT_UNKNOWN_SOURCE),
+            nodes,
+            workloads,
+        })
+    }
+}
+
+impl RawNode {
+    fn into_domain(
+        self,
+        prefix: &str,
+        at: &Locator<'_>,
+        book: &mut AddressBook,
+    ) -> Result<Node, ConfigError> {
+        dns1123_label(&self.name).map_err(|p| {
+            at.error(
+                &format!("{prefix}.name"),
+                label_reason("node name", &self.name, &p),
+            )
+        })?;
+        let owner = format!("node {} as a gateway address", self.name);
+        let gateway_addresses = addresses(
+            &self.gateway_addresses,
+            &format!("{prefix}.gateway_addresses"),
+            &format!("node {} has no gateway addresses: list at least one address that other nodes can reach it on", self.name),
+            &owner,
+            at,
+            book,
+        )?;
+        Ok(Node {
+            name: self.name,
+            gateway_addresses,
+        })
+    }
+}
+
+impl RawWorkload {
+    fn into_domain(
+        self,
+        prefix: &str,
+        at: &Locator<'_>,
+        nodes: &[Node],
+        book: &mut AddressBook,
+    ) -> Result<Workload, ConfigError> {
+        for (field, what, value) in [
+            ("name", "workload name", &self.name),
+            ("namespace", "namespace", &self.namespace),
+            ("service_account", "service_account", &self.service_account),
+        ] {
+            dns1123_label(value).map_err(|p| {
+                at.error(&format!("{prefix}.{field}"), label_reason(what, value, &p))
+            })?;
+        }
+        let qualified = format!("{}/{}", self.namespace, self.name);
+
+        if !nodes.iter().any(|n| n.name == self.node) {
+            let known = if nodes.is_empty() {
+                "none".to_owned()
+            } else {
+                nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(at.error(
+                &format!("{prefix}.node"),
+                format!(
+                    "workload {qualified} is on node {:?}, which is not in nodes (known: {known})",
+                    self.node
+                ),
+            ));
+        }
+
+        let addresses = addresses(
+            &self.addresses,
+            &format!("{prefix}.addresses"),
+            &format!("workload {qualified} has no addresses: list at least one pod IP address"),
+            &format!("workload {qualified}"),
+            at,
+            book,
+        )?;
+
+        let mut port_lines: HashMap<u16, usize> = HashMap::new();
+        for (j, &port) in self.ports.iter().enumerate() {
+            let path = format!("{prefix}.ports[{j}]");
+            if port == 0 {
+                return Err(at.error(
+                    &path,
+                    "port 0 is not a valid port: use 1-65535, or leave ports empty to mean any port",
+                ));
+            }
+            match port_lines.entry(port) {
+                Entry::Occupied(first) => {
+                    return Err(at.error(
+                        &path,
+                        format!(
+                            "duplicate port {port}: already listed at line {}",
+                            first.get()
+                        ),
+                    ));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(at.line(&path));
+                }
+            }
+        }
+
+        Ok(Workload {
+            name: self.name,
+            namespace: self.namespace,
+            service_account: self.service_account,
+            node: self.node,
+            addresses,
+            protocol: self.protocol.unwrap_or(DEFAULT_PROTOCOL),
+            ports: self.ports,
+        })
+    }
+}
+
+/// Parses a non-empty list of unicast addresses at `path`, claiming each for
+/// `owner` in `book`.
+fn addresses(
+    raw: &[String],
+    path: &str,
+    empty_reason: &str,
+    owner: &str,
+    at: &Locator<'_>,
+    book: &mut AddressBook,
+) -> Result<Vec<IpAddr>, ConfigError> {
+    if raw.is_empty() {
+        return Err(at.error(path, empty_reason));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (j, text) in raw.iter().enumerate() {
+        let item = format!("{path}[{j}]");
+        let ip = parse_unicast(text).map_err(|reason| at.error(&item, reason))?;
+        book.claim(ip, owner, &item, at)?;
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+fn parse_unicast(text: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = text.parse().map_err(|_| {
+        format!("invalid IP address {text:?}: expected an IPv4 or IPv6 address such as 198.18.1.2 or fd00::2")
+    })?;
+    let kind = match ip {
+        _ if ip.is_unspecified() => Some("the unspecified address"),
+        _ if ip.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        _ => None,
+    };
+    match kind {
+        Some(kind) => Err(format!(
+            "address {ip} is {kind}; workload and gateway addresses must be unicast"
+        )),
+        None => Ok(ip),
+    }
+}
+
+/// Every address seen so far, with who owns it and on which line.
+#[derive(Default)]
+struct AddressBook {
+    owners: HashMap<IpAddr, (String, usize)>,
+}
+
+impl AddressBook {
+    fn claim(
+        &mut self,
+        ip: IpAddr,
+        owner: &str,
+        path: &str,
+        at: &Locator<'_>,
+    ) -> Result<(), ConfigError> {
+        match self.owners.entry(ip) {
+            Entry::Occupied(first) => {
+                let (first_owner, first_line) = first.get();
+                Err(at.error(
+                    path,
+                    format!("duplicate address {ip}: already used by {first_owner} at line {first_line}"),
+                ))
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((owner.to_owned(), at.line(path)));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Checks the Kubernetes DNS-1123 label rule; the error says what breaks it.
+fn dns1123_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    if s.len() > 63 {
+        return Err(format!("it is {} characters long", s.chars().count()));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-'))
+    {
+        return Err(format!("{c:?} is not allowed"));
+    }
+    if s.starts_with('-') {
+        return Err("it starts with '-'".to_owned());
+    }
+    if s.ends_with('-') {
+        return Err("it ends with '-'".to_owned());
+    }
+    Ok(())
+}
+
+fn label_reason(what: &str, value: &str, problem: &str) -> String {
+    format!(
+        "{what} {value:?} is not a valid DNS-1123 label: {problem}; a label is 1-63 lowercase \
+         letters, digits or '-', starting and ending with a letter or digit"
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Where each YAML node starts.
+
+/// A 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pos {
+    line: usize,
+    column: usize,
+}
+
+/// Turns paths into positions for errors found after serde succeeded.
+struct Locator<'a> {
+    file: &'a Path,
+    index: PositionIndex,
+}
+
+impl Locator<'_> {
+    fn pos(&self, path: &str) -> Pos {
+        self.index.get(path)
+    }
+
+    fn line(&self, path: &str) -> usize {
+        self.pos(path).line
+    }
+
+    fn error(&self, path: &str, reason: impl Into<String>) -> ConfigError {
+        let Pos { line, column } = self.pos(path);
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The start of every node of the first document, by path: `""` for the
+/// root, `nodes[0]`, `workloads[1].addresses[0]`, as serde_yaml spells paths.
+#[derive(Default)]
+struct PositionIndex {
+    by_path: HashMap<String, Pos>,
+}
+
+impl PositionIndex {
+    /// Best effort: a text the event parser stops on early (it only sees
+    /// texts serde_yaml accepted, but the two parsers are not the same)
+    /// leaves the rest unindexed, and [`PositionIndex::get`] falls back to
+    /// the nearest indexed ancestor.
+    fn build(text: &str) -> Self {
+        let mut builder = IndexBuilder::default();
+        let mut parser = Parser::new_from_str(text);
+        loop {
+            match parser.next_token() {
+                Ok((Event::StreamEnd | Event::DocumentEnd, _)) | Err(_) => break,
+                Ok((event, mark)) => builder.on_event(event, mark),
+            }
+        }
+        builder.index
+    }
+
+    /// The position of `path`, or of its nearest indexed ancestor, or 1:1.
+    fn get(&self, path: &str) -> Pos {
+        let mut path = path;
+        loop {
+            if let Some(pos) = self.by_path.get(path) {
+                return *pos;
+            }
+            if path.is_empty() {
+                return Pos { line: 1, column: 1 };
+            }
+            path = match path.rfind(['.', '[']) {
+                Some(cut) => &path[..cut],
+                None => "",
+            };
+        }
+    }
+}
+
+enum Frame {
+    /// `key` is `None` while the next node is a key. `path` is `None` inside
+    /// a complex (non-scalar) key, which no config path can name.
+    Map {
+        path: Option<String>,
+        key: Option<String>,
+    },
+    Seq {
+        path: Option<String>,
+        next: usize,
+    },
+}
+
+#[derive(Default)]
+struct IndexBuilder {
+    stack: Vec<Frame>,
+    index: PositionIndex,
+}
+
+impl IndexBuilder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        match event {
+            Event::Scalar(value, ..) => {
+                let path = self.next_path(Some(&value));
+                self.record(path, mark);
+            }
+            Event::Alias(_) => {
+                let path = self.next_path(None);
+                self.record(path, mark);
+            }
+            Event::MappingStart(..) => {
+                let path = self.next_path(None);
+                self.record(path.clone(), mark);
+                self.stack.push(Frame::Map { path, key: None });
+            }
+            Event::SequenceStart(..) => {
+                let path = self.next_path(None);
+                self.record(path.clone(), mark);
+                self.stack.push(Frame::Seq { path, next: 0 });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            _ => {}
+        }
+    }
+
+    /// The path of the node starting now; `None` for a mapping key (whose
+    /// scalar text, if any, becomes the pending key) and inside complex keys.
+    fn next_path(&mut self, scalar: Option<&str>) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Seq { path, next }) => {
+                let i = *next;
+                *next += 1;
+                path.as_ref().map(|p| format!("{p}[{i}]"))
+            }
+            Some(Frame::Map { path, key }) => match key.take() {
+                Some(k) => path
+                    .as_ref()
+                    .map(|p| if p.is_empty() { k } else { format!("{p}.{k}") }),
+                None => {
+                    *key = Some(scalar.unwrap_or("?").to_owned());
+                    None
+                }
+            },
+        }
+    }
+
+    fn record(&mut self, path: Option<String>, mark: Marker) {
+        if let Some(path) = path {
+            self.index.by_path.entry(path).or_insert(Pos {
+                line: mark.line(),
+                column: mark.col() + 1,
+            });
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! xdpmesh control plane: the mesh configuration model ([`config`]), its translation
+//! into the workers' shared-memory tables ([`tables`]) and the XDP divert set.
+//!
+//! The control process is the only writer of the tables (see `xdpmesh-shm`) and of the
+//! XDP program's `workloads` map; it never touches packets.
+
+pub mod config;
+pub mod tables;

@@ -1,0 +1,140 @@
+//! Facts read from the host at start-up and on the slow path: interface index, MAC,
+//! IPv4 address and RX queue count (through `ip -json`, so the dataplane does not carry
+//! its own netlink client), and the kernel's ARP table (`/proc/net/arp` of the current
+//! network namespace) as a neighbour source. Nothing here runs per packet.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::wire::Mac;
+use crate::worker::PortSpec;
+
+/// Errors describing an interface.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// `ip` could not run.
+    #[error("running `ip` failed: {0} (install iproute2)")]
+    Ip(std::io::Error),
+    /// The interface does not exist.
+    #[error("interface {0} not found in this network namespace: check `ip link` (and that the dataplane runs in the gateway's namespace)")]
+    NoSuchInterface(String),
+    /// Unexpected output.
+    #[error("could not read interface {0}: {1}")]
+    Parse(String, String),
+}
+
+fn ip_json(args: &[&str], ifname: &str) -> Result<Value, HostError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(HostError::Ip)?;
+    if !out.status.success() {
+        return Err(HostError::NoSuchInterface(ifname.into()));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| HostError::Parse(ifname.into(), e.to_string()))?;
+    v.get(0)
+        .cloned()
+        .ok_or_else(|| HostError::NoSuchInterface(ifname.into()))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Describes an interface: index, MAC, first IPv4 address, RX queue count.
+pub fn describe(ifname: &str) -> Result<(PortSpec, u32), HostError> {
+    let link = ip_json(
+        &["-json", "-details", "link", "show", "dev", ifname],
+        ifname,
+    )?;
+    let ifindex = link["ifindex"]
+        .as_u64()
+        .ok_or_else(|| HostError::Parse(ifname.into(), "no ifindex".into()))?
+        as u32;
+    let mac = link["address"]
+        .as_str()
+        .and_then(parse_mac)
+        .ok_or_else(|| {
+            HostError::Parse(
+                ifname.into(),
+                "no Ethernet address (AF_XDP gateways need an Ethernet interface)".into(),
+            )
+        })?;
+    let queues = link["num_rx_queues"].as_u64().unwrap_or(1).max(1) as u32;
+    let addr = ip_json(&["-json", "-4", "addr", "show", "dev", ifname], ifname)?;
+    let ipv4 = addr["addr_info"].as_array().and_then(|a| {
+        a.iter()
+            .find_map(|i| i["local"].as_str()?.parse::<Ipv4Addr>().ok())
+    });
+    Ok((
+        PortSpec {
+            name: ifname.into(),
+            ifindex,
+            mac,
+            ipv4,
+        },
+        queues,
+    ))
+}
+
+/// Looks `ip` up in the kernel's ARP table for interface `ifname`.
+pub fn kernel_arp(ifname: &str, ip: IpAddr) -> Option<Mac> {
+    let IpAddr::V4(v4) = ip else { return None };
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    parse_proc_arp(&table, ifname, v4)
+}
+
+/// Parses `/proc/net/arp` text. Only complete entries (flag 0x2) count.
+pub fn parse_proc_arp(table: &str, ifname: &str, ip: Ipv4Addr) -> Option<Mac> {
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 6 || f[5] != ifname || f[0].parse::<Ipv4Addr>().ok()? != ip {
+            return None;
+        }
+        let flags = u32::from_str_radix(f[2].trim_start_matches("0x"), 16).ok()?;
+        if flags & 0x2 == 0 {
+            return None;
+        }
+        parse_mac(f[3])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_arp_parsing() {
+        let t = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                 198.18.0.2       0x1         0x2         aa:bb:cc:00:11:22     *        up0\n\
+                 198.18.0.3       0x1         0x0         00:00:00:00:00:00     *        up0\n\
+                 198.18.1.2       0x1         0x2         02:00:00:00:00:05     *        pod0\n";
+        let ip = |s: &str| s.parse().unwrap();
+        assert_eq!(
+            parse_proc_arp(t, "up0", ip("198.18.0.2")),
+            Some([0xaa, 0xbb, 0xcc, 0, 0x11, 0x22])
+        );
+        assert_eq!(
+            parse_proc_arp(t, "up0", ip("198.18.0.3")),
+            None,
+            "incomplete entry"
+        );
+        assert_eq!(
+            parse_proc_arp(t, "up0", ip("198.18.1.2")),
+            None,
+            "other interface"
+        );
+        assert_eq!(parse_mac("02:00:00:00:00:0g"), None);
+        assert_eq!(parse_mac("02:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:00:00:00:01:02"), None);
+    }
+}

@@ -1,0 +1,363 @@
+//! `xdpmesh-dataplane`: attach the XDP program, run one worker per RX queue, publish
+//! counters; `stats` prints them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use crossbeam::queue::ArrayQueue;
+use serde_json::json;
+use tracing::{error, info, warn};
+use xdpmesh_dataplane::metrics::{Local, Shared};
+use xdpmesh_dataplane::stack::Buffers;
+use xdpmesh_dataplane::worker::{self, PortSpec, WorkerSetup, HANDOVER_QUEUE};
+use xdpmesh_dataplane::{host, xsk};
+use xdpmesh_shm::ShmReader;
+use xdpmesh_xdp::{PinnedMaps, XdpMode, XdpProgram};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "xdpmesh-dataplane",
+    version,
+    about = "AF_XDP mesh dataplane workers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PollMode {
+    /// Sleep in poll() when idle (need_wakeup rings).
+    Wakeup,
+    /// Spin: lowest latency, one full core per worker.
+    Busy,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Attach to interfaces and run the workers until SIGINT/SIGTERM.
+    Run {
+        /// Instance name (names the pin directory, table file and run directory).
+        #[arg(long)]
+        instance: String,
+        /// Interface to divert from (repeat: pod side and uplink).
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// Workers = RX queues used on every interface (default: the first interface's RX queue count).
+        #[arg(long)]
+        queues: Option<u32>,
+        /// XDP attach mode: auto (native, else generic), native or generic.
+        #[arg(long, default_value = "auto")]
+        xdp_mode: XdpMode,
+        /// Idle strategy.
+        #[arg(long, value_enum, default_value = "wakeup")]
+        poll: PollMode,
+        /// Receive buffer per connection leg, bytes.
+        #[arg(long, default_value_t = 64 * 1024)]
+        rx_buffer: usize,
+        /// Send buffer per connection leg, bytes.
+        #[arg(long, default_value_t = 64 * 1024)]
+        tx_buffer: usize,
+        /// UMEM frames per socket (power of two; half RX, half TX).
+        #[arg(long, default_value_t = 4096)]
+        frames: u32,
+        /// BPF pin directory (default /sys/fs/bpf/xdpmesh/<instance>).
+        #[arg(long)]
+        pin_root: Option<PathBuf>,
+        /// Table file written by xdpmesh-control (default /dev/shm/xdpmesh-<instance>).
+        #[arg(long)]
+        shm: Option<PathBuf>,
+        /// Run directory for stats.json (default /run/xdpmesh/<instance>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// How long to wait for the control process's table file at start.
+        #[arg(long, default_value_t = 30)]
+        wait_tables_secs: u64,
+    },
+    /// Print the last stats snapshot of a running (or stopped) instance.
+    Stats {
+        /// Instance name.
+        #[arg(long)]
+        instance: String,
+        /// Run directory (default /run/xdpmesh/<instance>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,access=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Run {
+            instance,
+            ifaces,
+            queues,
+            xdp_mode,
+            poll,
+            rx_buffer,
+            tx_buffer,
+            frames,
+            pin_root,
+            shm,
+            run_dir,
+            wait_tables_secs,
+        } => run(RunArgs {
+            pin_dir: pin_root
+                .unwrap_or_else(|| PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))),
+            shm: shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
+            run_dir: run_dir.unwrap_or_else(|| default_run_dir(&instance)),
+            instance,
+            ifaces,
+            queues,
+            xdp_mode,
+            busy: matches!(poll, PollMode::Busy),
+            buffers: Buffers {
+                rx: rx_buffer,
+                tx: tx_buffer,
+            },
+            frames,
+            wait_tables: Duration::from_secs(wait_tables_secs),
+        }),
+        Cmd::Stats { instance, run_dir } => {
+            let path = run_dir
+                .unwrap_or_else(|| default_run_dir(&instance))
+                .join("stats.json");
+            std::fs::read_to_string(&path)
+                .with_context(|| {
+                    format!(
+                        "reading {} (is the dataplane instance {instance} running?)",
+                        path.display()
+                    )
+                })
+                .map(|s| println!("{s}"))
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("xdpmesh-dataplane: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn default_run_dir(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/run/xdpmesh/{instance}"))
+}
+
+struct RunArgs {
+    instance: String,
+    ifaces: Vec<String>,
+    queues: Option<u32>,
+    xdp_mode: XdpMode,
+    busy: bool,
+    buffers: Buffers,
+    frames: u32,
+    pin_dir: PathBuf,
+    shm: PathBuf,
+    run_dir: PathBuf,
+    wait_tables: Duration,
+}
+
+fn open_tables(path: &Path, wait: Duration) -> Result<ShmReader> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match ShmReader::open(path) {
+            Ok(r) => return Ok(r),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| {
+                    format!("no workload tables at {} after {wait:?}: start `xdpmesh-control run` for this instance", path.display())
+                })
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+
+    let mut ports: Vec<PortSpec> = Vec::new();
+    let mut queues_avail = u32::MAX;
+    for name in &a.ifaces {
+        let (spec, q) = host::describe(name)?;
+        queues_avail = queues_avail.min(q);
+        ports.push(spec);
+    }
+    let queues = a.queues.unwrap_or(queues_avail);
+    if queues == 0 || queues > queues_avail {
+        bail!("--queues {queues}: the interfaces have {queues_avail} RX queue(s); use at most that many workers");
+    }
+    let tables = open_tables(&a.shm, a.wait_tables)?;
+    std::fs::create_dir_all(&a.run_dir)
+        .with_context(|| format!("creating {}", a.run_dir.display()))?;
+
+    let prog = XdpProgram::load(&a.pin_dir)?;
+    // Sockets first, then attach: no diverted frame ever finds an empty XSKMAP slot
+    // that it could have used (and until then the kernel keeps the traffic).
+    let mut sockets = Vec::new();
+    for q in 0..queues {
+        let mut per_port = Vec::new();
+        for (pi, p) in ports.iter().enumerate() {
+            let cfg = xsk::XskConfig {
+                frames: a.frames,
+                ..Default::default()
+            };
+            let (rx, tx, mode) = xsk::open(&p.name, q, cfg)?;
+            prog.register_xsk(pi as u32, q, rx.fd())?;
+            info!(iface = %p.name, queue = q, ?mode, "AF_XDP socket bound");
+            per_port.push((p.clone(), rx, tx));
+        }
+        sockets.push(per_port);
+    }
+    let mut attachments = Vec::new();
+    for (pi, p) in ports.iter().enumerate() {
+        let att = prog.attach(&p.name, a.xdp_mode)?;
+        prog.set_port(p.ifindex, pi as u32)?;
+        info!(iface = %p.name, ifindex = p.ifindex, mode = %att.mode(), "XDP program attached");
+        attachments.push(att);
+    }
+    prog.set_enabled(true)?;
+
+    let inboxes: Vec<_> = (0..queues)
+        .map(|_| Arc::new(ArrayQueue::new(HANDOVER_QUEUE)))
+        .collect();
+    let shared: Vec<Arc<Shared>> = (0..queues).map(|_| Arc::new(Shared::default())).collect();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut handles = Vec::new();
+    for (q, per_port) in sockets.into_iter().enumerate() {
+        let maps = PinnedMaps::open(&a.pin_dir)?;
+        let names: Vec<(u32, String)> = ports.iter().map(|p| (p.ifindex, p.name.clone())).collect();
+        let resolver: worker::Resolver = Box::new(move |ifindex, ip| {
+            if let Ok(Some(mac)) = maps.lookup_neighbor(ifindex, ip) {
+                return Some(mac);
+            }
+            let name = &names.iter().find(|(i, _)| *i == ifindex)?.1;
+            host::kernel_arp(name, ip)
+        });
+        let setup = WorkerSetup {
+            id: q as u32,
+            workers: queues,
+            ports: per_port,
+            buffers: a.buffers,
+            busy_poll: a.busy,
+            shm: tables.register(q as u32)?,
+            inboxes: inboxes.clone(),
+            resolver,
+            shared: shared[q].clone(),
+            stop: stop.clone(),
+        };
+        let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("xdpmesh-w{q}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(c);
+                    }
+                    worker::run(setup)
+                })?,
+        );
+    }
+    info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, "running");
+    eprintln!("xdpmesh-dataplane ready");
+
+    let stats_path = a.run_dir.join("stats.json");
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = write_stats(&stats_path, &prog, &shared, started) {
+            warn!(%e, "writing stats");
+        }
+        if handles.iter().any(|h| h.is_finished()) {
+            error!("a worker exited unexpectedly; stopping");
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    info!("stopping: detaching XDP first so the kernel takes the traffic back");
+    for att in attachments {
+        if let Err(e) = att.detach() {
+            warn!(%e, "detaching XDP");
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    write_stats(&stats_path, &prog, &shared, started)?;
+    info!("stopped");
+    Ok(())
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn write_stats(
+    path: &Path,
+    prog: &XdpProgram,
+    shared: &[Arc<Shared>],
+    started: Instant,
+) -> Result<()> {
+    let mut total = Local::default();
+    let mut min_generation = u64::MAX;
+    let workers: Vec<_> = shared
+        .iter()
+        .enumerate()
+        .map(|(q, s)| {
+            let l = s.snapshot();
+            total.add(&l);
+            min_generation = min_generation.min(l.table_generation);
+            let mut j = l.to_json();
+            j["queue"] = json!(q);
+            j
+        })
+        .collect();
+    let xdp: serde_json::Map<String, serde_json::Value> = match prog.counters() {
+        Ok(c) => c
+            .iter()
+            .map(|(r, v)| {
+                (
+                    r.name().to_string(),
+                    json!({"packets": v.packets, "bytes": v.bytes}),
+                )
+            })
+            .collect(),
+        Err(_) => Default::default(),
+    };
+    let v = json!({
+        "generation": min_generation,
+        "uptime_ms": started.elapsed().as_millis() as u64,
+        "workers": workers,
+        "totals": total.to_json(),
+        "xdp": xdp,
+        "rss_bytes": rss_bytes(),
+    });
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Per-worker counters. A worker counts into plain integers on the fast path and
+//! publishes them into its shared atomics a few times per second (and when idle), so the
+//! packet path has no shared writes; the stats thread aggregates off the fast path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{json, Map, Value};
+
+use crate::wire::DropReason;
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Worker-local counters (plain integers, fast path).
+        #[derive(Debug, Default, Clone)]
+        pub struct Local {
+            $(#[doc = stringify!($name)] pub $name: u64,)*
+            /// Frames dropped by the worker's parser, by reason.
+            pub rx_dropped: [u64; DropReason::ALL.len()],
+        }
+
+        /// The shared copy of one worker's counters.
+        #[derive(Debug, Default)]
+        pub struct Shared {
+            $($name: AtomicU64,)*
+            rx_dropped: [AtomicU64; DropReason::ALL.len()],
+        }
+
+        impl Shared {
+            /// Publishes a worker's local counters (relaxed stores; one writer per worker).
+            pub fn publish(&self, l: &Local) {
+                $(self.$name.store(l.$name, Ordering::Relaxed);)*
+                for (a, v) in self.rx_dropped.iter().zip(l.rx_dropped) {
+                    a.store(v, Ordering::Relaxed);
+                }
+            }
+
+            /// Reads the last published values.
+            pub fn snapshot(&self) -> Local {
+                let mut l = Local { $($name: self.$name.load(Ordering::Relaxed),)* ..Default::default() };
+                for (v, a) in l.rx_dropped.iter_mut().zip(&self.rx_dropped) {
+                    *v = a.load(Ordering::Relaxed);
+                }
+                l
+            }
+        }
+
+        impl Local {
+            /// Adds another worker's counters (for totals).
+            pub fn add(&mut self, o: &Local) {
+                $(self.$name += o.$name;)*
+                for (a, b) in self.rx_dropped.iter_mut().zip(o.rx_dropped) {
+                    *a += b;
+                }
+            }
+
+            /// JSON object with every counter, drops by reason label.
+            pub fn to_json(&self) -> Value {
+                let mut m = Map::new();
+                $(m.insert(stringify!($name).into(), json!(self.$name));)*
+                let drops: Map<String, Value> =
+                    DropReason::ALL.iter().map(|r| (r.name().to_string(), json!(self.rx_dropped[r.index()]))).collect();
+                m.insert("rx_dropped".into(), Value::Object(drops));
+                Value::Object(m)
+            }
+        }
+    };
+}
+
+counters!(
+    rx_packets,
+    rx_bytes,
+    tx_packets,
+    tx_no_frame,
+    live_connections,
+    opened_connections,
+    closed_connections,
+    reset_connections,
+    upstream_failures,
+    no_flow_resets,
+    no_route,
+    handover_out,
+    handover_in,
+    handover_dropped,
+    neighbor_requests,
+    neighbor_timeouts,
+    bytes_downstream_to_upstream,
+    bytes_upstream_to_downstream,
+    table_generation,
+    table_errors,
+    loop_iterations,
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_snapshot_and_totals() {
+        let s = Shared::default();
+        let mut l = Local {
+            rx_packets: 3,
+            live_connections: 2,
+            ..Default::default()
+        };
+        l.rx_dropped[DropReason::BadTcpChecksum.index()] = 5;
+        s.publish(&l);
+        let mut total = s.snapshot();
+        total.add(&l);
+        let j = total.to_json();
+        assert_eq!(j["rx_packets"], 6);
+        assert_eq!(j["live_connections"], 4);
+        assert_eq!(j["rx_dropped"]["bad_tcp_checksum"], 10);
+        assert_eq!(j["rx_dropped"]["truncated_eth"], 0);
+    }
+}

@@ -1,0 +1,583 @@
+//! The run-to-completion loop of one worker (one per RX queue, pinned to a core).
+//!
+//! Each iteration: check the table generation (one acquire load); for every interface,
+//! take a batch from the AF_XDP RX ring, classify each frame (`wire`), find its leg with
+//! one hash probe and run smoltcp on it, splice, transmit into the TX ring; then run
+//! due timers, frames handed over by other workers, and pending neighbour resolutions;
+//! flush TX rings. Nothing on this path takes a lock.
+//!
+//! Flow ownership: the worker that owns a flow is `hash(4-tuple as received) % workers`.
+//! A worker that receives another's packet hands the frame over through a lock-free
+//! queue (counted: `handover_out`/`handover_in`). For the connections it opens, a worker
+//! picks the local port so that the replies hash to itself, so only the first leg's
+//! packets can need a handover (on NICs whose RSS could be steered the same way, none).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use crossbeam::queue::ArrayQueue;
+use slab::Slab;
+use smoltcp::iface::{Interface, PollResult, SocketSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::IpListenEndpoint;
+use tracing::{debug, info, warn};
+use xdpmesh_shm::WorkerSlot;
+
+use crate::metrics::{Local, Shared};
+use crate::stack::{self, Buffers, Leg, LegDevice};
+use crate::state::Index;
+use crate::wire::{self, FlowKey, Mac, TcpFrame};
+use crate::xsk::{self, RxPart, TxPart};
+
+/// A network interface as the worker sees it.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    /// Name.
+    pub name: String,
+    /// Index.
+    pub ifindex: u32,
+    /// Our MAC on it.
+    pub mac: Mac,
+    /// Our IPv4 address on it (ARP sender), if any.
+    pub ipv4: Option<std::net::Ipv4Addr>,
+}
+
+/// A frame handed from one worker to the flow's owner.
+#[derive(Debug)]
+pub struct Handover {
+    port: usize,
+    bytes: Vec<u8>,
+}
+
+/// Capacity of each worker's handover queue (frames).
+pub const HANDOVER_QUEUE: usize = 4096;
+
+/// Looks up a next hop's MAC outside the worker (XDP's ARP snoop map, the kernel's table).
+pub type Resolver = Box<dyn FnMut(u32, IpAddr) -> Option<Mac> + Send>;
+
+/// How a worker is set up.
+pub struct WorkerSetup {
+    /// Worker index (= RX queue).
+    pub id: u32,
+    /// Number of workers.
+    pub workers: u32,
+    /// Interfaces, with this worker's sockets on its queue.
+    pub ports: Vec<(PortSpec, RxPart, TxPart)>,
+    /// Socket buffers.
+    pub buffers: Buffers,
+    /// Spin instead of sleeping in poll().
+    pub busy_poll: bool,
+    /// Table slot.
+    pub shm: WorkerSlot,
+    /// Own inbox and everyone's inboxes (indexed by worker).
+    pub inboxes: Vec<Arc<ArrayQueue<Handover>>>,
+    /// Next-hop resolver.
+    pub resolver: Resolver,
+    /// Shared counters.
+    pub shared: Arc<Shared>,
+    /// Stop flag.
+    pub stop: Arc<AtomicBool>,
+}
+
+struct Resolve {
+    nexthop: IpAddr,
+    started: i64,
+    last_request: i64,
+}
+
+struct Conn {
+    legs: [Leg; 2],
+    scheduled: Option<i64>,
+    started: std::time::Instant,
+    resolve: Option<Resolve>,
+    bytes: [u64; 2],
+}
+
+/// Everything but the RX halves (split so RX batches can borrow the rest mutably).
+struct Engine {
+    id: u32,
+    workers: u32,
+    specs: Vec<PortSpec>,
+    txs: Vec<TxPart>,
+    iface: Interface,
+    index: Index,
+    flows: AHashMap<FlowKey, (usize, u8)>,
+    conns: Slab<Conn>,
+    timers: BinaryHeap<Reverse<(i64, usize)>>,
+    waiting: Vec<usize>,
+    neigh: AHashMap<(usize, IpAddr), Mac>,
+    resolver: Resolver,
+    empty: SocketSet<'static>,
+    buffers: Buffers,
+    inboxes: Vec<Arc<ArrayQueue<Handover>>>,
+    next_port: u16,
+    epoch: std::time::Instant,
+    stats: Local,
+}
+
+/// Give up resolving a next hop after this long.
+const RESOLVE_TIMEOUT_US: i64 = 3_000_000;
+/// Re-send an ARP request this often while resolving.
+const RESOLVE_RETRY_US: i64 = 200_000;
+
+/// Runs a worker until the stop flag is set.
+pub fn run(setup: WorkerSetup) {
+    let WorkerSetup {
+        id,
+        workers,
+        ports,
+        buffers,
+        busy_poll,
+        mut shm,
+        inboxes,
+        resolver,
+        shared,
+        stop,
+    } = setup;
+    let epoch = std::time::Instant::now();
+    let mut rxs = Vec::new();
+    let mut txs = Vec::new();
+    let mut specs = Vec::new();
+    for (spec, rx, tx) in ports {
+        specs.push(spec);
+        rxs.push(rx);
+        txs.push(tx);
+    }
+    let mut e = Engine {
+        id,
+        workers,
+        specs,
+        txs,
+        iface: stack::new_interface(Instant::from_micros(0)),
+        index: Index::default(),
+        flows: AHashMap::new(),
+        conns: Slab::new(),
+        timers: BinaryHeap::new(),
+        waiting: Vec::new(),
+        neigh: AHashMap::new(),
+        resolver,
+        empty: SocketSet::new(Vec::new()),
+        buffers,
+        inboxes,
+        next_port: 10_000 + (id as u16).wrapping_mul(7919) % 50_000,
+        epoch,
+        stats: Local::default(),
+    };
+    let inbox = e.inboxes[id as usize].clone();
+    let mut last_publish = 0i64;
+    let mut last_resolve = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        e.stats.loop_iterations += 1;
+        let now = e.now();
+        if shm.changed().is_some() {
+            e.reload_tables(&mut shm);
+        }
+        let mut work = 0;
+        for (p, rx) in rxs.iter_mut().enumerate() {
+            work += rx.recv(|frame| e.on_frame(p, frame, now, true));
+        }
+        while let Some(h) = inbox.pop() {
+            e.stats.handover_in += 1;
+            e.on_frame(h.port, &h.bytes, now, false);
+            work += 1;
+        }
+        work += e.run_timers(now);
+        if !e.waiting.is_empty() && now - last_resolve >= 1_000 {
+            last_resolve = now;
+            e.resolve_pending(now);
+        }
+        for tx in &mut e.txs {
+            tx.flush();
+        }
+        if work == 0 || now - last_publish >= 100_000 {
+            last_publish = now;
+            e.stats.live_connections = e.conns.len() as u64;
+            shared.publish(&e.stats);
+        }
+        if work == 0 && !busy_poll {
+            let pending_tx = e.txs.iter().any(|t| t.pending() > 0);
+            let timeout_ms = if pending_tx || !e.waiting.is_empty() {
+                0
+            } else {
+                let next_timer = e
+                    .timers
+                    .peek()
+                    .map(|Reverse((t, _))| ((t - now) / 1000).clamp(0, 10) as i32);
+                // Handed-over frames do not wake poll(): cap the sleep with several workers.
+                let cap = if workers > 1 { 1 } else { 10 };
+                next_timer.unwrap_or(cap).min(cap)
+            };
+            if timeout_ms > 0 {
+                let refs: Vec<&RxPart> = rxs.iter().collect();
+                xsk::wait_readable(&refs, timeout_ms);
+            }
+        } else if work == 0 {
+            std::hint::spin_loop();
+        }
+    }
+    // Orderly stop: reset every connection so no peer waits for a timeout.
+    let now = e.now();
+    let ids: Vec<usize> = e.conns.iter().map(|(i, _)| i).collect();
+    for cid in ids {
+        if let Some(c) = e.conns.get_mut(cid) {
+            for l in &mut c.legs {
+                l.socket().abort();
+                l.closed_by_us = true;
+            }
+        }
+        e.service(cid, now);
+    }
+    for tx in &mut e.txs {
+        tx.flush();
+    }
+    e.stats.live_connections = e.conns.len() as u64;
+    shared.publish(&e.stats);
+    info!(worker = id, "worker stopped");
+}
+
+impl Engine {
+    fn now(&self) -> i64 {
+        self.epoch.elapsed().as_micros() as i64
+    }
+
+    fn reload_tables(&mut self, shm: &mut WorkerSlot) {
+        match shm.load() {
+            Ok(Some((g, t))) => {
+                self.index = Index::build(g, t);
+                self.stats.table_generation = g;
+                shm.ack(g);
+                debug!(worker = self.id, generation = g, "tables loaded");
+            }
+            Ok(None) => {}
+            Err(err) => {
+                // Keep the tables in force; acknowledge so the writer is not blocked.
+                self.stats.table_errors += 1;
+                warn!(worker = self.id, %err, "rejected a table generation; keeping generation {}", self.index.generation);
+                if let Some(g) = shm.changed() {
+                    shm.ack(g);
+                }
+            }
+        }
+    }
+
+    fn on_frame(&mut self, port: usize, frame: &[u8], now: i64, check_owner: bool) {
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += frame.len() as u64;
+        let t = match wire::parse_tcp_frame(frame) {
+            Ok(t) => t,
+            Err(reason) => {
+                self.stats.rx_dropped[reason.index()] += 1;
+                return;
+            }
+        };
+        if check_owner && self.workers > 1 {
+            let owner = t.key.owner_hash() % self.workers;
+            if owner != self.id {
+                let h = Handover {
+                    port,
+                    bytes: frame.to_vec(),
+                };
+                if self.inboxes[owner as usize].push(h).is_ok() {
+                    self.stats.handover_out += 1;
+                } else {
+                    self.stats.handover_dropped += 1;
+                }
+                return;
+            }
+        }
+        let ip = &frame[t.ip_offset..t.ip_offset + t.ip_len];
+        match self.flows.get(&t.key) {
+            Some(&(cid, leg)) => {
+                self.ingress(cid, usize::from(leg), ip, t.src_mac, now);
+                self.service(cid, now);
+            }
+            None if t.flags.syn && !t.flags.ack => self.accept(port, &t, ip, now),
+            None => {
+                self.stats.no_flow_resets += 1;
+                self.reset(port, t.src_mac, ip, now);
+            }
+        }
+    }
+
+    /// Lets smoltcp answer a segment no connection owns (it replies with a RST unless
+    /// the segment is one).
+    fn reset(&mut self, port: usize, dst_mac: Mac, ip: &[u8], now: i64) {
+        let mut dev = LegDevice {
+            rx: Some(ip),
+            tx: &mut self.txs[port],
+            src_mac: self.specs[port].mac,
+            dst_mac,
+            sent: &mut self.stats.tx_packets,
+            no_frame: &mut self.stats.tx_no_frame,
+        };
+        self.iface
+            .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut self.empty);
+    }
+
+    fn ingress(&mut self, cid: usize, leg: usize, ip: &[u8], src_mac: Mac, now: i64) {
+        let Some(conn) = self.conns.get_mut(cid) else {
+            return;
+        };
+        let l = &mut conn.legs[leg];
+        let dst_mac = *l.dst_mac.get_or_insert(src_mac);
+        let mut dev = LegDevice {
+            rx: Some(ip),
+            tx: &mut self.txs[l.port],
+            src_mac: self.specs[l.port].mac,
+            dst_mac,
+            sent: &mut self.stats.tx_packets,
+            no_frame: &mut self.stats.tx_no_frame,
+        };
+        self.iface
+            .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut l.sockets);
+    }
+
+    /// Splices, transmits and reschedules one connection; frees it when both legs end.
+    fn service(&mut self, cid: usize, now: i64) {
+        let Some(conn) = self.conns.get_mut(cid) else {
+            return;
+        };
+        let pumped = stack::pump(&mut conn.legs);
+        conn.bytes[0] += pumped.down_to_up as u64;
+        conn.bytes[1] += pumped.up_to_down as u64;
+        self.stats.bytes_downstream_to_upstream += pumped.down_to_up as u64;
+        self.stats.bytes_upstream_to_downstream += pumped.up_to_down as u64;
+        if pumped.reset {
+            self.stats.reset_connections += 1;
+        }
+        let ts = Instant::from_micros(now);
+        let mut next: Option<i64> = None;
+        for l in &mut conn.legs {
+            let Some(dst_mac) = l.dst_mac else { continue };
+            let mut dev = LegDevice {
+                rx: None,
+                tx: &mut self.txs[l.port],
+                src_mac: self.specs[l.port].mac,
+                dst_mac,
+                sent: &mut self.stats.tx_packets,
+                no_frame: &mut self.stats.tx_no_frame,
+            };
+            while self.iface.poll_egress(ts, &mut dev, &mut l.sockets)
+                == PollResult::SocketStateChanged
+            {}
+            if let Some(at) = self.iface.poll_at(ts, &l.sockets) {
+                let at = at.total_micros().max(now);
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        if stack::finished(&conn.legs) {
+            self.remove(cid);
+            return;
+        }
+        if let Some(at) = next {
+            if conn.scheduled.is_none_or(|s| at < s) {
+                conn.scheduled = Some(at);
+                self.timers.push(Reverse((at, cid)));
+            }
+        }
+    }
+
+    fn remove(&mut self, cid: usize) {
+        let conn = self.conns.remove(cid);
+        for l in &conn.legs {
+            self.flows.remove(&l.key);
+        }
+        self.waiting.retain(|&w| w != cid);
+        self.stats.closed_connections += 1;
+        let (client, server) = (conn.legs[0].key.src, conn.legs[0].key.dst);
+        let name = |ip: IpAddr| {
+            self.index
+                .get(&ip)
+                .map(|a| self.index.workload_name(a.workload))
+                .unwrap_or_default()
+        };
+        info!(
+            target: "access",
+            src_addr = %client, src_workload = %name(client.ip()),
+            dst_addr = %server, dst_workload = %name(server.ip()),
+            bytes_sent = conn.bytes[0], bytes_recv = conn.bytes[1],
+            duration_ms = conn.started.elapsed().as_millis() as u64,
+            "connection complete"
+        );
+    }
+
+    fn run_timers(&mut self, now: i64) -> usize {
+        let mut n = 0;
+        while let Some(&Reverse((at, cid))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let due = self.conns.get_mut(cid).is_some_and(|c| {
+                let due = c.scheduled == Some(at);
+                if due {
+                    c.scheduled = None;
+                }
+                due
+            });
+            if due {
+                self.service(cid, now);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn port_of(&self, ifindex: u32) -> Option<usize> {
+        self.specs.iter().position(|s| s.ifindex == ifindex)
+    }
+
+    /// A local port for a connection from `local_ip` to `remote` whose replies hash to
+    /// this worker and whose 4-tuple is free.
+    fn pick_port(&mut self, remote: SocketAddr, local_ip: IpAddr) -> Option<u16> {
+        for _ in 0..65_536 {
+            let p = self.next_port;
+            self.next_port = if p >= 65_000 { 10_000 } else { p + 1 };
+            let key = FlowKey {
+                src: remote,
+                dst: SocketAddr::new(local_ip, p),
+            };
+            if (self.workers <= 1 || key.owner_hash() % self.workers == self.id)
+                && !self.flows.contains_key(&key)
+            {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn lookup_neighbor(&mut self, port: usize, ip: IpAddr) -> Option<Mac> {
+        if let Some(m) = self.neigh.get(&(port, ip)) {
+            return Some(*m);
+        }
+        let m = (self.resolver)(self.specs[port].ifindex, ip)?;
+        self.neigh.insert((port, ip), m);
+        Some(m)
+    }
+
+    fn send_arp(&mut self, port: usize, target: IpAddr) {
+        let (IpAddr::V4(target), Some(src_ip)) = (target, self.specs[port].ipv4) else {
+            return;
+        };
+        let mac = self.specs[port].mac;
+        let mut buf = [0u8; wire::ARP_FRAME_LEN];
+        wire::write_arp_request(&mut buf, mac, src_ip, target);
+        if self.txs[port]
+            .send(buf.len(), |f| f.copy_from_slice(&buf))
+            .is_some()
+        {
+            self.stats.neighbor_requests += 1;
+        }
+    }
+
+    fn accept(&mut self, port: usize, t: &TcpFrame, ip: &[u8], now: i64) {
+        let (client, target) = (t.key.src, t.key.dst);
+        let Some(dst) = self.index.get(&target.ip()).copied() else {
+            // Not a mesh destination: XDP diverts only mesh traffic, so this is a table
+            // race or a stray segment. Refuse it rather than guess a route.
+            self.stats.no_route += 1;
+            self.reset(port, t.src_mac, ip, now);
+            return;
+        };
+        let Some(up_port) = self.port_of(dst.route.ifindex) else {
+            self.stats.no_route += 1;
+            debug!(worker = self.id, %target, ifindex = dst.route.ifindex, "no interface for the route to the destination");
+            self.reset(port, t.src_mac, ip, now);
+            return;
+        };
+        let Some(local_port) = self.pick_port(target, client.ip()) else {
+            self.stats.upstream_failures += 1;
+            self.reset(port, t.src_mac, ip, now);
+            return;
+        };
+        let up_key = FlowKey {
+            src: target,
+            dst: SocketAddr::new(client.ip(), local_port),
+        };
+        let nexthop = dst.route.via.unwrap_or(target.ip());
+        let up_mac = self.lookup_neighbor(up_port, nexthop);
+
+        let mut leg0 = Leg::new(self.buffers, port, Some(t.src_mac), t.key);
+        let listen = IpListenEndpoint {
+            addr: Some(target.ip().into()),
+            port: target.port(),
+        };
+        let mut leg1 = Leg::new(self.buffers, up_port, up_mac, up_key);
+        let cx = self.iface.context();
+        if leg0.socket().listen(listen).is_err()
+            || leg1
+                .socket()
+                .connect(cx, (target.ip(), target.port()), (client.ip(), local_port))
+                .is_err()
+        {
+            self.stats.upstream_failures += 1;
+            self.reset(port, t.src_mac, ip, now);
+            return;
+        }
+        let resolve = up_mac.is_none().then_some(Resolve {
+            nexthop,
+            started: now,
+            last_request: now,
+        });
+        let cid = self.conns.insert(Conn {
+            legs: [leg0, leg1],
+            scheduled: None,
+            started: std::time::Instant::now(),
+            resolve,
+            bytes: [0, 0],
+        });
+        self.flows.insert(t.key, (cid, 0));
+        self.flows.insert(up_key, (cid, 1));
+        self.stats.opened_connections += 1;
+        if up_mac.is_none() {
+            self.send_arp(up_port, nexthop);
+            self.waiting.push(cid);
+        }
+        self.ingress(cid, 0, ip, t.src_mac, now);
+        self.service(cid, now);
+    }
+
+    fn resolve_pending(&mut self, now: i64) {
+        let waiting = std::mem::take(&mut self.waiting);
+        for cid in waiting {
+            let Some(conn) = self.conns.get(cid) else {
+                continue;
+            };
+            let Some(r) = &conn.resolve else { continue };
+            let (port, nexthop, started, last) =
+                (conn.legs[1].port, r.nexthop, r.started, r.last_request);
+            if let Some(mac) = self.lookup_neighbor(port, nexthop) {
+                if let Some(c) = self.conns.get_mut(cid) {
+                    c.legs[1].dst_mac = Some(mac);
+                    c.resolve = None;
+                }
+                self.service(cid, now);
+            } else if now - started > RESOLVE_TIMEOUT_US {
+                self.stats.neighbor_timeouts += 1;
+                warn!(worker = self.id, %nexthop, port = %self.specs[port].name, "next hop did not answer ARP; resetting the connection");
+                if let Some(c) = self.conns.get_mut(cid) {
+                    c.resolve = None;
+                    // Treat like a failed connect: the pump aborts the client's leg.
+                    c.legs[1].socket().abort();
+                }
+                self.service(cid, now);
+                // An aborted SYN-SENT leg is Closed at once; if the client leg still
+                // needs its RST sent it has a MAC, so `service` sent it.
+            } else {
+                if now - last >= RESOLVE_RETRY_US {
+                    if let Some(Resolve { last_request, .. }) =
+                        self.conns.get_mut(cid).and_then(|c| c.resolve.as_mut())
+                    {
+                        *last_request = now;
+                    }
+                    self.send_arp(port, nexthop);
+                }
+                self.waiting.push(cid);
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The on-disk (on-`/dev/shm`) layout. One source of truth for the writer (control) and
+//! the readers (dataplane workers).
+//!
+//! ```text
+//! offset 0                 Header (4096 bytes, see `Header`)
+//! offset AREA_OFFSET[0]    area 0: TableHeader | NodeRecord[] | WorkloadRecord[] | AddressRecord[] | strings
+//! offset AREA_OFFSET[1]    area 1: same shape
+//! ```
+//!
+//! Every record is `#[repr(C)]`, little-endian (the file never leaves the host), has
+//! explicit padding and a compile-time size assertion. Bump [`ABI_VERSION`] on any change.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// `b"XDPMESH\0"` as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"XDPMESH\0");
+/// Layout version; readers refuse any other.
+pub const ABI_VERSION: u32 = 1;
+/// Worker acknowledgement slots in the header.
+pub const MAX_WORKERS: usize = 128;
+/// Size reserved for the header; areas start page-aligned after it.
+pub const HEADER_SIZE: usize = 4096;
+
+/// Header field offsets. The atomics are accessed through these offsets only (never
+/// through a `&[u8]` of the header), see `crate::map`.
+pub mod header {
+    /// u64 magic.
+    pub const MAGIC: usize = 0;
+    /// u32 ABI version.
+    pub const ABI_VERSION: usize = 8;
+    /// u32 number of worker slots.
+    pub const MAX_WORKERS: usize = 12;
+    /// u64 size in bytes of each of the two areas.
+    pub const AREA_SIZE: usize = 16;
+    /// AtomicU64: generation currently published (0 = nothing yet). Area = generation % 2.
+    pub const GENERATION: usize = 24;
+    /// AtomicU64: pid of the writer that published last.
+    pub const WRITER_PID: usize = 32;
+    /// Start of the worker slots: `MAX_WORKERS` × (AtomicU64 owner, AtomicU64 acked generation).
+    pub const SLOTS: usize = 64;
+    /// Bytes per worker slot.
+    pub const SLOT_SIZE: usize = 16;
+}
+const _: () = assert!(header::SLOTS + super::abi::MAX_WORKERS * header::SLOT_SIZE <= HEADER_SIZE);
+
+/// Offset of area `i` (0 or 1) for a file whose areas are `area_size` bytes.
+pub const fn area_offset(i: usize, area_size: usize) -> usize {
+    HEADER_SIZE + i * area_size
+}
+
+/// A string in the area's string pool.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct StrRef {
+    /// Byte offset from the start of the string pool.
+    pub offset: u32,
+    /// Length in bytes (UTF-8).
+    pub len: u32,
+}
+const _: () = assert!(size_of::<StrRef>() == 8);
+
+/// Start of every table area.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct TableHeader {
+    /// Generation this area holds; must equal the published generation it was read for.
+    pub generation: u64,
+    /// Number of [`NodeRecord`]s.
+    pub node_count: u32,
+    /// Number of [`WorkloadRecord`]s.
+    pub workload_count: u32,
+    /// Number of [`AddressRecord`]s.
+    pub address_count: u32,
+    /// Bytes in the string pool.
+    pub string_bytes: u32,
+    /// SPIFFE trust domain.
+    pub trust_domain: StrRef,
+    /// Index of the node this gateway serves, `u32::MAX` if none.
+    pub local_node: u32,
+    /// [`UNKNOWN_SOURCE_PASS`] or [`UNKNOWN_SOURCE_REJECT`].
+    pub unknown_source: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// Reserved for later fields; written as zero.
+    pub _reserved: [u8; 24],
+}
+const _: () = assert!(size_of::<TableHeader>() == 64);
+
+/// Traffic from an unknown pod address is passed to the kernel.
+pub const UNKNOWN_SOURCE_PASS: u8 = 0;
+/// Traffic from an unknown pod address is refused.
+pub const UNKNOWN_SOURCE_REJECT: u8 = 1;
+
+/// Address family tags.
+pub const FAMILY_V4: u8 = 4;
+/// Address family tags.
+pub const FAMILY_V6: u8 = 6;
+
+/// A node of the mesh.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct NodeRecord {
+    /// Node name.
+    pub name: StrRef,
+    /// Reserved flags, zero.
+    pub flags: u32,
+    /// Family of `gateway`: [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub gateway_family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// The node gateway's first address (IPv4 in the first 4 bytes).
+    pub gateway: [u8; 16],
+}
+const _: () = assert!(size_of::<NodeRecord>() == 32);
+
+/// Workload protocol: plain TCP second leg.
+pub const PROTOCOL_TCP: u8 = 0;
+/// Workload protocol: HBONE tunnel.
+pub const PROTOCOL_HBONE: u8 = 1;
+
+/// A workload (pod).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct WorkloadRecord {
+    /// Workload name.
+    pub name: StrRef,
+    /// Kubernetes namespace.
+    pub namespace: StrRef,
+    /// Service account.
+    pub service_account: StrRef,
+    /// Index into the node records.
+    pub node: u32,
+    /// [`PROTOCOL_TCP`] or [`PROTOCOL_HBONE`].
+    pub protocol: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// Reserved, zero.
+    pub _reserved: [u8; 32],
+}
+const _: () = assert!(size_of::<WorkloadRecord>() == 64);
+
+/// One address of a workload, with the route the gateway uses to reach it.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct AddressRecord {
+    /// The address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// Index into the workload records.
+    pub workload: u32,
+    /// Interface index the gateway reaches this address through; 0 = unknown.
+    pub route_ifindex: u32,
+    /// Family of `route_via`, 0 when the address is on-link.
+    pub route_via_family: u8,
+    /// Explicit padding.
+    pub _pad2: [u8; 3],
+    /// Next hop when not on-link.
+    pub route_via: [u8; 16],
+}
+const _: () = assert!(size_of::<AddressRecord>() == 48);

@@ -1,0 +1,412 @@
+//! The validated, owned form of one table generation, and its encoding into an area.
+//!
+//! Encoding and decoding are plain safe byte work: an area is copied out of the mapping
+//! first (see `crate::map`), so a decoder never looks at memory another process may write.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::abi::{self, AddressRecord, NodeRecord, StrRef, TableHeader, WorkloadRecord};
+use crate::ShmError;
+
+/// What happens to traffic from a pod address the tables do not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownSource {
+    /// Hand it to the kernel untouched (counted).
+    #[default]
+    Pass,
+    /// Refuse it (counted, connection reset).
+    Reject,
+}
+
+/// Workload protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Plain TCP between the gateways.
+    Tcp,
+    /// HBONE (mTLS HTTP/2 CONNECT to port 15008).
+    Hbone,
+}
+
+/// A node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Name.
+    pub name: String,
+    /// First gateway address.
+    pub gateway: Option<IpAddr>,
+}
+
+/// A workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Index into [`Tables::nodes`].
+    pub node: u32,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// How the gateway reaches an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Route {
+    /// Interface index, 0 when unknown.
+    pub ifindex: u32,
+    /// Next hop, `None` when on-link.
+    pub via: Option<IpAddr>,
+}
+
+/// One workload address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address {
+    /// The address.
+    pub addr: IpAddr,
+    /// Index into [`Tables::workloads`].
+    pub workload: u32,
+    /// Route from this gateway.
+    pub route: Route,
+}
+
+/// One generation of tables.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tables {
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Index of the node this gateway serves.
+    pub local_node: Option<u32>,
+    /// Unknown-source policy.
+    pub unknown_source: UnknownSource,
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// Workloads.
+    pub workloads: Vec<Workload>,
+    /// Addresses.
+    pub addresses: Vec<Address>,
+}
+
+fn ip_to_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
+    let mut b = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            b[..4].copy_from_slice(&v4.octets());
+            (abi::FAMILY_V4, b)
+        }
+        IpAddr::V6(v6) => (abi::FAMILY_V6, v6.octets()),
+    }
+}
+
+fn ip_from_bytes(family: u8, b: [u8; 16], what: &'static str) -> Result<Option<IpAddr>, ShmError> {
+    match family {
+        0 => Ok(None),
+        abi::FAMILY_V4 => Ok(Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))),
+        abi::FAMILY_V6 => Ok(Some(IpAddr::V6(Ipv6Addr::from(b)))),
+        other => Err(ShmError::Corrupt(format!(
+            "{what}: unknown address family {other}"
+        ))),
+    }
+}
+
+struct StringPool(Vec<u8>);
+
+impl StringPool {
+    fn add(&mut self, s: &str) -> Result<StrRef, ShmError> {
+        let offset = u32::try_from(self.0.len()).map_err(|_| ShmError::TooLarge)?;
+        let len = u32::try_from(s.len()).map_err(|_| ShmError::TooLarge)?;
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(StrRef { offset, len })
+    }
+}
+
+fn count(n: usize) -> Result<u32, ShmError> {
+    u32::try_from(n).map_err(|_| ShmError::TooLarge)
+}
+
+impl Tables {
+    /// Encodes the tables as the bytes of one area, for `generation`.
+    pub fn encode(&self, generation: u64) -> Result<Vec<u8>, ShmError> {
+        let mut strings = StringPool(Vec::new());
+        let trust_domain = strings.add(&self.trust_domain)?;
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let (gateway_family, gateway) = match n.gateway {
+                Some(ip) => ip_to_bytes(ip),
+                None => (0, [0; 16]),
+            };
+            nodes.push(NodeRecord {
+                name: strings.add(&n.name)?,
+                gateway_family,
+                gateway,
+                ..Default::default()
+            });
+        }
+        let mut workloads = Vec::with_capacity(self.workloads.len());
+        for w in &self.workloads {
+            if w.node as usize >= self.nodes.len() {
+                return Err(ShmError::Corrupt(format!(
+                    "workload {} refers to node index {}",
+                    w.name, w.node
+                )));
+            }
+            workloads.push(WorkloadRecord {
+                name: strings.add(&w.name)?,
+                namespace: strings.add(&w.namespace)?,
+                service_account: strings.add(&w.service_account)?,
+                node: w.node,
+                protocol: match w.protocol {
+                    Protocol::Tcp => abi::PROTOCOL_TCP,
+                    Protocol::Hbone => abi::PROTOCOL_HBONE,
+                },
+                ..Default::default()
+            });
+        }
+        let mut addresses = Vec::with_capacity(self.addresses.len());
+        for a in &self.addresses {
+            if a.workload as usize >= self.workloads.len() {
+                return Err(ShmError::Corrupt(format!(
+                    "address {} refers to workload index {}",
+                    a.addr, a.workload
+                )));
+            }
+            let (family, addr) = ip_to_bytes(a.addr);
+            let (route_via_family, route_via) = match a.route.via {
+                Some(ip) => ip_to_bytes(ip),
+                None => (0, [0; 16]),
+            };
+            addresses.push(AddressRecord {
+                addr,
+                family,
+                workload: a.workload,
+                route_ifindex: a.route.ifindex,
+                route_via_family,
+                route_via,
+                ..Default::default()
+            });
+        }
+        let header = TableHeader {
+            generation,
+            node_count: count(nodes.len())?,
+            workload_count: count(workloads.len())?,
+            address_count: count(addresses.len())?,
+            string_bytes: count(strings.0.len())?,
+            trust_domain,
+            local_node: self.local_node.unwrap_or(u32::MAX),
+            unknown_source: match self.unknown_source {
+                UnknownSource::Pass => abi::UNKNOWN_SOURCE_PASS,
+                UnknownSource::Reject => abi::UNKNOWN_SOURCE_REJECT,
+            },
+            ..Default::default()
+        };
+        let mut out = Vec::with_capacity(Self::encoded_len_of(&header));
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(nodes.as_bytes());
+        out.extend_from_slice(workloads.as_bytes());
+        out.extend_from_slice(addresses.as_bytes());
+        out.extend_from_slice(&strings.0);
+        Ok(out)
+    }
+
+    fn encoded_len_of(h: &TableHeader) -> usize {
+        size_of::<TableHeader>()
+            + h.node_count as usize * size_of::<NodeRecord>()
+            + h.workload_count as usize * size_of::<WorkloadRecord>()
+            + h.address_count as usize * size_of::<AddressRecord>()
+            + h.string_bytes as usize
+    }
+
+    /// Decodes and validates an area's bytes. Returns the generation it holds.
+    /// Never panics, whatever the bytes.
+    pub fn decode(area: &[u8]) -> Result<(u64, Tables), ShmError> {
+        let (header, rest) = TableHeader::read_from_prefix(area)
+            .map_err(|_| ShmError::Corrupt("area shorter than its header".into()))?;
+        // u64 arithmetic: counts are u32, so this cannot overflow.
+        let needed = size_of::<TableHeader>() as u64
+            + u64::from(header.node_count) * size_of::<NodeRecord>() as u64
+            + u64::from(header.workload_count) * size_of::<WorkloadRecord>() as u64
+            + u64::from(header.address_count) * size_of::<AddressRecord>() as u64
+            + u64::from(header.string_bytes);
+        if needed > area.len() as u64 {
+            return Err(ShmError::Corrupt(format!(
+                "table needs {needed} bytes, area has {}",
+                area.len()
+            )));
+        }
+        let (nodes, rest) = read_records::<NodeRecord>(rest, header.node_count)?;
+        let (workloads, rest) = read_records::<WorkloadRecord>(rest, header.workload_count)?;
+        let (addresses, rest) = read_records::<AddressRecord>(rest, header.address_count)?;
+        let strings = &rest[..header.string_bytes as usize];
+        let s = |r: StrRef, what: &str| -> Result<String, ShmError> {
+            let end = u64::from(r.offset) + u64::from(r.len);
+            if end > strings.len() as u64 {
+                return Err(ShmError::Corrupt(format!("{what}: string out of bounds")));
+            }
+            std::str::from_utf8(&strings[r.offset as usize..end as usize])
+                .map(str::to_owned)
+                .map_err(|_| ShmError::Corrupt(format!("{what}: not UTF-8")))
+        };
+        let mut t = Tables {
+            trust_domain: s(header.trust_domain, "trust domain")?,
+            local_node: match header.local_node {
+                u32::MAX => None,
+                n if n < header.node_count => Some(n),
+                n => {
+                    return Err(ShmError::Corrupt(format!(
+                        "local node index {n} out of range"
+                    )))
+                }
+            },
+            unknown_source: match header.unknown_source {
+                abi::UNKNOWN_SOURCE_PASS => UnknownSource::Pass,
+                abi::UNKNOWN_SOURCE_REJECT => UnknownSource::Reject,
+                v => return Err(ShmError::Corrupt(format!("unknown_source {v}"))),
+            },
+            ..Default::default()
+        };
+        for n in &nodes {
+            t.nodes.push(Node {
+                name: s(n.name, "node name")?,
+                gateway: ip_from_bytes(n.gateway_family, n.gateway, "node gateway")?,
+            });
+        }
+        for w in &workloads {
+            if w.node >= header.node_count {
+                return Err(ShmError::Corrupt(format!(
+                    "workload node index {} out of range",
+                    w.node
+                )));
+            }
+            t.workloads.push(Workload {
+                name: s(w.name, "workload name")?,
+                namespace: s(w.namespace, "workload namespace")?,
+                service_account: s(w.service_account, "service account")?,
+                node: w.node,
+                protocol: match w.protocol {
+                    abi::PROTOCOL_TCP => Protocol::Tcp,
+                    abi::PROTOCOL_HBONE => Protocol::Hbone,
+                    p => return Err(ShmError::Corrupt(format!("workload protocol {p}"))),
+                },
+            });
+        }
+        for a in &addresses {
+            if a.workload >= header.workload_count {
+                return Err(ShmError::Corrupt(format!(
+                    "address workload index {} out of range",
+                    a.workload
+                )));
+            }
+            let addr = ip_from_bytes(a.family, a.addr, "address")?
+                .ok_or_else(|| ShmError::Corrupt("address without family".into()))?;
+            t.addresses.push(Address {
+                addr,
+                workload: a.workload,
+                route: Route {
+                    ifindex: a.route_ifindex,
+                    via: ip_from_bytes(a.route_via_family, a.route_via, "route")?,
+                },
+            });
+        }
+        Ok((header.generation, t))
+    }
+}
+
+/// Copies `n` records out of the front of `bytes` (any alignment).
+fn read_records<T: FromBytes + zerocopy::Immutable + Copy>(
+    bytes: &[u8],
+    n: u32,
+) -> Result<(Vec<T>, &[u8]), ShmError> {
+    let len = n as usize * size_of::<T>();
+    if bytes.len() < len {
+        return Err(ShmError::Corrupt("records out of bounds".into()));
+    }
+    let (recs, rest) = bytes.split_at(len);
+    let v = recs
+        .chunks_exact(size_of::<T>())
+        .map(|c| T::read_from_bytes(c).map_err(|_| ShmError::Corrupt("record size".into())))
+        .collect::<Result<Vec<T>, _>>()?;
+    Ok((v, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Tables {
+        Tables {
+            trust_domain: "cluster.local".into(),
+            local_node: Some(0),
+            unknown_source: UnknownSource::Reject,
+            nodes: vec![
+                Node {
+                    name: "node-a".into(),
+                    gateway: Some("198.18.0.1".parse().unwrap()),
+                },
+                Node {
+                    name: "node-b".into(),
+                    gateway: Some("2001:db8::2".parse().unwrap()),
+                },
+            ],
+            workloads: vec![Workload {
+                name: "client".into(),
+                namespace: "default".into(),
+                service_account: "client-sa".into(),
+                node: 1,
+                protocol: Protocol::Hbone,
+            }],
+            addresses: vec![Address {
+                addr: "198.18.1.2".parse().unwrap(),
+                workload: 0,
+                route: Route {
+                    ifindex: 7,
+                    via: Some("198.18.0.2".parse().unwrap()),
+                },
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = sample();
+        let bytes = t.encode(42).unwrap();
+        assert_eq!(
+            bytes.len(),
+            64 + 2 * 32 + 64 + 48 + "cluster.localnode-anode-bclientdefaultclient-sa".len()
+        );
+        let (g, back) = Tables::decode(&bytes).unwrap();
+        assert_eq!(g, 42);
+        assert_eq!(back, t);
+    }
+
+    #[test]
+    fn header_bytes_are_exact() {
+        let bytes = Tables::default().encode(7).unwrap();
+        let mut want = vec![0u8; 64];
+        want[0] = 7; // generation
+        want[32..36].copy_from_slice(&u32::MAX.to_le_bytes()); // local_node none
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn truncated_and_corrupt_areas_are_errors_never_panics() {
+        let bytes = sample().encode(1).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(
+                Tables::decode(&bytes[..cut]).is_err(),
+                "cut at {cut} decoded"
+            );
+        }
+        // Flip every byte of the encoding: decode must return (Ok or Err) without panicking.
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            let _ = Tables::decode(&b);
+        }
+        let mut b = bytes.clone();
+        b[12] = 0xff; // workload_count = huge
+        assert!(matches!(Tables::decode(&b), Err(ShmError::Corrupt(m)) if m.contains("needs")));
+    }
+}

@@ -1,0 +1,300 @@
+//! What carries traffic between gateway A and gateway B.
+//!
+//! - [`GatewayKind::Kernel`]: the gateways' kernels route (the reference path).
+//! - [`GatewayKind::Xdpmesh`]: `xdpmesh-control run` and `xdpmesh-dataplane run` in each
+//!   gateway namespace (CLI and readiness lines per `docs/INTERFACES.md`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+
+use crate::process::ProcHandle;
+use crate::topology::{Node, Topology};
+
+/// How long [`Topology::start_gateways`] waits for the readiness lines.
+pub const GATEWAY_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Line the dataplane prints on stderr once XDP is attached and its workers run.
+pub const DATAPLANE_READY: &str = "xdpmesh-dataplane ready";
+/// Prefix of the line the control prints once it published a table.
+pub const CONTROL_READY: &str = "xdpmesh-control published generation";
+
+/// Default pin root, shm and run dir of an instance (per `docs/INTERFACES.md`).
+pub fn pin_dir(instance: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/xdpmesh").join(instance)
+}
+pub fn shm_path(instance: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/xdpmesh-{instance}"))
+}
+pub fn run_dir(instance: &str) -> PathBuf {
+    PathBuf::from("/run/xdpmesh").join(instance)
+}
+
+/// Which gateway implementation to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayKind {
+    /// Plain kernel forwarding (nothing is started).
+    Kernel,
+    /// xdpmesh control + dataplane on each gateway.
+    Xdpmesh {
+        /// `--queues` of the dataplane (use [`crate::TopologyOpts::rx_queues`]).
+        queues: u32,
+        /// `--xdp-mode`: `auto`, `native` or `generic`.
+        xdp_mode: String,
+    },
+}
+
+impl GatewayKind {
+    /// xdpmesh with `queues` queues and `--xdp-mode auto`.
+    pub fn xdpmesh(queues: u32) -> Self {
+        GatewayKind::Xdpmesh {
+            queues,
+            xdp_mode: "auto".into(),
+        }
+    }
+}
+
+/// The gateway processes a topology started, and the instances whose state it removes.
+#[derive(Debug, Default)]
+pub(crate) struct GatewayProcs {
+    pub(crate) kind: Option<GatewayKind>,
+    /// (node, control, dataplane)
+    procs: Vec<(Node, ProcHandle, ProcHandle)>,
+    instances: Vec<String>,
+}
+
+impl GatewayProcs {
+    pub(crate) fn kill_all(&mut self) {
+        for (_, control, dataplane) in &mut self.procs {
+            let _ = dataplane.kill();
+            let _ = control.kill();
+        }
+        self.procs.clear();
+    }
+
+    /// Lets the gateway processes outlive the topology (`Topology::keep`).
+    pub(crate) fn leak(&mut self) {
+        for p in self.procs.drain(..) {
+            std::mem::forget(p);
+        }
+    }
+
+    /// Removes pins, shared memory and run dirs of every instance started.
+    pub(crate) fn remove_state(&self) {
+        for instance in &self.instances {
+            remove_instance_state(instance);
+        }
+    }
+}
+
+fn remove_instance_state(instance: &str) {
+    let _ = std::fs::remove_dir_all(pin_dir(instance));
+    let _ = std::fs::remove_file(shm_path(instance));
+    let _ = std::fs::remove_dir_all(run_dir(instance));
+}
+
+/// Path of an xdpmesh binary, in this order:
+/// 1. `$XDPMESH_BIN_DIR/<name>` when that variable is set (returned even if missing);
+/// 2. the cargo target dir of the running executable: `target/<profile>/<name>`, where
+///    an integration test runs from `target/<profile>/deps/` (so its parent's parent) and
+///    a binary such as `xdpmesh-demo` from `target/<profile>/`;
+/// 3. the first `<name>` on `$PATH`;
+/// 4. otherwise `<name>` itself (spawning it will then fail with "not found").
+///
+/// Cargo does not build other crates' binaries for this crate's tests: run
+/// `cargo build -p xdpmesh-control -p xdpmesh-dataplane` (same profile) first.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDPMESH_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.parent().unwrap_or(dir)
+            } else {
+                dir
+            };
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(name)
+}
+
+impl Topology {
+    /// Starts the gateways. For [`GatewayKind::Kernel`] nothing runs (the gateways route).
+    /// For [`GatewayKind::Xdpmesh`] each gateway namespace gets
+    /// `xdpmesh-control run --config <config> --node node-a|node-b --instance <ns>` and
+    /// `xdpmesh-dataplane run --instance <ns> --iface pod0 --iface up0 --queues N
+    /// --xdp-mode M`; this returns once both printed their readiness lines
+    /// ([`CONTROL_READY`], [`DATAPLANE_READY`]), and fails with the logs' tails when one
+    /// exits or [`GATEWAY_READY_TIMEOUT`] passes.
+    pub fn start_gateways(&mut self, kind: GatewayKind, config: &Path) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.gateways.kind.is_none(),
+            "gateways already started on topology {}",
+            self.prefix()
+        );
+        let (queues, xdp_mode) = match &kind {
+            GatewayKind::Kernel => {
+                self.gateways.kind = Some(kind);
+                return Ok(());
+            }
+            GatewayKind::Xdpmesh { queues, xdp_mode } => (queues.to_string(), xdp_mode.clone()),
+        };
+        let control_bin = bin("xdpmesh-control");
+        let dataplane_bin = bin("xdpmesh-dataplane");
+        for b in [&control_bin, &dataplane_bin] {
+            anyhow::ensure!(
+                b.is_file(),
+                "{} not found (looked in $XDPMESH_BIN_DIR, else next to this executable's \
+                 target/<profile>/ dir, else $PATH): build it with \
+                 `cargo build -p xdpmesh-control -p xdpmesh-dataplane` (same profile) \
+                 or set XDPMESH_BIN_DIR",
+                b.display()
+            );
+        }
+        let config = config
+            .canonicalize()
+            .with_context(|| format!("config {}", config.display()))?;
+        let config = config.to_string_lossy().into_owned();
+        self.gateways.kind = Some(kind);
+        for (node, mesh_node) in [(Node::GatewayA, "node-a"), (Node::GatewayB, "node-b")] {
+            let instance = self.instance(node);
+            // Stale state of an earlier run with the same prefix would confuse both.
+            remove_instance_state(&instance);
+            self.gateways.instances.push(instance.clone());
+            let control = self.spawn(
+                node,
+                &[
+                    &control_bin.to_string_lossy(),
+                    "run",
+                    "--config",
+                    &config,
+                    "--node",
+                    mesh_node,
+                    "--instance",
+                    &instance,
+                ],
+            )?;
+            let dataplane = match self.spawn(
+                node,
+                &[
+                    &dataplane_bin.to_string_lossy(),
+                    "run",
+                    "--instance",
+                    &instance,
+                    "--iface",
+                    "pod0",
+                    "--iface",
+                    "up0",
+                    "--queues",
+                    &queues,
+                    "--xdp-mode",
+                    &xdp_mode,
+                ],
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    drop(control);
+                    return Err(e);
+                }
+            };
+            self.gateways.procs.push((node, control, dataplane));
+        }
+        let deadline = Instant::now() + GATEWAY_READY_TIMEOUT;
+        let mut failures = Vec::new();
+        for (node, control, dataplane) in &mut self.gateways.procs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = control.wait_for_log(CONTROL_READY, left) {
+                failures.push(format!("{node:?} control: {e:#}"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = dataplane.wait_for_log(DATAPLANE_READY, left) {
+                failures.push(format!("{node:?} dataplane: {e:#}"));
+            }
+        }
+        if !failures.is_empty() {
+            // Show both logs of every gateway: one side's failure often explains the other.
+            let mut msg = failures.join("\n\n");
+            for (node, control, dataplane) in &self.gateways.procs {
+                msg.push_str(&format!(
+                    "\n\n--- {node:?} control log tail ---\n{}\n--- {node:?} dataplane log tail ---\n{}",
+                    control.log_tail(20),
+                    dataplane.log_tail(20)
+                ));
+            }
+            self.gateways.kill_all();
+            bail!("xdpmesh gateways did not become ready:\n{msg}");
+        }
+        Ok(())
+    }
+
+    /// The gateway kind started, if any.
+    pub fn gateway_kind(&self) -> Option<&GatewayKind> {
+        self.gateways.kind.as_ref()
+    }
+
+    /// Sends `signal` to every gateway process (dataplanes first), waits up to 10 s for
+    /// each to exit, SIGKILLs stragglers. Returns (description, exit status, exited within
+    /// the grace period) per process.
+    pub fn stop_gateways(
+        &mut self,
+        signal: Signal,
+    ) -> anyhow::Result<Vec<(String, ExitStatus, bool)>> {
+        let mut out = Vec::new();
+        let procs = std::mem::take(&mut self.gateways.procs);
+        for (_, mut control, mut dataplane) in procs {
+            for p in [&mut dataplane, &mut control] {
+                let (status, graceful) = p.stop(signal, Duration::from_secs(10))?;
+                out.push((p.name().to_string(), status, graceful));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Log file paths of the gateway processes: (node, control log, dataplane log).
+    pub fn gateway_logs(&self) -> Vec<(Node, PathBuf, PathBuf)> {
+        self.gateways
+            .procs
+            .iter()
+            .map(|(n, c, d)| (*n, c.log_path().to_path_buf(), d.log_path().to_path_buf()))
+            .collect()
+    }
+
+    /// Parsed `/run/xdpmesh/<instance>/stats.json` of a gateway.
+    pub fn gateway_stats(&self, node: Node) -> anyhow::Result<serde_json::Value> {
+        anyhow::ensure!(
+            matches!(node, Node::GatewayA | Node::GatewayB),
+            "{node:?} is not a gateway"
+        );
+        let path = run_dir(&self.instance(node)).join("stats.json");
+        // The file is rewritten every 200 ms; retry in case a writer is not atomic.
+        let mut attempt = 0;
+        loop {
+            let parsed = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))
+                .and_then(|text| {
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("parsing {}", path.display()))
+                });
+            attempt += 1;
+            if parsed.is_ok() || attempt >= 5 {
+                return parsed;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The four-namespace topology of `docs/INTERFACES.md`:
+//!
+//! ```text
+//!  <p>-client          <p>-gwa                        <p>-gwb               <p>-server
+//!  eth0 198.18.1.2 ── pod0 198.18.1.1   up0 198.18.0.1 ══ up0 198.18.0.2   pod0 198.18.2.1 ── eth0 198.18.2.2
+//! ```
+//!
+//! Veths are created directly inside the namespaces (`ip -n`), so interface names never
+//! clash between topologies and nothing touches the host's network namespace.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::gateway::GatewayProcs;
+use crate::process::{ProcHandle, Registry};
+
+/// Default timeout of [`Topology::run`].
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One of the four namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    Client,
+    GatewayA,
+    GatewayB,
+    Server,
+}
+
+impl Node {
+    pub const ALL: [Node; 4] = [Node::Client, Node::GatewayA, Node::GatewayB, Node::Server];
+
+    /// Suffix of the namespace name (`<prefix>-<suffix>`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Node::Client => "client",
+            Node::GatewayA => "gwa",
+            Node::GatewayB => "gwb",
+            Node::Server => "server",
+        }
+    }
+
+    /// The node's pod-facing address: the pod's own address for client/server, the
+    /// gateway's `pod0` address for the gateways.
+    pub fn addr(self) -> Ipv4Addr {
+        match self {
+            Node::Client => CLIENT_ADDR,
+            Node::GatewayA => GWA_POD_ADDR,
+            Node::GatewayB => GWB_POD_ADDR,
+            Node::Server => SERVER_ADDR,
+        }
+    }
+}
+
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const GWA_POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const GWA_UP_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const GWB_UP_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const GWB_POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+
+/// Knobs for [`Topology::new`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopologyOpts {
+    /// `numrxqueues` and `numtxqueues` of every veth (both ends).
+    pub rx_queues: u32,
+    /// MTU of every veth.
+    pub mtu: u32,
+}
+
+impl Default for TopologyOpts {
+    fn default() -> Self {
+        TopologyOpts {
+            rx_queues: 1,
+            mtu: 1500,
+        }
+    }
+}
+
+/// A short prefix unique among live processes: `xm` + pid (base 36) + a per-process
+/// counter (base 36) + `tag` (truncated so the prefix stays at most 14 characters and
+/// the longest namespace name, `<prefix>-server`, under 22).
+pub fn unique_prefix(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut prefix = format!("xm{}{}", base36(std::process::id()), base36(n));
+    let room = 14usize.saturating_sub(prefix.len() + 1);
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(room)
+        .collect();
+    if !tag.is_empty() {
+        prefix.push('x');
+        prefix.push_str(&tag.to_ascii_lowercase());
+    }
+    prefix
+}
+
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii digits")
+}
+
+/// A built topology. Dropping it kills every process started through it and every
+/// process left in its namespaces, deletes the namespaces (which destroys the veths) and
+/// removes the gateways' pins, shared memory and run dirs.
+#[derive(Debug)]
+pub struct Topology {
+    prefix: String,
+    opts: TopologyOpts,
+    tmp: PathBuf,
+    registry: Registry,
+    spawned: AtomicU32,
+    pub(crate) gateways: GatewayProcs,
+    keep: bool,
+}
+
+impl Topology {
+    /// Builds the topology. Namespaces left over from an earlier run with the same prefix
+    /// (a killed test, `xdpmesh-demo --keep`) are deleted first.
+    pub fn new(prefix: &str, opts: TopologyOpts) -> anyhow::Result<Topology> {
+        anyhow::ensure!(
+            !prefix.is_empty()
+                && prefix.len() <= 32
+                && prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "bad topology prefix {prefix:?}"
+        );
+        anyhow::ensure!(opts.rx_queues >= 1, "rx_queues must be at least 1");
+        anyhow::ensure!(opts.mtu >= 576, "mtu {} is too small", opts.mtu);
+        let tmp = std::env::temp_dir().join(format!("xdpmesh-{prefix}"));
+        // Built before anything exists, so that Drop cleans up after a failure half-way.
+        let topo = Topology {
+            prefix: prefix.to_string(),
+            opts,
+            tmp,
+            registry: Registry::default(),
+            spawned: AtomicU32::new(0),
+            gateways: GatewayProcs::default(),
+            keep: false,
+        };
+        topo.cleanup_namespaces();
+        let _ = std::fs::remove_dir_all(&topo.tmp);
+        std::fs::create_dir_all(&topo.tmp)
+            .with_context(|| format!("creating {}", topo.tmp.display()))?;
+        topo.build()
+            .with_context(|| format!("building topology {prefix}"))?;
+        Ok(topo)
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        for node in Node::ALL {
+            ip(&["netns", "add", &self.ns_name(node)])?;
+        }
+        // Sysctls first: `default` applies to the interfaces created below.
+        for node in Node::ALL {
+            let mut keys = vec![
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                // No IPv6: router solicitations and MLD reports would add packets that
+                // XDP counters in tests would have to account for.
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ];
+            if matches!(node, Node::GatewayA | Node::GatewayB) {
+                keys.push("net.ipv4.ip_forward=1");
+            }
+            let mut args = vec!["sysctl", "-q", "-w"];
+            args.extend(keys);
+            self.run(node, &args)?;
+        }
+        let q = self.opts.rx_queues.to_string();
+        let mtu = self.opts.mtu.to_string();
+        let veth = |a: Node, a_if: &str, b: Node, b_if: &str| -> anyhow::Result<()> {
+            let b_ns = self.ns_name(b);
+            ip(&[
+                "-n",
+                &self.ns_name(a),
+                "link",
+                "add",
+                a_if,
+                "mtu",
+                &mtu,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b_if,
+                "mtu",
+                &mtu,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "netns",
+                &b_ns,
+            ])
+        };
+        veth(Node::GatewayA, "pod0", Node::Client, "eth0")?;
+        veth(Node::GatewayA, "up0", Node::GatewayB, "up0")?;
+        veth(Node::GatewayB, "pod0", Node::Server, "eth0")?;
+
+        let addrs: [(Node, &str, &str); 6] = [
+            (Node::Client, "eth0", "198.18.1.2/24"),
+            (Node::GatewayA, "pod0", "198.18.1.1/24"),
+            (Node::GatewayA, "up0", "198.18.0.1/24"),
+            (Node::GatewayB, "up0", "198.18.0.2/24"),
+            (Node::GatewayB, "pod0", "198.18.2.1/24"),
+            (Node::Server, "eth0", "198.18.2.2/24"),
+        ];
+        for node in Node::ALL {
+            ip(&["-n", &self.ns_name(node), "link", "set", "lo", "up"])?;
+        }
+        for (node, iface, addr) in addrs {
+            let ns = self.ns_name(node);
+            ip(&["-n", &ns, "addr", "add", addr, "dev", iface])?;
+            // AF_XDP copy mode sees CHECKSUM_PARTIAL packets unless offloads are off.
+            self.run(
+                node,
+                &[
+                    "ethtool", "-K", iface, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )
+            .with_context(|| format!("disabling offloads on {ns}/{iface}"))?;
+            let rp = format!("net.ipv4.conf.{iface}.rp_filter=0");
+            self.run(node, &["sysctl", "-q", "-w", &rp])?;
+            ip(&["-n", &ns, "link", "set", iface, "up"])?;
+        }
+        let routes: [(Node, &[&str]); 4] = [
+            (
+                Node::Client,
+                &["default", "via", "198.18.1.1", "dev", "eth0"],
+            ),
+            (
+                Node::GatewayA,
+                &["198.18.2.0/24", "via", "198.18.0.2", "dev", "up0"],
+            ),
+            (
+                Node::GatewayB,
+                &["198.18.1.0/24", "via", "198.18.0.1", "dev", "up0"],
+            ),
+            (
+                Node::Server,
+                &["default", "via", "198.18.2.1", "dev", "eth0"],
+            ),
+        ];
+        for (node, route) in routes {
+            let ns = self.ns_name(node);
+            let mut args = vec!["-n", ns.as_str(), "route", "add"];
+            args.extend_from_slice(route);
+            ip(&args)?;
+        }
+        Ok(())
+    }
+
+    /// A fresh number for scratch file names.
+    pub(crate) fn next_file_id(&self) -> u32 {
+        self.spawned.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn registry_ref(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The prefix given to [`Topology::new`].
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The options given to [`Topology::new`].
+    pub fn opts(&self) -> &TopologyOpts {
+        &self.opts
+    }
+
+    /// Namespace name of `node`: `<prefix>-client|gwa|gwb|server`.
+    pub fn ns_name(&self, node: Node) -> String {
+        format!("{}-{}", self.prefix, node.suffix())
+    }
+
+    /// xdpmesh instance name of a gateway node (same as its namespace name).
+    pub fn instance(&self, node: Node) -> String {
+        self.ns_name(node)
+    }
+
+    /// Per-topology scratch directory (`$TMPDIR/xdpmesh-<prefix>/`): logs, peer scripts,
+    /// upload blobs. Removed on drop unless the test panicked (logs are kept then).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Leaves namespaces, gateway processes and files in place when the topology is dropped
+    /// (`xdpmesh-demo --keep`). Other handles still kill their processes when dropped
+    /// (`std::mem::forget` them to keep those too).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    /// A command that runs `program args...` inside `node`'s network namespace
+    /// (`nsenter --net=/run/netns/<ns> --`; the mount namespace stays the host's, so
+    /// /sys/fs/bpf and /run are the host's, unlike `ip netns exec`).
+    pub fn cmd<P, I, S>(&self, node: Node, program: P, args: I) -> Command
+    where
+        P: AsRef<OsStr>,
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.ns_name(node)))
+            .arg("--")
+            .arg(program)
+            .args(args);
+        cmd
+    }
+
+    /// Runs `argv` in `node` with [`RUN_TIMEOUT`]; fails (with stderr) on a non-zero exit.
+    pub fn run(&self, node: Node, argv: &[&str]) -> anyhow::Result<Output> {
+        self.run_timeout(node, argv, RUN_TIMEOUT)
+    }
+
+    /// Runs `argv` in `node`, killing it (its process group) after `timeout`; fails with
+    /// stdout/stderr in the error on timeout or a non-zero exit.
+    pub fn run_timeout(
+        &self,
+        node: Node,
+        argv: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<Output> {
+        let (program, args) = argv.split_first().context("empty argv")?;
+        let mut cmd = self.cmd(node, program, args);
+        let what = format!("{} in {}", argv.join(" "), self.ns_name(node));
+        let output = run_with_timeout(&mut cmd, &self.registry, timeout)
+            .with_context(|| format!("running {what}"))?;
+        if !output.status.success() {
+            bail!(
+                "{what} failed ({}):\nstderr: {}\nstdout: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim_end(),
+                crate::process::tail(&String::from_utf8_lossy(&output.stdout), 20)
+            );
+        }
+        Ok(output)
+    }
+
+    /// Starts `argv` in `node` in the background, stdout and stderr appended to a log file
+    /// under [`Self::tmp_dir`]. The handle kills the process group when dropped; the
+    /// topology kills it too if it is dropped first.
+    pub fn spawn(&self, node: Node, argv: &[&str]) -> anyhow::Result<ProcHandle> {
+        let (program, args) = argv.split_first().context("empty argv")?;
+        let n = self.spawned.fetch_add(1, Ordering::Relaxed);
+        let base = Path::new(program)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "proc".into());
+        let log = self
+            .tmp
+            .join(format!("{n:02}-{}-{base}.log", node.suffix()));
+        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = self.cmd(node, program, args);
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {} in {}", argv.join(" "), self.ns_name(node)))?;
+        Ok(ProcHandle::new(
+            format!("{}:{base}", self.ns_name(node)),
+            child,
+            log,
+            self.registry.clone(),
+        ))
+    }
+
+    /// Waits until something in `node` listens on TCP `port` (checked with `ss`).
+    pub fn wait_tcp_listen(&self, node: Node, port: u16, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let filter = format!("sport = :{port}");
+        loop {
+            let out = self.run(node, &["ss", "-Hltn", &filter])?;
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "nothing listens on TCP port {port} in {} after {timeout:?}",
+                    self.ns_name(node)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills every process in the namespaces and deletes them (idempotent).
+    fn cleanup_namespaces(&self) {
+        for node in Node::ALL {
+            let ns = self.ns_name(node);
+            if !Path::new("/run/netns").join(&ns).exists() {
+                continue;
+            }
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if self.keep {
+            self.gateways.leak();
+            return;
+        }
+        self.gateways.kill_all();
+        self.registry.kill_all();
+        self.cleanup_namespaces();
+        self.gateways.remove_state();
+        if std::thread::panicking() || std::env::var_os("XDPMESH_KEEP_LOGS").is_some() {
+            eprintln!(
+                "xdpmesh-netns: logs of topology {} kept in {}",
+                self.prefix,
+                self.tmp.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// `ip <args>` in the host namespace (all calls here use `-n` or `netns`).
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `cmd` to completion with captured output, SIGKILLing its process group after
+/// `timeout`.
+pub(crate) fn run_with_timeout(
+    cmd: &mut Command,
+    registry: &Registry,
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+    let child = cmd.spawn()?;
+    let pgid = child.id() as i32;
+    registry.add(pgid);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let result = match rx.recv_timeout(timeout) {
+        Ok(r) => r.map_err(anyhow::Error::from),
+        Err(_) => {
+            // Still unreaped (the waiter holds it), so the group id is still ours.
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            let partial = rx.recv().ok().and_then(|r| r.ok());
+            let stderr = partial
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            Err(anyhow::anyhow!(
+                "timed out after {timeout:?}; stderr: {}",
+                stderr.trim_end()
+            ))
+        }
+    };
+    registry.remove(pgid);
+    result
+}

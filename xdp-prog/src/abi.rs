@@ -1,0 +1,506 @@
+//! Rust mirrors of `src/bpf/abi.h`, the map ABI shared with the XDP program.
+//!
+//! Each record is `#[repr(C)]` with the same fields, explicit padding and a
+//! compile-time size assertion that matches the `_Static_assert` in the header.
+//! Map values cross the syscall boundary as bytes in host order; the
+//! `to_bytes`/`from_bytes` pairs do that conversion without `unsafe`.
+
+use std::fmt;
+use std::mem::size_of;
+use std::net::{IpAddr, Ipv6Addr};
+
+/// `XM_ABI_VERSION`: bump together with `abi.h` whenever a layout changes.
+pub const ABI_VERSION: u32 = 2;
+/// `XM_MAX_QUEUES`: rx queues served per port (interface).
+pub const MAX_QUEUES: u32 = 64;
+/// `XM_MAX_PORTS`: interfaces the program can serve at once (capacity of
+/// `ports`). The `xsks` map has `MAX_PORTS * MAX_QUEUES` slots, one per
+/// (port, queue), at [`xsk_slot`].
+pub const MAX_PORTS: u32 = 8;
+/// `XM_MAX_WORKLOADS`: capacity of the `workloads` map.
+pub const MAX_WORKLOADS: u32 = 65536;
+/// `XM_MAX_NEIGHBORS`: capacity of the LRU `neighbors` map.
+pub const MAX_NEIGHBORS: u32 = 4096;
+/// `XM_WL_LOCAL`: the workload is captured and served by this gateway.
+pub const WL_LOCAL: u32 = 1;
+/// `XM_WL_MESH`: a mesh workload served by another gateway.
+///
+/// A TCP segment is mesh traffic (diverted) iff `(src & WL_LOCAL && dst &
+/// (WL_LOCAL | WL_MESH)) || dst & WL_LOCAL`: inbound traffic to a captured
+/// workload and captured-to-mesh traffic. A captured workload's traffic to
+/// an address outside the mesh (no flag) goes to the kernel (passthrough).
+pub const WL_MESH: u32 = 2;
+/// `XM_CFG_ENABLED`: divert mesh traffic; when clear every frame is passed.
+pub const CFG_ENABLED: u32 = 1;
+
+/// `struct xm_addr`: an IPv6 address in network byte order; IPv4 addresses
+/// are stored v4-mapped (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct XmAddr {
+    /// Address bytes, network order.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<XmAddr>() == 16);
+
+impl XmAddr {
+    /// Size of the encoded key.
+    pub const SIZE: usize = 16;
+
+    /// The address this key stands for; v4-mapped keys come back as IPv4.
+    pub fn ip(&self) -> IpAddr {
+        Ipv6Addr::from(self.addr).to_canonical()
+    }
+}
+
+impl From<IpAddr> for XmAddr {
+    fn from(ip: IpAddr) -> Self {
+        let v6 = match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        Self { addr: v6.octets() }
+    }
+}
+
+/// `struct xm_workload`: value of the `workloads` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XmWorkload {
+    /// `XM_WL_*` flags.
+    pub flags: u32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<XmWorkload>() == 8);
+
+impl XmWorkload {
+    /// Size of the encoded value.
+    pub const SIZE: usize = 8;
+
+    /// A record with the given flags and zeroed padding.
+    pub const fn new(flags: u32) -> Self {
+        Self { flags, _pad: 0 }
+    }
+
+    /// Host-order encoding as the kernel stores it.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0; Self::SIZE];
+        b[0..4].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+
+    /// Decodes a map value; `None` when `b` has the wrong size.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
+        Some(Self::new(u32::from_ne_bytes(b[0..4].try_into().ok()?)))
+    }
+}
+
+/// The `xsks` key of rx queue `queue` on port `port`:
+/// `port * MAX_QUEUES + queue`, as the XDP program computes it.
+pub const fn xsk_slot(port: u32, queue: u32) -> u32 {
+    port * MAX_QUEUES + queue
+}
+
+/// `struct xm_port`: value of the `ports` map (key: `u32` ingress ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XmPort {
+    /// The interface's port number, below [`MAX_PORTS`]: its block of
+    /// [`MAX_QUEUES`] slots in `xsks`.
+    pub slot: u32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<XmPort>() == 8);
+
+impl XmPort {
+    /// Size of the encoded value.
+    pub const SIZE: usize = 8;
+
+    /// A record for port `slot` with zeroed padding.
+    pub const fn new(slot: u32) -> Self {
+        Self { slot, _pad: 0 }
+    }
+
+    /// Host-order encoding as the kernel stores it.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0; Self::SIZE];
+        b[0..4].copy_from_slice(&self.slot.to_ne_bytes());
+        b
+    }
+
+    /// Decodes a map value; `None` when `b` has the wrong size.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
+        Some(Self::new(u32::from_ne_bytes(b[0..4].try_into().ok()?)))
+    }
+}
+
+/// `struct xm_config`: the single value of the `config` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XmConfig {
+    /// `XM_CFG_*` flags.
+    pub flags: u32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<XmConfig>() == 8);
+
+impl XmConfig {
+    /// Size of the encoded value.
+    pub const SIZE: usize = 8;
+
+    /// A record with the given flags and zeroed padding.
+    pub const fn new(flags: u32) -> Self {
+        Self { flags, _pad: 0 }
+    }
+
+    /// Host-order encoding as the kernel stores it.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0; Self::SIZE];
+        b[0..4].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+
+    /// Decodes a map value; `None` when `b` has the wrong size.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
+        Some(Self::new(u32::from_ne_bytes(b[0..4].try_into().ok()?)))
+    }
+}
+
+/// `struct xm_counter`: one CPU's slot of the per-CPU `counters` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XmCounter {
+    /// Frames.
+    pub packets: u64,
+    /// Bytes of those frames, from the Ethernet header on.
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<XmCounter>() == 16);
+
+impl XmCounter {
+    /// Size of the encoded value.
+    pub const SIZE: usize = 16;
+
+    /// Decodes one CPU's value; `None` when `b` has the wrong size.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
+        Some(Self {
+            packets: u64::from_ne_bytes(b[0..8].try_into().ok()?),
+            bytes: u64::from_ne_bytes(b[8..16].try_into().ok()?),
+        })
+    }
+}
+
+/// `struct xm_neigh_key`: key of the `neighbors` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XmNeighKey {
+    /// Interface the ARP/NDP message arrived on (`xdp_md.ingress_ifindex`).
+    pub ifindex: u32,
+    /// The neighbour's address, as in [`XmAddr`].
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<XmNeighKey>() == 20);
+
+impl XmNeighKey {
+    /// Size of the encoded key.
+    pub const SIZE: usize = 20;
+
+    /// The key for `addr` seen on `ifindex`.
+    pub fn new(ifindex: u32, addr: IpAddr) -> Self {
+        Self {
+            ifindex,
+            addr: XmAddr::from(addr).addr,
+        }
+    }
+
+    /// Host-order encoding as the kernel stores it.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0; Self::SIZE];
+        b[0..4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[4..20].copy_from_slice(&self.addr);
+        b
+    }
+
+    /// Decodes a map key; `None` when `b` has the wrong size.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
+        Some(Self {
+            ifindex: u32::from_ne_bytes(b[0..4].try_into().ok()?),
+            addr: b[4..20].try_into().ok()?,
+        })
+    }
+}
+
+/// `struct xm_neigh`: value of the `neighbors` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XmNeigh {
+    /// The neighbour's MAC address.
+    pub mac: [u8; 6],
+    _pad: u16,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when it was last seen.
+    pub updated_ns: u64,
+}
+const _: () = assert!(size_of::<XmNeigh>() == 16);
+
+impl XmNeigh {
+    /// Size of the encoded value.
+    pub const SIZE: usize = 16;
+
+    /// A record with zeroed padding.
+    pub const fn new(mac: [u8; 6], updated_ns: u64) -> Self {
+        Self {
+            mac,
+            _pad: 0,
+            updated_ns,
+        }
+    }
+
+    /// Decodes a map value; `None` when `b` has the wrong size.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
+        Some(Self::new(
+            b[0..6].try_into().ok()?,
+            u64::from_ne_bytes(b[8..16].try_into().ok()?),
+        ))
+    }
+}
+
+/// Why the XDP program gave a frame its verdict: `enum xm_reason`.
+///
+/// The discriminants index the `counters` map and are ABI; [`Reason::name`]
+/// is the metric label.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// Mesh TCP redirected to the queue's AF_XDP socket.
+    RedirectMesh = 0,
+    /// Mesh TCP passed to the kernel: the ingress interface has no port
+    /// (`ports`), or no socket is registered for its (port, rx queue).
+    PassNoSocket = 1,
+    /// `config` is not enabled: every frame is passed untouched.
+    PassDisabled = 2,
+    /// 802.1Q / 802.1ad tagged frame.
+    PassVlan = 3,
+    /// ARP (snooped into `neighbors` first).
+    PassArp = 4,
+    /// Another non-IP ethertype.
+    PassNonIp = 5,
+    /// IP but not TCP (ICMP, UDP, ...), mesh or not.
+    PassNonTcp = 6,
+    /// TCP (or an IPv6 extension-header chain) that is not mesh traffic:
+    /// neither to a local workload nor from one to a mesh workload
+    /// (see [`WL_MESH`]); this includes a captured workload's passthrough
+    /// traffic to destinations outside the mesh.
+    PassNotMesh = 7,
+    /// ICMPv6 neighbour solicitation or advertisement (snooped into `neighbors`).
+    PassNdp = 8,
+    /// Frame shorter than an Ethernet header.
+    DropTruncatedEth = 9,
+    /// Frame too short for the fixed IPv4/IPv6 header.
+    DropTruncatedIp = 10,
+    /// Bad IP version, IHL or length field.
+    DropBadIpHeader = 11,
+    /// Mesh IPv4 fragment (the userspace stack does not reassemble).
+    DropMeshFragment = 12,
+    /// Mesh IPv4 with options.
+    DropIpOptions = 13,
+    /// Mesh IPv6 with extension headers.
+    DropIpv6Ext = 14,
+    /// Mesh TCP shorter than the fixed TCP header.
+    DropTruncatedTcp = 15,
+    /// Mesh TCP with data offset below 5 or beyond the segment.
+    DropBadTcpHeader = 16,
+}
+
+impl Reason {
+    /// `XM_REASON_MAX`: number of reasons (and entries of `counters`).
+    pub const COUNT: usize = 17;
+
+    /// Every reason, in discriminant order.
+    pub const ALL: [Reason; Reason::COUNT] = [
+        Reason::RedirectMesh,
+        Reason::PassNoSocket,
+        Reason::PassDisabled,
+        Reason::PassVlan,
+        Reason::PassArp,
+        Reason::PassNonIp,
+        Reason::PassNonTcp,
+        Reason::PassNotMesh,
+        Reason::PassNdp,
+        Reason::DropTruncatedEth,
+        Reason::DropTruncatedIp,
+        Reason::DropBadIpHeader,
+        Reason::DropMeshFragment,
+        Reason::DropIpOptions,
+        Reason::DropIpv6Ext,
+        Reason::DropTruncatedTcp,
+        Reason::DropBadTcpHeader,
+    ];
+
+    /// The snake_case name, used as the metric label.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Reason::RedirectMesh => "redirect_mesh",
+            Reason::PassNoSocket => "pass_no_socket",
+            Reason::PassDisabled => "pass_disabled",
+            Reason::PassVlan => "pass_vlan",
+            Reason::PassArp => "pass_arp",
+            Reason::PassNonIp => "pass_non_ip",
+            Reason::PassNonTcp => "pass_non_tcp",
+            Reason::PassNotMesh => "pass_not_mesh",
+            Reason::PassNdp => "pass_ndp",
+            Reason::DropTruncatedEth => "drop_truncated_eth",
+            Reason::DropTruncatedIp => "drop_truncated_ip",
+            Reason::DropBadIpHeader => "drop_bad_ip_header",
+            Reason::DropMeshFragment => "drop_mesh_fragment",
+            Reason::DropIpOptions => "drop_ip_options",
+            Reason::DropIpv6Ext => "drop_ipv6_ext",
+            Reason::DropTruncatedTcp => "drop_truncated_tcp",
+            Reason::DropBadTcpHeader => "drop_bad_tcp_header",
+        }
+    }
+
+    /// The reason with discriminant `v`.
+    pub fn from_u32(v: u32) -> Option<Reason> {
+        Reason::ALL.get(usize::try_from(v).ok()?).copied()
+    }
+
+    /// Whether frames with this reason are dropped (as opposed to passed or
+    /// redirected).
+    pub const fn is_drop(&self) -> bool {
+        (*self as u32) >= Reason::DropTruncatedEth as u32
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn reasons_are_dense_and_named_uniquely() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(Reason::from_u32(i as u32), Some(*r));
+        }
+        assert_eq!(Reason::from_u32(Reason::COUNT as u32), None);
+        let names: BTreeSet<_> = Reason::ALL.iter().map(Reason::name).collect();
+        assert_eq!(names.len(), Reason::COUNT);
+        for r in Reason::ALL {
+            let n = r.name();
+            assert!(n.starts_with("pass_") || n.starts_with("drop_") || n == "redirect_mesh");
+            assert!(n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+            assert_eq!(r.is_drop(), n.starts_with("drop_"), "{n}");
+            assert_eq!(r.to_string(), n);
+        }
+    }
+
+    #[test]
+    fn header_enum_matches() {
+        // Keep in step with `enum xm_reason` in abi.h: parse the header itself.
+        let header = include_str!("bpf/abi.h");
+        for r in Reason::ALL {
+            let c_name = format!(
+                "XM_REASON_{} = {},",
+                r.name().to_ascii_uppercase(),
+                r as u32
+            );
+            assert!(header.contains(&c_name), "abi.h lacks `{c_name}`");
+        }
+        assert!(header.contains(&format!("XM_REASON_MAX = {},", Reason::COUNT)));
+        for (name, v) in [
+            ("XM_ABI_VERSION", ABI_VERSION.to_string()),
+            ("XM_MAX_QUEUES", MAX_QUEUES.to_string()),
+            ("XM_MAX_PORTS", MAX_PORTS.to_string()),
+            ("XM_MAX_WORKLOADS", MAX_WORKLOADS.to_string()),
+            ("XM_MAX_NEIGHBORS", MAX_NEIGHBORS.to_string()),
+            ("XM_WL_LOCAL", format!("{WL_LOCAL}u")),
+            ("XM_WL_MESH", format!("{WL_MESH}u")),
+            ("XM_CFG_ENABLED", format!("{CFG_ENABLED}u")),
+        ] {
+            let line = format!("#define {name} {v}");
+            assert!(
+                header
+                    .lines()
+                    .any(|l| l == line || l.starts_with(&format!("{line} "))),
+                "abi.h lacks `{line}`"
+            );
+        }
+    }
+
+    #[test]
+    fn abi_sizes() {
+        assert_eq!(size_of::<XmAddr>(), XmAddr::SIZE);
+        assert_eq!(size_of::<XmWorkload>(), XmWorkload::SIZE);
+        assert_eq!(size_of::<XmPort>(), XmPort::SIZE);
+        assert_eq!(size_of::<XmConfig>(), XmConfig::SIZE);
+        assert_eq!(size_of::<XmCounter>(), XmCounter::SIZE);
+        assert_eq!(size_of::<XmNeighKey>(), XmNeighKey::SIZE);
+        assert_eq!(size_of::<XmNeigh>(), XmNeigh::SIZE);
+    }
+
+    #[test]
+    fn v4_mapped_round_trip() {
+        let v4 = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 2));
+        let k = XmAddr::from(v4);
+        assert_eq!(
+            k.addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 18, 1, 2]
+        );
+        assert_eq!(k.ip(), v4);
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(XmAddr::from(v6).ip(), v6);
+    }
+
+    #[test]
+    fn record_encodings() {
+        let w = XmWorkload::new(WL_LOCAL);
+        assert_eq!(XmWorkload::from_bytes(&w.to_bytes()), Some(w));
+        assert_eq!(XmWorkload::from_bytes(&[0; 7]), None);
+        let p = XmPort::new(3);
+        assert_eq!(&p.to_bytes()[0..4], &3u32.to_ne_bytes());
+        assert_eq!(&p.to_bytes()[4..8], &[0; 4]);
+        assert_eq!(XmPort::from_bytes(&p.to_bytes()), Some(p));
+        assert_eq!(XmPort::from_bytes(&[0; 9]), None);
+        assert_eq!(xsk_slot(0, 5), 5);
+        assert_eq!(
+            xsk_slot(MAX_PORTS - 1, MAX_QUEUES - 1),
+            MAX_PORTS * MAX_QUEUES - 1
+        );
+        let c = XmConfig::new(CFG_ENABLED);
+        assert_eq!(XmConfig::from_bytes(&c.to_bytes()), Some(c));
+        let k = XmNeighKey::new(7, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        let b = k.to_bytes();
+        assert_eq!(&b[0..4], &7u32.to_ne_bytes());
+        assert_eq!(XmNeighKey::from_bytes(&b), Some(k));
+        let mut v = [0xa5u8; 16];
+        v[8..16].copy_from_slice(&42u64.to_ne_bytes());
+        let n = XmNeigh::from_bytes(&v).unwrap();
+        assert_eq!(n.mac, [0xa5; 6]);
+        assert_eq!(n.updated_ns, 42);
+        let mut cb = [0u8; 16];
+        cb[0..8].copy_from_slice(&3u64.to_ne_bytes());
+        cb[8..16].copy_from_slice(&180u64.to_ne_bytes());
+        assert_eq!(
+            XmCounter::from_bytes(&cb),
+            Some(XmCounter {
+                packets: 3,
+                bytes: 180
+            })
+        );
+    }
+}
