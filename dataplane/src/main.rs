@@ -18,8 +18,11 @@ use xdpmesh_dataplane::{host, xsk};
 use xdpmesh_shm::ShmReader;
 use xdpmesh_xdp::{PinnedMaps, XdpMode, XdpProgram};
 
+/// jemalloc with background purge threads: connection buffers freed by a worker go
+/// back to the OS after jemalloc's decay time (10 s) even when the worker then sits
+/// idle (an allocator that purges only during allocation activity keeps them).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(
@@ -186,6 +189,9 @@ fn open_tables(path: &Path, wait: Duration) -> Result<ShmReader> {
 }
 
 fn run(a: RunArgs) -> Result<()> {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        warn!(%e, "jemalloc background purging unavailable: freed memory returns to the OS only under load");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -201,11 +207,14 @@ fn run(a: RunArgs) -> Result<()> {
     if queues == 0 || queues > queues_avail {
         bail!("--queues {queues}: the interfaces have {queues_avail} RX queue(s); use at most that many workers");
     }
-    let tables = open_tables(&a.shm, a.wait_tables)?;
     std::fs::create_dir_all(&a.run_dir)
         .with_context(|| format!("creating {}", a.run_dir.display()))?;
 
+    // Order: program and sockets, attach with diversion off (everything passes), wait
+    // for the tables, start the workers, then divert. Interface and XDP-mode errors
+    // therefore show at once, and no frame is diverted before a worker can take it.
     let prog = XdpProgram::load(&a.pin_dir)?;
+    prog.set_enabled(false)?;
     // Sockets first, then attach: no diverted frame ever finds an empty XSKMAP slot
     // that it could have used (and until then the kernel keeps the traffic).
     let mut sockets = Vec::new();
@@ -230,7 +239,7 @@ fn run(a: RunArgs) -> Result<()> {
         info!(iface = %p.name, ifindex = p.ifindex, mode = %att.mode(), "XDP program attached");
         attachments.push(att);
     }
-    prog.set_enabled(true)?;
+    let tables = open_tables(&a.shm, a.wait_tables)?;
 
     let inboxes: Vec<_> = (0..queues)
         .map(|_| Arc::new(ArrayQueue::new(HANDOVER_QUEUE)))
@@ -272,6 +281,7 @@ fn run(a: RunArgs) -> Result<()> {
                 })?,
         );
     }
+    prog.set_enabled(true)?;
     info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, "running");
     eprintln!("xdpmesh-dataplane ready");
 
@@ -333,6 +343,9 @@ fn write_stats(
             min_generation = min_generation.min(l.table_generation);
             let mut j = l.to_json();
             j["queue"] = json!(q);
+            if let Ok(sample) = s.live_sample.lock() {
+                j["live_sample"] = json!(*sample);
+            }
             j
         })
         .collect();

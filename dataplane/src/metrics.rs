@@ -23,6 +23,9 @@ macro_rules! counters {
         pub struct Shared {
             $($name: AtomicU64,)*
             rx_dropped: [AtomicU64; DropReason::ALL.len()],
+            /// A few live connections (oldest first) with their legs' TCP states, for
+            /// `stats`: written at publication time only, never on the packet path.
+            pub live_sample: std::sync::Mutex<Vec<String>>,
         }
 
         impl Shared {
@@ -77,6 +80,7 @@ counters!(
     reset_connections,
     upstream_failures,
     no_flow_resets,
+    late_segments,
     no_route,
     handover_out,
     handover_in,

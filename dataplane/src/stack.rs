@@ -318,13 +318,21 @@ pub fn pump(legs: &mut [Leg; 2]) -> Pumped {
 }
 
 fn propagate_reset(a: &mut Leg, b: &mut Leg) -> bool {
-    if a.state() == tcp::State::Closed && !a.closed_by_us && !b.closed_by_us {
-        b.socket().abort();
-        b.closed_by_us = true;
+    if a.state() == tcp::State::Closed && !a.closed_by_us {
+        // Also when we already sent our FIN on `b`: the half-closed direction is
+        // still open until `b` finishes, and its peer must learn of the reset.
         a.closed_by_us = true;
+        if !leg_done(b) {
+            b.socket().abort();
+            b.closed_by_us = true;
+        }
         return true;
     }
     false
+}
+
+fn leg_done(l: &Leg) -> bool {
+    matches!(l.state(), tcp::State::Closed | tcp::State::TimeWait)
 }
 
 fn propagate_fin(a: &mut Leg, b: &mut Leg) {
@@ -343,6 +351,21 @@ fn propagate_fin(a: &mut Leg, b: &mut Leg) {
 /// retransmitted FIN from the peer after this gets a reset, which its kernel ignores
 /// for a socket already closed.
 pub fn finished(legs: &[Leg; 2]) -> bool {
-    legs.iter()
-        .all(|l| matches!(l.state(), tcp::State::Closed | tcp::State::TimeWait))
+    legs.iter().all(leg_done)
+}
+
+/// Whether exactly one leg is finished: the connection is half-dead and lives only
+/// until the other leg's peer closes (bounded by the worker, see `HALF_DEAD_US`).
+pub fn half_finished(legs: &[Leg; 2]) -> bool {
+    leg_done(&legs[0]) != leg_done(&legs[1])
+}
+
+/// Aborts every leg that is not finished yet.
+pub fn abort(legs: &mut [Leg; 2]) {
+    for l in legs {
+        if !leg_done(l) {
+            l.socket().abort();
+            l.closed_by_us = true;
+        }
+    }
 }

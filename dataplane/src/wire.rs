@@ -103,22 +103,29 @@ impl FlowKey {
     }
 
     /// A hash every worker computes identically, used to pick the worker that owns a
-    /// flow. FNV-1a over the tuple: cheap and stable; it is not a defence against
-    /// an attacker steering flows onto one core (neither is RSS).
+    /// flow. Symmetric (the two endpoints are ordered first), so both directions of a
+    /// leg, and both gateways of a gateway-to-gateway leg (which reach each other on the
+    /// queue with the sender's index), agree on the owner. FNV-1a: cheap and stable; it
+    /// is not a defence against an attacker steering flows onto one core (neither is RSS).
     pub fn owner_hash(&self) -> u32 {
+        let (a, b) = if (self.src.ip(), self.src.port()) <= (self.dst.ip(), self.dst.port()) {
+            (self.src, self.dst)
+        } else {
+            (self.dst, self.src)
+        };
         let mut h: u32 = 0x811c_9dc5;
-        let mut feed = |b: &[u8]| {
-            for &x in b {
+        let mut feed = |bytes: &[u8]| {
+            for &x in bytes {
                 h ^= u32::from(x);
                 h = h.wrapping_mul(0x0100_0193);
             }
         };
-        for a in [self.src, self.dst] {
-            match a.ip() {
+        for e in [a, b] {
+            match e.ip() {
                 IpAddr::V4(v4) => feed(&v4.octets()),
                 IpAddr::V6(v6) => feed(&v6.octets()),
             }
-            feed(&a.port().to_be_bytes());
+            feed(&e.port().to_be_bytes());
         }
         h
     }
@@ -397,8 +404,17 @@ mod tests {
             src: "198.18.1.2:40000".parse().unwrap(),
             dst: "198.18.2.2:80".parse().unwrap(),
         };
-        // Fixed value: every worker (and every release) must agree on flow ownership.
-        assert_eq!(k.owner_hash(), k.owner_hash());
-        assert_ne!(k.owner_hash(), k.reversed().owner_hash());
+        // Fixed value: every worker, gateway and release must agree on flow ownership.
+        assert_eq!(
+            k.owner_hash(),
+            0x6b11_46b6,
+            "FNV-1a, computed independently"
+        );
+        assert_eq!(k.owner_hash(), k.reversed().owner_hash(), "symmetric");
+        let other = FlowKey {
+            src: "198.18.1.2:40001".parse().unwrap(),
+            dst: k.dst,
+        };
+        assert_ne!(k.owner_hash(), other.owner_hash());
     }
 }

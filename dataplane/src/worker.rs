@@ -13,7 +13,7 @@
 //! packets can need a handover (on NICs whose RSS could be steered the same way, none).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -92,9 +92,37 @@ struct Resolve {
 struct Conn {
     legs: [Leg; 2],
     scheduled: Option<i64>,
+    /// Since when one leg has finished and the other has not.
+    half_dead_since: Option<i64>,
     started: std::time::Instant,
     resolve: Option<Resolve>,
     bytes: [u64; 2],
+}
+
+impl Conn {
+    fn describe(&self) -> String {
+        let [l0, l1] = &self.legs;
+        format!(
+            "{} -> {} [{:?}{}] | {} -> {} [{:?}{}] age {} ms, moved {}/{} B",
+            l0.key.src,
+            l0.key.dst,
+            l0.state(),
+            if l0.closed_by_us { ", closed" } else { "" },
+            l1.key.dst,
+            l1.key.src,
+            l1.state(),
+            if l1.dst_mac.is_none() {
+                ", resolving"
+            } else if l1.closed_by_us {
+                ", closed"
+            } else {
+                ""
+            },
+            self.started.elapsed().as_millis(),
+            self.bytes[0],
+            self.bytes[1],
+        )
+    }
 }
 
 /// Everything but the RX halves (split so RX batches can borrow the rest mutably).
@@ -110,15 +138,36 @@ struct Engine {
     timers: BinaryHeap<Reverse<(i64, usize)>>,
     waiting: Vec<usize>,
     neigh: AHashMap<(usize, IpAddr), Mac>,
+    /// Keys of recently freed connections (see [`LINGER_US`]), with their expiry.
+    recent: AHashMap<FlowKey, i64>,
+    recent_order: VecDeque<(i64, FlowKey)>,
     resolver: Resolver,
     empty: SocketSet<'static>,
     buffers: Buffers,
     inboxes: Vec<Arc<ArrayQueue<Handover>>>,
-    next_port: u16,
+    /// Next candidate local port for outbound legs, for delivery legs.
+    next_port: [u16; 2],
     epoch: std::time::Instant,
     stats: Local,
 }
 
+/// How long the keys of a freed connection are remembered. Connection state is freed
+/// as soon as both legs finished (no TIME-WAIT sockets); segments that still arrive
+/// (reordered by a handover, duplicate ACKs) are dropped silently and counted as
+/// `late_segments` instead of being answered with a reset.
+const LINGER_US: i64 = 2_000_000;
+/// At most this many lingering keys (oldest forgotten first): bounded memory.
+const LINGER_MAX: usize = 65_536;
+/// A connection with one leg finished is aborted if the other leg's peer has not
+/// closed after this long (Linux's `tcp_fin_timeout` for orphaned FIN-WAIT-2).
+const HALF_DEAD_US: i64 = 60_000_000;
+/// Local ports of legs opened towards another gateway (the source gateway's side).
+const OUTBOUND_PORTS: std::ops::RangeInclusive<u16> = 20_000..=39_999;
+/// Local ports of legs delivering to a workload served here (the destination side).
+/// Disjoint from [`OUTBOUND_PORTS`]: the destination gateway cannot know which ports
+/// the source gateway picked, and the same 4-tuple live on both links (once in each
+/// orientation) stalled connections in testing.
+const DELIVERY_PORTS: std::ops::RangeInclusive<u16> = 40_000..=59_999;
 /// Give up resolving a next hop after this long.
 const RESOLVE_TIMEOUT_US: i64 = 3_000_000;
 /// Re-send an ARP request this often while resolving.
@@ -159,11 +208,21 @@ pub fn run(setup: WorkerSetup) {
         timers: BinaryHeap::new(),
         waiting: Vec::new(),
         neigh: AHashMap::new(),
+        recent: AHashMap::new(),
+        recent_order: VecDeque::new(),
         resolver,
         empty: SocketSet::new(Vec::new()),
         buffers,
         inboxes,
-        next_port: 10_000 + (id as u16).wrapping_mul(7919) % 50_000,
+        next_port: {
+            // Per-process, per-worker start: restarts do not walk the same sequence
+            // again straight into peers' TIME-WAIT state.
+            let seed = (std::process::id() as u16) ^ (id as u16).wrapping_mul(7919);
+            [
+                OUTBOUND_PORTS.start() + seed % OUTBOUND_PORTS.len() as u16,
+                DELIVERY_PORTS.start() + seed % DELIVERY_PORTS.len() as u16,
+            ]
+        },
         epoch,
         stats: Local::default(),
     };
@@ -186,6 +245,7 @@ pub fn run(setup: WorkerSetup) {
             work += 1;
         }
         work += e.run_timers(now);
+        e.expire_recent(now);
         if !e.waiting.is_empty() && now - last_resolve >= 1_000 {
             last_resolve = now;
             e.resolve_pending(now);
@@ -197,6 +257,10 @@ pub fn run(setup: WorkerSetup) {
             last_publish = now;
             e.stats.live_connections = e.conns.len() as u64;
             shared.publish(&e.stats);
+            if let Ok(mut sample) = shared.live_sample.lock() {
+                sample.clear();
+                sample.extend(e.conns.iter().take(8).map(|(_, c)| c.describe()));
+            }
         }
         if work == 0 && !busy_poll {
             let pending_tx = e.txs.iter().any(|t| t.pending() > 0);
@@ -295,7 +359,11 @@ impl Engine {
                 self.ingress(cid, usize::from(leg), ip, t.src_mac, now);
                 self.service(cid, now);
             }
-            None if t.flags.syn && !t.flags.ack => self.accept(port, &t, ip, now),
+            None if t.flags.syn && !t.flags.ack => {
+                self.recent.remove(&t.key);
+                self.accept(port, &t, ip, now)
+            }
+            None if self.recent.contains_key(&t.key) => self.stats.late_segments += 1,
             None => {
                 self.stats.no_flow_resets += 1;
                 self.reset(port, t.src_mac, ip, now);
@@ -349,8 +417,14 @@ impl Engine {
         if pumped.reset {
             self.stats.reset_connections += 1;
         }
+        if stack::half_finished(&conn.legs) {
+            let since = *conn.half_dead_since.get_or_insert(now);
+            if now - since >= HALF_DEAD_US {
+                stack::abort(&mut conn.legs);
+            }
+        }
         let ts = Instant::from_micros(now);
-        let mut next: Option<i64> = None;
+        let mut next: Option<i64> = conn.half_dead_since.map(|s| s + HALF_DEAD_US);
         for l in &mut conn.legs {
             let Some(dst_mac) = l.dst_mac else { continue };
             let mut dev = LegDevice {
@@ -383,8 +457,16 @@ impl Engine {
 
     fn remove(&mut self, cid: usize) {
         let conn = self.conns.remove(cid);
+        let expiry = self.now() + LINGER_US;
         for l in &conn.legs {
             self.flows.remove(&l.key);
+            if self.recent_order.len() >= LINGER_MAX {
+                if let Some((_, old)) = self.recent_order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+            self.recent.insert(l.key, expiry);
+            self.recent_order.push_back((expiry, l.key));
         }
         self.waiting.retain(|&w| w != cid);
         self.stats.closed_connections += 1;
@@ -405,26 +487,40 @@ impl Engine {
         );
     }
 
+    fn expire_recent(&mut self, now: i64) {
+        while let Some(&(expiry, key)) = self.recent_order.front() {
+            if expiry > now {
+                break;
+            }
+            self.recent_order.pop_front();
+            // A newer entry for the same key (reused quickly) keeps its own expiry.
+            if self.recent.get(&key) == Some(&expiry) {
+                self.recent.remove(&key);
+            }
+        }
+    }
+
+    /// Services the connections whose timer is due. Only entries due when it starts
+    /// are taken: a connection that is due again at once (its TX ring is full, say)
+    /// waits for the next loop iteration, after the TX rings were flushed.
     fn run_timers(&mut self, now: i64) -> usize {
-        let mut n = 0;
+        let mut due = Vec::new();
         while let Some(&Reverse((at, cid))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            let due = self.conns.get_mut(cid).is_some_and(|c| {
-                let due = c.scheduled == Some(at);
-                if due {
+            if let Some(c) = self.conns.get_mut(cid) {
+                if c.scheduled == Some(at) {
                     c.scheduled = None;
+                    due.push(cid);
                 }
-                due
-            });
-            if due {
-                self.service(cid, now);
-                n += 1;
             }
         }
-        n
+        for &cid in &due {
+            self.service(cid, now);
+        }
+        due.len()
     }
 
     fn port_of(&self, ifindex: u32) -> Option<usize> {
@@ -433,17 +529,43 @@ impl Engine {
 
     /// A local port for a connection from `local_ip` to `remote` whose replies hash to
     /// this worker and whose 4-tuple is free.
-    fn pick_port(&mut self, remote: SocketAddr, local_ip: IpAddr) -> Option<u16> {
-        for _ in 0..65_536 {
-            let p = self.next_port;
-            self.next_port = if p >= 65_000 { 10_000 } else { p + 1 };
+    fn pick_port(
+        &mut self,
+        remote: SocketAddr,
+        local_ip: IpAddr,
+        local_delivery: bool,
+    ) -> Option<u16> {
+        let range = if local_delivery {
+            DELIVERY_PORTS
+        } else {
+            OUTBOUND_PORTS
+        };
+        let next = if local_delivery {
+            &mut self.next_port[1]
+        } else {
+            &mut self.next_port[0]
+        };
+        for _ in 0..range.len() {
+            let p = *next;
+            *next = if p >= *range.end() {
+                *range.start()
+            } else {
+                p + 1
+            };
             let key = FlowKey {
                 src: remote,
                 dst: SocketAddr::new(local_ip, p),
             };
-            if (self.workers <= 1 || key.owner_hash() % self.workers == self.id)
-                && !self.flows.contains_key(&key)
-            {
+            // The 4-tuple must be unused in both orientations, live or lingering: a
+            // gateway that opened its second leg on the same tuple as its first (same
+            // client address and port, same destination: both gateways walk the same
+            // port sequence) stalled connections in testing.
+            let rev = key.reversed();
+            let free = !self.flows.contains_key(&key)
+                && !self.recent.contains_key(&key)
+                && !self.flows.contains_key(&rev)
+                && !self.recent.contains_key(&rev);
+            if free && (self.workers <= 1 || key.owner_hash() % self.workers == self.id) {
                 return Some(p);
             }
         }
@@ -489,7 +611,7 @@ impl Engine {
             self.reset(port, t.src_mac, ip, now);
             return;
         };
-        let Some(local_port) = self.pick_port(target, client.ip()) else {
+        let Some(local_port) = self.pick_port(target, client.ip(), dst.local) else {
             self.stats.upstream_failures += 1;
             self.reset(port, t.src_mac, ip, now);
             return;
@@ -526,6 +648,7 @@ impl Engine {
         let cid = self.conns.insert(Conn {
             legs: [leg0, leg1],
             scheduled: None,
+            half_dead_since: None,
             started: std::time::Instant::now(),
             resolve,
             bytes: [0, 0],

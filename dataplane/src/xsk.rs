@@ -142,6 +142,14 @@ pub fn open(
                 reason: "no fill/completion ring returned".into(),
             });
         };
+        let mut descs = descs;
+        for d in &mut descs {
+            // SAFETY: no ring holds any frame yet, so nothing else (kernel included)
+            // accesses the UMEM; each frame is touched once, through its own descriptor.
+            // Pre-faulting the whole UMEM makes the dataplane's resident memory its
+            // steady-state figure from the start (frames are not faulted in under load).
+            unsafe { umem.data_mut(d) }.cursor().zero_out();
+        }
         let half = descs.len() / 2;
         let (rx_descs, tx_descs) = descs.split_at(half);
         // SAFETY: these descriptors come from this UMEM and have never been handed to
@@ -251,10 +259,16 @@ impl TxPart {
             .extend(self.scratch[..n].iter().map(|d| Frame(*d)));
     }
 
-    /// Whether a frame can be taken now (reclaiming completions if needed).
+    /// Whether a frame can be taken now. When the free list is empty this reclaims
+    /// completions, and if that is not enough, submits what is pending and reclaims
+    /// again (in copy mode the kernel transmits inside the wakeup syscall).
     pub fn has_free(&mut self) -> bool {
         if self.free.is_empty() {
             self.reclaim();
+            if self.free.is_empty() && !self.pending.is_empty() {
+                self.flush();
+                self.reclaim();
+            }
         }
         !self.free.is_empty()
     }

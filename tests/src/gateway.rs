@@ -256,6 +256,8 @@ impl Topology {
     ) -> anyhow::Result<Vec<(String, ExitStatus, bool)>> {
         let mut out = Vec::new();
         let procs = std::mem::take(&mut self.gateways.procs);
+        // Stopped gateways can be started again (restart tests).
+        self.gateways.kind = None;
         for (_, mut control, mut dataplane) in procs {
             for p in [&mut dataplane, &mut control] {
                 let (status, graceful) = p.stop(signal, Duration::from_secs(10))?;

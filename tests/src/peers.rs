@@ -533,16 +533,31 @@ impl Topology {
         port: u16,
         seconds: u32,
     ) -> anyhow::Result<IperfResult> {
+        self.run_iperf_opts(node, server, port, seconds, false, 1)
+    }
+
+    /// `iperf3 -c server -p port -t seconds -P streams [-R] -J` from `node`; `reverse`
+    /// makes the server send.
+    pub fn run_iperf_opts(
+        &self,
+        node: Node,
+        server: Ipv4Addr,
+        port: u16,
+        seconds: u32,
+        reverse: bool,
+        streams: u32,
+    ) -> anyhow::Result<IperfResult> {
         let server_s = server.to_string();
         let port_s = port.to_string();
         let secs_s = seconds.to_string();
-        let out = self.run_timeout(
-            node,
-            &[
-                "iperf3", "-c", &server_s, "-p", &port_s, "-t", &secs_s, "-J",
-            ],
-            Duration::from_secs(u64::from(seconds) + 30),
-        )?;
+        let streams_s = streams.to_string();
+        let mut argv = vec![
+            "iperf3", "-c", &server_s, "-p", &port_s, "-t", &secs_s, "-P", &streams_s, "-J",
+        ];
+        if reverse {
+            argv.push("-R");
+        }
+        let out = self.run_timeout(node, &argv, Duration::from_secs(u64::from(seconds) + 30))?;
         let json: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
         if let Some(err) = json["error"].as_str() {

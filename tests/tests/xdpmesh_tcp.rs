@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use xdpmesh_netns::topology::SERVER_ADDR;
 use xdpmesh_netns::{
-    blob_sha256, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts,
-    FILESERVER_PORT,
+    bin, blob_sha256, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts,
+    ECHO_PORT, FILESERVER_PORT, IPERF_PORT,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -35,22 +36,30 @@ fn counter(stats: &Value, path: &[&str]) -> u64 {
         .unwrap_or_else(|| panic!("no counter {path:?} in {stats:#}"))
 }
 
-/// Waits until both gateways report no live connection (their stats are rewritten every 200 ms).
+/// Waits until both gateways report no live connection in a snapshot taken at least
+/// 500 ms after this call (stats are rewritten every 200 ms and workers publish every
+/// 100 ms, so an older snapshot may predate the traffic just sent).
 fn wait_idle(topo: &Topology) -> [Value; 2] {
+    let uptime = |s: &Value| counter(s, &["uptime_ms"]);
+    let start = [
+        uptime(&topo.gateway_stats(Node::GatewayA).unwrap()),
+        uptime(&topo.gateway_stats(Node::GatewayB).unwrap()),
+    ];
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let a = topo.gateway_stats(Node::GatewayA).unwrap();
         let b = topo.gateway_stats(Node::GatewayB).unwrap();
+        let fresh = uptime(&a) >= start[0] + 500 && uptime(&b) >= start[1] + 500;
         let live = counter(&a, &["totals", "live_connections"])
             + counter(&b, &["totals", "live_connections"]);
-        if live == 0 {
+        if fresh && live == 0 {
             return [a, b];
         }
         assert!(
             Instant::now() < deadline,
             "connections still live after 15 s:\nA: {a:#}\nB: {b:#}"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -63,7 +72,7 @@ fn test_xdpmesh_tcp_http_download_and_upload() {
     let server = topo
         .start_fileserver(Node::Server, FILESERVER_PORT)
         .unwrap();
-    let size = 8 * MIB;
+    let size = 64 * MIB;
     let url = format!("http://{SERVER_ADDR}:{FILESERVER_PORT}/blob?size={size}&seed=42");
     let t = topo.http_download(Node::Client, &url).unwrap();
     assert_eq!(t.bytes, size);
@@ -110,4 +119,488 @@ fn test_xdpmesh_tcp_http_download_and_upload() {
     }
     // The server saw the client's own address (original source preserved).
     assert!(server.log().contains("198.18.1.2"), "{}", server.log());
+}
+
+#[test]
+fn test_xdpmesh_tcp_iperf3_both_directions() {
+    if !require_root("test_xdpmesh_tcp_iperf3_both_directions") {
+        return;
+    }
+    let topo = xdpmesh_topology("xiperf", TopologyOpts::default(), 1);
+    let _server = topo.start_iperf_server(Node::Server, IPERF_PORT).unwrap();
+    for reverse in [false, true] {
+        let r = topo
+            .run_iperf_opts(Node::Client, SERVER_ADDR, IPERF_PORT, 10, reverse, 1)
+            .unwrap();
+        assert!(r.seconds >= 9.5, "reverse={reverse}: {:#}", r.json);
+        // iperf3's own accounting: every byte the sender wrote was received.
+        assert!(
+            r.bytes > 10 * MIB,
+            "reverse={reverse}: only {} bytes in 10 s",
+            r.bytes
+        );
+        eprintln!(
+            "iperf3 reverse={reverse}: {:.0} Mbit/s, {} retransmits",
+            r.bits_per_second / 1e6,
+            r.retransmits
+        );
+    }
+    let [a, b] = wait_idle(&topo);
+    for s in [&a, &b] {
+        // iperf3 uses a control connection and one data connection per run.
+        assert_eq!(counter(s, &["totals", "opened_connections"]), 4, "{s:#}");
+        assert_eq!(counter(s, &["totals", "closed_connections"]), 4, "{s:#}");
+    }
+}
+
+#[test]
+fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything() {
+    if !require_root("test_xdpmesh_tcp_1000_concurrent_echo_frees_everything") {
+        return;
+    }
+    let topo = xdpmesh_topology("xecho", TopologyOpts::default(), 1);
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    // Warm up once (allocator arenas, hash tables), then take the idle figure.
+    let warm = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 10, 64 * 1024)
+        .unwrap();
+    assert_eq!(warm.ok, 10, "{:?}", warm.errors);
+    let idle = wait_idle(&topo);
+    let idle_rss = [
+        counter(&idle[0], &["rss_bytes"]),
+        counter(&idle[1], &["rss_bytes"]),
+    ];
+
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 1000, 64 * 1024)
+        .unwrap();
+    if r.ok != 1000 {
+        let a = topo.gateway_stats(Node::GatewayA).unwrap();
+        let b = topo.gateway_stats(Node::GatewayB).unwrap();
+        panic!(
+            "{} of 1000 failed: {:?}\nA: {a:#}\nB: {b:#}",
+            r.failed, r.errors
+        );
+    }
+    assert_eq!(
+        (r.connections, r.ok, r.failed),
+        (1000, 1000, 0),
+        "errors: {:?}",
+        r.errors
+    );
+    assert_eq!(r.bytes, 1000 * 64 * 1024);
+
+    let [a, b] = wait_idle(&topo);
+    for (s, idle) in [(&a, idle_rss[0]), (&b, idle_rss[1])] {
+        assert_eq!(counter(s, &["totals", "opened_connections"]), 1010, "{s:#}");
+        assert_eq!(counter(s, &["totals", "closed_connections"]), 1010, "{s:#}");
+        assert_eq!(counter(s, &["totals", "live_connections"]), 0, "{s:#}");
+        assert_eq!(counter(s, &["totals", "reset_connections"]), 0, "{s:#}");
+        // Memory returns to within 10% of the idle figure once the connections are gone
+        // (jemalloc's background threads give freed buffers back after its 10 s decay).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut rss = counter(s, &["rss_bytes"]);
+        while rss > idle + idle / 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+            rss = counter(
+                &topo
+                    .gateway_stats(if std::ptr::eq(s, &a) {
+                        Node::GatewayA
+                    } else {
+                        Node::GatewayB
+                    })
+                    .unwrap(),
+                &["rss_bytes"],
+            );
+        }
+        eprintln!("gateway rss: idle {idle} B, after 1000 connections {rss} B");
+        assert!(rss <= idle + idle / 10, "rss {rss} B vs idle {idle} B");
+    }
+}
+
+#[test]
+fn test_xdpmesh_non_mesh_traffic_passes_through_the_kernel() {
+    if !require_root("test_xdpmesh_non_mesh_traffic_passes_through_the_kernel") {
+        return;
+    }
+    let topo = xdpmesh_topology("xpass", TopologyOpts::default(), 1);
+    let before = topo.gateway_stats(Node::GatewayA).unwrap();
+    // ICMP to the gateway and across it.
+    topo.run(
+        Node::Client,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.1.1"],
+    )
+    .unwrap();
+    topo.run(
+        Node::Client,
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "198.18.2.2"],
+    )
+    .unwrap();
+    // A TCP service of gateway B itself (the node's own traffic, "SSH-like"), reached
+    // from a client address that is not a captured workload, and from gateway A.
+    let _svc = topo.start_echo_server(Node::GatewayB, 2222).unwrap();
+    topo.run(
+        Node::Client,
+        &["ip", "addr", "add", "198.18.1.3/24", "dev", "eth0"],
+    )
+    .unwrap();
+    let echo = |node: Node, src: Option<&str>| {
+        let code = "import socket,sys\n\
+                    s=socket.socket()\n\
+                    if len(sys.argv) > 1: s.bind((sys.argv[1], 0))\n\
+                    s.settimeout(5); s.connect(('198.18.0.2', 2222)); s.sendall(b'ping-xdpmesh')\n\
+                    s.shutdown(socket.SHUT_WR); print(s.recv(100).decode())";
+        let mut argv = vec!["python3", "-c", code];
+        argv.extend(src);
+        let out = topo.run(node, &argv).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ping-xdpmesh");
+    };
+    echo(Node::Client, Some("198.18.1.3"));
+    echo(Node::GatewayA, None);
+    // A captured pod to a destination outside the mesh is passed through too.
+    echo(Node::Client, None);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = topo.gateway_stats(Node::GatewayA).unwrap();
+    let delta = |path: &[&str]| counter(&after, path) - counter(&before, path);
+    assert!(delta(&["xdp", "pass_non_tcp", "packets"]) >= 6, "{after:#}");
+    assert!(
+        delta(&["xdp", "pass_not_mesh", "packets"]) >= 6,
+        "{after:#}"
+    );
+    assert_eq!(delta(&["xdp", "redirect_mesh", "packets"]), 0, "{after:#}");
+    assert_eq!(delta(&["totals", "opened_connections"]), 0, "{after:#}");
+}
+
+/// RFC 1071 checksum.
+fn csum(parts: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for p in parts {
+        for c in p.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet/IPv4/TCP frame client → server:80, with valid checksums unless changed.
+fn tcp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    ip_opts: &[u8],
+    frag: u16,
+    doff_words: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let ihl = 5 + ip_opts.len() / 4;
+    let tcp_len = 20 + payload.len();
+    let mut ip = vec![(4 << 4) | ihl as u8, 0];
+    ip.extend(((ihl * 4 + tcp_len) as u16).to_be_bytes());
+    ip.extend([0, 1]);
+    ip.extend(frag.to_be_bytes());
+    ip.extend([64, 6, 0, 0, 198, 18, 1, 2, 198, 18, 2, 2]);
+    ip.extend(ip_opts);
+    let c = csum(&[&ip]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut tcp = vec![
+        0x9c,
+        0x41,
+        0,
+        80,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        doff_words << 4,
+        0x10,
+        0xff,
+        0xff,
+        0,
+        0,
+        0,
+        0,
+    ];
+    tcp.extend(payload);
+    let pseudo = [
+        &[198u8, 18, 1, 2, 198, 18, 2, 2, 0, 6][..],
+        &(tcp_len as u16).to_be_bytes(),
+    ]
+    .concat();
+    let c = csum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut f = dst_mac.to_vec();
+    f.extend(src_mac);
+    f.extend([0x08, 0x00]);
+    f.extend(ip);
+    f.extend(tcp);
+    f
+}
+
+fn mac_of(topo: &Topology, node: Node, iface: &str) -> [u8; 6] {
+    // /sys under nsenter shows the host's namespace: ask ip.
+    let out = topo
+        .run(node, &["ip", "-o", "link", "show", "dev", iface])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac = text
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap();
+    let mut m = [0u8; 6];
+    for (b, h) in m.iter_mut().zip(mac.split(':')) {
+        *b = u8::from_str_radix(h, 16).unwrap();
+    }
+    m
+}
+
+#[test]
+fn test_xdpmesh_malformed_frames_are_counted_and_dropped() {
+    if !require_root("test_xdpmesh_malformed_frames_are_counted_and_dropped") {
+        return;
+    }
+    let topo = xdpmesh_topology("xbad", TopologyOpts::default(), 1);
+    let gw = mac_of(&topo, Node::GatewayA, "pod0");
+    let me = mac_of(&topo, Node::Client, "eth0");
+    let good = tcp_frame(gw, me, &[], 0, 5, b"hello");
+    let mut bad_tcp_sum = good.clone();
+    *bad_tcp_sum.last_mut().unwrap() ^= 0xff;
+    let mut bad_ip_sum = good.clone();
+    bad_ip_sum[14 + 10] ^= 0xff;
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    let mut too_long = good.clone();
+    too_long[14 + 2..14 + 4].copy_from_slice(&1400u16.to_be_bytes());
+    // IP header consistent (total length 30), but only 10 bytes of TCP header.
+    let mut truncated_tcp = good[..14 + 20 + 10].to_vec();
+    truncated_tcp[14 + 2..14 + 4].copy_from_slice(&30u16.to_be_bytes());
+    truncated_tcp[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let c = csum(&[&truncated_tcp[14..34]]);
+    truncated_tcp[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    let frames: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated ip", good[..14 + 10].to_vec()),
+        ("bad ihl", bad_ihl),
+        ("tot_len beyond frame", too_long),
+        ("ip options", tcp_frame(gw, me, &[1, 1, 1, 0], 0, 5, b"x")),
+        ("fragment", tcp_frame(gw, me, &[], 0x2000, 5, b"x")),
+        ("tcp doff 3", tcp_frame(gw, me, &[], 0, 3, b"x")),
+        ("truncated tcp", truncated_tcp),
+        ("bad tcp checksum", bad_tcp_sum),
+        ("bad ip checksum", bad_ip_sum),
+    ];
+    let before = topo.gateway_stats(Node::GatewayA).unwrap();
+    let hex: Vec<String> = frames
+        .iter()
+        .map(|(_, f)| f.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let code = "import socket,sys\n\
+                s=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                s.bind((sys.argv[1], 0))\n\
+                [s.send(bytes.fromhex(h)) for h in sys.argv[2:]]";
+    let mut argv = vec!["python3", "-c", code, "eth0"];
+    argv.extend(hex.iter().map(String::as_str));
+    topo.run(Node::Client, &argv).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let after = topo.gateway_stats(Node::GatewayA).unwrap();
+    let delta = |path: &[&str]| counter(&after, path) - counter(&before, path);
+    assert_eq!(
+        delta(&["xdp", "drop_truncated_ip", "packets"]),
+        1,
+        "{after:#}"
+    );
+    assert_eq!(
+        delta(&["xdp", "drop_bad_ip_header", "packets"]),
+        2,
+        "{after:#}"
+    );
+    assert_eq!(
+        delta(&["xdp", "drop_ip_options", "packets"]),
+        1,
+        "{after:#}"
+    );
+    assert_eq!(
+        delta(&["xdp", "drop_mesh_fragment", "packets"]),
+        1,
+        "{after:#}"
+    );
+    assert_eq!(
+        delta(&["xdp", "drop_bad_tcp_header", "packets"]),
+        1,
+        "{after:#}"
+    );
+    assert_eq!(
+        delta(&["xdp", "drop_truncated_tcp", "packets"]),
+        1,
+        "{after:#}"
+    );
+    // Checksums are the worker's job: diverted, then dropped and counted by reason.
+    assert_eq!(
+        delta(&["totals", "rx_dropped", "bad_tcp_checksum"]),
+        1,
+        "{after:#}"
+    );
+    assert_eq!(
+        delta(&["totals", "rx_dropped", "bad_ip_checksum"]),
+        1,
+        "{after:#}"
+    );
+    // The valid-looking but connection-less segment was never sent; nothing opened.
+    assert_eq!(delta(&["totals", "opened_connections"]), 0, "{after:#}");
+    // And the gateway still carries traffic.
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 5, 4096)
+        .unwrap();
+    assert_eq!(r.ok, 5, "{:?}", r.errors);
+}
+
+#[test]
+fn test_xdpmesh_two_queues_spread_flows_over_both_workers() {
+    if !require_root("test_xdpmesh_two_queues_spread_flows_over_both_workers") {
+        return;
+    }
+    let topo = xdpmesh_topology(
+        "xmq",
+        TopologyOpts {
+            rx_queues: 2,
+            ..Default::default()
+        },
+        2,
+    );
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 200, 64 * 1024)
+        .unwrap();
+    let [a, b] = wait_idle(&topo);
+    assert_eq!(
+        (r.ok, r.failed),
+        (200, 0),
+        "errors: {:?}\nA: {a:#}\nB: {b:#}",
+        r.errors
+    );
+    for s in [&a, &b] {
+        let workers = s["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 2, "{s:#}");
+        let opened: Vec<u64> = workers
+            .iter()
+            .map(|w| w["opened_connections"].as_u64().unwrap())
+            .collect();
+        assert_eq!(opened.iter().sum::<u64>(), 200, "{s:#}");
+        assert!(
+            opened.iter().all(|&o| o > 20),
+            "flows must land on both workers: {opened:?}"
+        );
+        assert_eq!(counter(s, &["totals", "handover_dropped"]), 0, "{s:#}");
+        assert_eq!(counter(s, &["totals", "closed_connections"]), 200, "{s:#}");
+        assert_eq!(counter(s, &["totals", "reset_connections"]), 0, "{s:#}");
+        eprintln!(
+            "opened per worker {opened:?}, handovers out {}",
+            counter(s, &["totals", "handover_out"])
+        );
+    }
+}
+
+#[test]
+fn test_xdpmesh_sigterm_detaches_and_a_second_start_works() {
+    if !require_root("test_xdpmesh_sigterm_detaches_and_a_second_start_works") {
+        return;
+    }
+    let mut topo = xdpmesh_topology("xstop", TopologyOpts::default(), 1);
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let xdp_on = |topo: &Topology, node| {
+        let out = topo
+            .run(node, &["ip", "link", "show", "dev", "pod0"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    assert!(xdp_on(&topo, Node::GatewayA));
+    for (name, status, graceful) in topo.stop_gateways(Signal::SIGTERM).unwrap() {
+        assert!(graceful && status.success(), "{name}: {status}");
+    }
+    for gw in [Node::GatewayA, Node::GatewayB] {
+        assert!(!xdp_on(&topo, gw), "XDP still attached on {gw:?}");
+        for iface in ["pod0", "up0"] {
+            let out = topo
+                .run(gw, &["ip", "-d", "link", "show", "dev", iface])
+                .unwrap();
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("xdp"),
+                "{gw:?} {iface}"
+            );
+        }
+    }
+    // The kernel carries the traffic again (the gateways route).
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 20, 4096)
+        .unwrap();
+    assert_eq!(r.ok, 20, "{:?}", r.errors);
+    // A second start works and diverts again.
+    topo.start_gateways(GatewayKind::xdpmesh(1), &demo_config())
+        .unwrap();
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 20, 4096)
+        .unwrap();
+    assert_eq!(r.ok, 20, "{:?}", r.errors);
+    let [a, _] = wait_idle(&topo);
+    assert_eq!(counter(&a, &["totals", "opened_connections"]), 20, "{a:#}");
+}
+
+#[test]
+fn test_bad_input_is_refused_with_a_reason() {
+    if !require_root("test_bad_input_is_refused_with_a_reason") {
+        return;
+    }
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/testdata/bad");
+    for (file, want) in [
+        ("unknown-field.yaml", ":15:5: workloads[0]: unknown field `protocl`"),
+        ("duplicate-address.yaml", ":20:17: duplicate address 198.18.1.2: already used by workload default/client at line 14"),
+        ("unknown-node.yaml", ":19:11: workload default/server is on node \"node-z\", which is not in nodes (known: node-a, node-b)"),
+    ] {
+        let path = bad.join(file);
+        let out = std::process::Command::new(bin("xdpmesh-control"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {err}");
+        assert!(err.contains(&format!("{}{want}", path.display())), "{file}: {err}");
+    }
+    let topo = Topology::new(&unique_prefix("xerr"), TopologyOpts::default()).unwrap();
+    let dp = bin("xdpmesh-dataplane");
+    let run = |args: &[&str]| {
+        let mut argv = vec![
+            dp.to_str().unwrap(),
+            "run",
+            "--instance",
+            "xerr-test",
+            "--wait-tables-secs",
+            "1",
+        ];
+        argv.extend(args);
+        let out = topo
+            .cmd(Node::GatewayA, argv[0], &argv[1..])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--iface", "nope0"]);
+    assert!(
+        err.contains("interface nope0 not found in this network namespace: check `ip link`"),
+        "{err}"
+    );
+    // Loopback has no native XDP support.
+    let err = run(&["--iface", "lo", "--xdp-mode", "native"]);
+    assert!(
+        err.contains("native") && err.contains("--xdp-mode generic"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all("/sys/fs/bpf/xdpmesh/xerr-test");
+    let _ = std::fs::remove_dir_all("/run/xdpmesh/xerr-test");
 }

@@ -436,7 +436,8 @@ fn ipv4_verdicts() {
         Reason::PassNotMesh,
     );
     // The fragment's mesh test is the same rule: a captured workload's
-    // fragment to the outside is passthrough, an outside fragment to it mesh.
+    // fragment to the outside is passthrough; an outside fragment to it has no
+    // port to show it is HBONE, so it stays with the kernel too.
     frag.src = LOCAL4;
     frag.dst = OUTSIDE4;
     f.expect(
@@ -447,6 +448,13 @@ fn ipv4_verdicts() {
     );
     frag.src = OUTSIDE4;
     frag.dst = LOCAL4;
+    f.expect(
+        "inbound fragment from outside the mesh",
+        &frag.frame(&seg),
+        action::PASS,
+        Reason::PassNotMesh,
+    );
+    frag.src = REMOTE4;
     f.expect(
         "inbound mesh fragment",
         &frag.frame(&seg),
@@ -641,8 +649,14 @@ fn ipv6_verdicts_and_ndp_snooping() {
         Reason::PassNotMesh,
     );
     f.expect(
-        "inbound mesh ext header",
+        "inbound ext header from outside the mesh",
         &v6(OUTSIDE6, LOCAL6, 0, 64, &hbh),
+        action::PASS,
+        Reason::PassNotMesh,
+    );
+    f.expect(
+        "inbound mesh ext header",
+        &v6(REMOTE6, LOCAL6, 0, 64, &hbh),
         action::DROP,
         Reason::DropIpv6Ext,
     );
@@ -763,6 +777,32 @@ fn mesh_rule() {
             reason,
         );
     }
+    // From outside the mesh only the HBONE port of a local workload is diverted:
+    // plaintext from outside and replies to a workload's passthrough connections
+    // (here: from port 80) stay with the kernel. Known sources are mesh on any port.
+    let mut http = seg.clone();
+    http[2..4].copy_from_slice(&80u16.to_be_bytes());
+    for (what, src, reason) in [
+        ("unknown -> local:80", OUTSIDE4, not),
+        ("flagless workload -> local:80", FOREIGN4, not),
+        ("mesh -> local:80", REMOTE4, mesh),
+        ("local -> local:80", LOCAL4, mesh),
+    ] {
+        f.expect(
+            &format!("IPv4 {what}"),
+            &V4::tcp(src, LOCAL4).frame(&http),
+            action::PASS,
+            reason,
+        );
+    }
+    let mut doff4 = http.clone();
+    doff4[12] = 4 << 4;
+    f.expect(
+        "IPv4 malformed TCP from outside to local:80 is the kernel's",
+        &V4::tcp(OUTSIDE4, LOCAL4).frame(&doff4),
+        action::PASS,
+        not,
+    );
     let cases6 = [
         ("local -> local", LOCAL6, LOCAL6, mesh),
         ("local -> mesh", LOCAL6, REMOTE6, mesh),

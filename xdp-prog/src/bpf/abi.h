@@ -23,6 +23,9 @@
 #define XM_MAX_WORKLOADS 65536
 #define XM_MAX_NEIGHBORS 4096
 
+/* HBONE inbound port (DESIGN.md): diverted for a local workload from any source. */
+#define XM_HBONE_PORT 15008
+
 /* Key of `workloads` and address part of `neighbors`: an IPv6 address in
  * network byte order; IPv4 is stored v4-mapped (::ffff:a.b.c.d, RFC 4291
  * section 2.5.5.2). */

@@ -122,20 +122,29 @@ static __always_inline __u32 xm_wl_flags(const struct xm_addr *addr)
 	return wl ? wl->flags : 0;
 }
 
-/*
- * The mesh rule (abi.h): (src LOCAL && dst LOCAL|MESH) || dst LOCAL, which
- * is the same as dst LOCAL || (dst MESH && src LOCAL). Each address is
- * looked up at most once, and src only when dst is a remote mesh workload.
- */
-static __always_inline int xm_is_mesh(const struct xm_addr *src, const struct xm_addr *dst)
+/* How the addresses classify a TCP segment (DESIGN.md, "Data path"):
+ * - XM_MESH: to a workload served here from a known mesh workload, or from a
+ *   workload served here to a mesh workload;
+ * - XM_MESH_IF_HBONE: to a workload served here from outside the mesh: only its
+ *   HBONE port (15008) belongs to the dataplane; everything else (plaintext from
+ *   outside, and the replies to a workload's own connections to destinations
+ *   outside the mesh, which the kernel routed) stays with the kernel;
+ * - XM_NOT_MESH: the rest, including a workload's traffic to destinations outside
+ *   the mesh (passthrough: the kernel routes it).
+ * Each address is looked up at most once. */
+enum xm_class { XM_NOT_MESH = 0, XM_MESH = 1, XM_MESH_IF_HBONE = 2 };
+
+static __always_inline enum xm_class xm_classify(const struct xm_addr *src, const struct xm_addr *dst)
 {
 	__u32 dst_flags = xm_wl_flags(dst);
+	__u32 src_flags;
 
+	if (!(dst_flags & (XM_WL_LOCAL | XM_WL_MESH)))
+		return XM_NOT_MESH;
+	src_flags = xm_wl_flags(src);
 	if (dst_flags & XM_WL_LOCAL)
-		return 1;
-	if (!(dst_flags & XM_WL_MESH))
-		return 0;
-	return (xm_wl_flags(src) & XM_WL_LOCAL) != 0;
+		return (src_flags & (XM_WL_LOCAL | XM_WL_MESH)) ? XM_MESH : XM_MESH_IF_HBONE;
+	return (src_flags & XM_WL_LOCAL) ? XM_MESH : XM_NOT_MESH;
 }
 
 static __always_inline void xm_v4_mapped(struct xm_addr *out, const void *v4)
@@ -254,20 +263,29 @@ static __always_inline int xm_redirect(struct xdp_md *ctx, __u64 bytes)
 	return xm_count((int)action, XM_REASON_PASS_NO_SOCKET, bytes);
 }
 
-/* RFC 9293 section 3.1: data offset in 32-bit words, at least 5. */
+/* RFC 9293 section 3.1: data offset in 32-bit words, at least 5. Segments
+ * that are mesh only if addressed to the HBONE port are left to the kernel when
+ * malformed or addressed elsewhere. */
 static __always_inline int xm_tcp(struct xdp_md *ctx, struct xm_cursor *c, __u32 l4len,
-				  __u64 bytes)
+				  __u64 bytes, enum xm_class class)
 {
 	struct tcphdr *tcp;
+	int ours = class == XM_MESH;
 
 	if (l4len < sizeof(struct tcphdr))
-		return xm_count(XDP_DROP, XM_REASON_DROP_TRUNCATED_TCP, bytes);
+		goto truncated;
 	tcp = xm_parse_tcp(c);
 	if (!tcp)
-		return xm_count(XDP_DROP, XM_REASON_DROP_TRUNCATED_TCP, bytes);
+		goto truncated;
+	if (!ours && tcp->dest != bpf_htons(XM_HBONE_PORT))
+		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
 	if (tcp->doff < 5 || (__u32)tcp->doff * 4 > l4len)
 		return xm_count(XDP_DROP, XM_REASON_DROP_BAD_TCP_HEADER, bytes);
 	return xm_redirect(ctx, bytes);
+truncated:
+	if (!ours)
+		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
+	return xm_count(XDP_DROP, XM_REASON_DROP_TRUNCATED_TCP, bytes);
 }
 
 /* RFC 791 header checks; options and fragments are refused only for mesh
@@ -276,6 +294,7 @@ static __always_inline int xm_ipv4(struct xdp_md *ctx, struct xm_cursor *c, __u6
 {
 	struct iphdr *iph;
 	struct xm_addr src, dst;
+	enum xm_class class;
 	__u32 avail, hlen, tot;
 
 	avail = xm_remaining(c);
@@ -292,15 +311,19 @@ static __always_inline int xm_ipv4(struct xdp_md *ctx, struct xm_cursor *c, __u6
 
 	xm_v4_mapped(&src, &iph->saddr);
 	xm_v4_mapped(&dst, &iph->daddr);
-	if (!xm_is_mesh(&src, &dst))
+	class = xm_classify(&src, &dst);
+	if (class == XM_NOT_MESH)
 		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
 
+	/* Ports are unknown in later fragments: only certain mesh traffic is refused. */
 	if (iph->frag_off & bpf_htons(XM_IP_MF | XM_IP_OFFSET))
-		return xm_count(XDP_DROP, XM_REASON_DROP_MESH_FRAGMENT, bytes);
+		return class == XM_MESH ? xm_count(XDP_DROP, XM_REASON_DROP_MESH_FRAGMENT, bytes)
+					: xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
 	if (iph->ihl != 5)
-		return xm_count(XDP_DROP, XM_REASON_DROP_IP_OPTIONS, bytes);
+		return class == XM_MESH ? xm_count(XDP_DROP, XM_REASON_DROP_IP_OPTIONS, bytes)
+					: xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
 	/* ihl == 5: the cursor already sits on the TCP header. */
-	return xm_tcp(ctx, c, tot - hlen, bytes);
+	return xm_tcp(ctx, c, tot - hlen, bytes, class);
 }
 
 /* RFC 8200 header checks. */
@@ -308,6 +331,7 @@ static __always_inline int xm_ipv6(struct xdp_md *ctx, struct xm_cursor *c, __u6
 {
 	struct ipv6hdr *ip6;
 	struct xm_addr src, dst;
+	enum xm_class class;
 	__u32 plen;
 	__u8 nh;
 
@@ -334,12 +358,14 @@ static __always_inline int xm_ipv6(struct xdp_md *ctx, struct xm_cursor *c, __u6
 
 	__builtin_memcpy(src.addr, &ip6->saddr, sizeof(src.addr));
 	__builtin_memcpy(dst.addr, &ip6->daddr, sizeof(dst.addr));
-	if (!xm_is_mesh(&src, &dst))
+	class = xm_classify(&src, &dst);
+	if (class == XM_NOT_MESH)
 		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
 	/* The userspace stack takes TCP directly after the fixed header only. */
 	if (nh != IPPROTO_TCP)
-		return xm_count(XDP_DROP, XM_REASON_DROP_IPV6_EXT, bytes);
-	return xm_tcp(ctx, c, plen, bytes);
+		return class == XM_MESH ? xm_count(XDP_DROP, XM_REASON_DROP_IPV6_EXT, bytes)
+					: xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
+	return xm_tcp(ctx, c, plen, bytes, class);
 }
 
 SEC("xdp")
