@@ -1,0 +1,28 @@
+//! HBONE — HTTP/2 `CONNECT` over mutual TLS 1.3 — as a sans-IO library.
+//!
+//! The worker's run-to-completion loop owns the sockets (smoltcp over AF_XDP); this
+//! crate owns the protocol. Layers, bottom up:
+//!
+//! - [`identity`]: SPIFFE IDs (`spiffe://<td>/ns/<ns>/sa/<sa>`), strictly parsed.
+//! - [`certs`]: a local mesh CA (rcgen) issuing workload certificates; PEM import/export.
+//! - [`tls`]: rustls 0.23 configurations exactly as ztunnel's (TLS 1.3 only, AES-GCM,
+//!   ALPN h2, no SNI, no resumption) with SPIFFE-aware certificate verifiers.
+//! - [`conn`]: [`HboneClientConn`] and [`HboneServerConn`], state machines that take
+//!   ciphertext in, give ciphertext out, and expose CONNECT streams with explicit flow
+//!   control. They drive `h2` without an async runtime (see the module docs).
+//!
+//! The wire contract (DESIGN.md, "HBONE contract") is istio/ztunnel's.
+
+pub mod certs;
+pub mod conn;
+pub mod identity;
+pub mod tls;
+
+pub use certs::{roots_from_pem, Ca, CertError, Validity, WorkloadCert};
+pub use conn::{
+    validate_request, BadAuthority, BufferStats, ConnError, ConnectHeaders, Event, H2Settings,
+    HboneClientConn, HboneServerConn, OpenStreamError, Reason, Request, RequestError, StatusCode,
+    StreamError, StreamId, TlsInfo,
+};
+pub use identity::{SpiffeId, SpiffeIdError};
+pub use tls::{client_config, server_config, IdentityError, TlsConfigError};
