@@ -60,5 +60,18 @@ else
     echo "setup.sh: bpffs already mounted at /sys/fs/bpf"
 fi
 
+# Python HTTP/2 library for the independent HBONE test peers (tests/peers/hbone_*.py).
+if python3 -c 'import h2' 2>/dev/null; then
+    echo "setup.sh: python h2 present"
+else
+    echo "setup.sh: installing python h2"
+    python3 -m pip --version >/dev/null 2>&1 || {
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update && apt-get install -y --no-install-recommends python3-pip
+    }
+    python3 -m pip install --quiet 'h2>=4,<5' 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages 'h2>=4,<5'
+fi
+
 mkdir -p /run/netns /run/xdpmesh /sys/fs/bpf/xdpmesh
 echo "setup.sh: done"

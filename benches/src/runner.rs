@@ -436,6 +436,7 @@ fn setup(opts: &RunOptions, gw: &GatewayType) -> anyhow::Result<Bed> {
         TopologyOpts {
             rx_queues: opts.queues,
             mtu: 1500,
+            ..TopologyOpts::default()
         },
     )?;
     let mut bed = Bed {

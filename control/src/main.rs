@@ -1,7 +1,8 @@
 //! `xdpmesh-control`: validates the mesh config, publishes the gateway's tables to the
 //! dataplane workers through shared memory and keeps the XDP divert set in sync.
 //! SIGHUP reloads the config; a bad file is rejected with its line and reason and the
-//! tables in force stay in force.
+//! tables in force stay in force. With every publication it also writes the local
+//! workloads' certificates to the identity directory (see `xdpmesh_control::certs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,10 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
+use xdpmesh_control::certs::{self, IdentitySource, SourceKind};
 use xdpmesh_control::config::MeshConfig;
 use xdpmesh_control::tables::{self, KernelRoutes};
+use xdpmesh_hbone::{SpiffeId, Validity};
 use xdpmesh_shm::{ShmWriter, Tables};
 use xdpmesh_xdp::PinnedMaps;
 
@@ -45,6 +48,12 @@ enum Cmd {
         /// Size of each table area in bytes.
         #[arg(long, default_value_t = 4 << 20)]
         shm_area_size: usize,
+        #[command(flatten)]
+        identity: IdentityArgs,
+        /// Identity directory written for the dataplane (default
+        /// /run/xdpmesh/<instance>/identity).
+        #[arg(long)]
+        identity_out: Option<PathBuf>,
     },
     /// Validate a config file and print a summary.
     Check {
@@ -52,6 +61,107 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Manage the local mesh CA.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+    /// Issue one workload certificate (for tests and operators).
+    Issue {
+        /// The workload's SPIFFE ID, spiffe://<td>/ns/<namespace>/sa/<service-account>.
+        #[arg(long)]
+        spiffe: String,
+        /// Where to write the certificate chain (PEM, mode 0644).
+        #[arg(long)]
+        out_cert: PathBuf,
+        /// Where to write the private key (PKCS#8 PEM, mode 0600).
+        #[arg(long)]
+        out_key: PathBuf,
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Certificate lifetime in hours.
+        #[arg(long, default_value_t = 24)]
+        validity_hours: u64,
+        /// Issue an already expired certificate (valid from 2 h ago to 1 h ago).
+        #[arg(long, conflicts_with = "validity_hours")]
+        not_after_past: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Create the local CA for a trust domain unless it exists (idempotent).
+    Init {
+        /// The mesh's trust domain.
+        #[arg(long)]
+        trust_domain: String,
+        /// CA directory (ca.crt, ca.key).
+        #[arg(long, default_value = certs::DEFAULT_CA_DIR)]
+        ca_dir: PathBuf,
+    },
+}
+
+/// Which CA issues certificates.
+#[derive(Args)]
+struct CaArgs {
+    /// Local CA directory (ca.crt, ca.key), created on first use [default:
+    /// /var/lib/xdpmesh/ca].
+    #[arg(long, conflicts_with_all = ["ca_cert", "ca_key"])]
+    ca_dir: Option<PathBuf>,
+    /// An existing mesh CA's certificate (PEM); needs --ca-key.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// An existing mesh CA's private key (PKCS#8 PEM); needs --ca-cert.
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+}
+
+/// Where the workloads' certificates come from.
+#[derive(Args)]
+struct IdentityArgs {
+    #[command(flatten)]
+    ca: CaArgs,
+    /// Ready-made certificates instead of a CA: DIR/roots.pem and
+    /// DIR/<namespace>/<service-account>.crt and .key.
+    #[arg(long, conflicts_with_all = ["ca_dir", "ca_cert", "ca_key"])]
+    identity_dir: Option<PathBuf>,
+    /// Lifetime of issued workload certificates in hours.
+    #[arg(long, default_value_t = 24)]
+    cert_validity_hours: u64,
+}
+
+impl CaArgs {
+    fn kind(&self) -> SourceKind {
+        match (&self.ca_cert, &self.ca_key) {
+            (Some(cert), Some(key)) => SourceKind::MeshCa {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => SourceKind::LocalCa {
+                dir: self
+                    .ca_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(certs::DEFAULT_CA_DIR)),
+            },
+        }
+    }
+}
+
+impl IdentityArgs {
+    fn source(&self) -> Result<IdentitySource> {
+        let kind = match &self.identity_dir {
+            Some(dir) => SourceKind::ReadyMade { dir: dir.clone() },
+            None => self.ca.kind(),
+        };
+        Ok(IdentitySource::new(kind, hours(self.cert_validity_hours)?))
+    }
+}
+
+fn hours(h: u64) -> Result<Duration> {
+    if h == 0 || h > 10 * 365 * 24 {
+        anyhow::bail!("certificate validity must be 1 to 87600 hours, not {h}");
+    }
+    Ok(Duration::from_secs(h * 3600))
 }
 
 fn main() {
@@ -63,6 +173,27 @@ fn main() {
         .init();
     let r = match Cli::parse().cmd {
         Cmd::Check { config } => check(&config),
+        Cmd::Ca {
+            cmd: CaCmd::Init {
+                trust_domain,
+                ca_dir,
+            },
+        } => ca_init(&trust_domain, &ca_dir),
+        Cmd::Issue {
+            spiffe,
+            out_cert,
+            out_key,
+            ca,
+            validity_hours,
+            not_after_past,
+        } => issue(
+            &spiffe,
+            &out_cert,
+            &out_key,
+            &ca,
+            validity_hours,
+            not_after_past,
+        ),
         Cmd::Run {
             config,
             node,
@@ -70,13 +201,20 @@ fn main() {
             pin_root,
             shm,
             shm_area_size,
-        } => run(
-            config,
-            &node,
-            &pin_root.unwrap_or_else(|| PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))),
-            &shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
-            shm_area_size,
-        ),
+            identity,
+            identity_out,
+        } => identity.source().and_then(|source| {
+            run(
+                config,
+                &node,
+                &pin_root
+                    .unwrap_or_else(|| PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))),
+                &shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
+                shm_area_size,
+                source,
+                &identity_out.unwrap_or_else(|| certs::default_identity_out(&instance)),
+            )
+        }),
     };
     if let Err(e) = r {
         eprintln!("xdpmesh-control: error: {e:#}");
@@ -107,6 +245,71 @@ fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
+fn ca_init(trust_domain: &str, dir: &Path) -> Result<()> {
+    let td = xdpmesh_control::config::TrustDomain::new(trust_domain)?;
+    let (_, created) = certs::load_or_create_ca(dir, td.as_str())?;
+    println!(
+        "{}: CA for trust domain {} {}",
+        dir.display(),
+        td.as_str(),
+        if created { "created" } else { "exists" }
+    );
+    Ok(())
+}
+
+fn issue(
+    spiffe: &str,
+    out_cert: &Path,
+    out_key: &Path,
+    ca: &CaArgs,
+    validity_hours: u64,
+    not_after_past: bool,
+) -> Result<()> {
+    let id: SpiffeId = spiffe.parse()?;
+    let validity = if not_after_past {
+        certs::expired_validity()
+    } else {
+        Validity::for_duration(hours(validity_hours)?)
+    };
+    let ca = match ca.kind() {
+        SourceKind::MeshCa { cert, key } => certs::load_ca_files(&cert, &key)?,
+        // An existing CA issues for any trust domain (verifiers police it); a missing
+        // one is created for the ID's trust domain.
+        SourceKind::LocalCa { dir } => match certs::load_ca_dir(&dir)? {
+            Some(ca) => ca,
+            None => certs::load_or_create_ca(&dir, &id.trust_domain)?.0,
+        },
+        SourceKind::ReadyMade { .. } => unreachable!("issue has no --identity-dir"),
+    };
+    certs::issue_to_files(&ca, &id, validity, out_cert, out_key)?;
+    println!(
+        "issued {id}: certificate {}, key {}",
+        out_cert.display(),
+        out_key.display()
+    );
+    Ok(())
+}
+
+/// Publishes the identities for `generation`, logging the count (never key material).
+fn publish_identities(
+    source: &mut IdentitySource,
+    cfg: &MeshConfig,
+    node: &str,
+    out: &Path,
+    generation: u64,
+) -> Result<()> {
+    let p = certs::publish_identities(source, cfg, node, out, generation)?;
+    info!(
+        generation = p.generation,
+        identities = p.identities,
+        issued = p.issued,
+        reused = p.reused,
+        dir = %out.display(),
+        "identities written"
+    );
+    Ok(())
+}
+
 /// Keeps the XDP divert set equal to the tables in force (idempotent; also repairs
 /// the map after a dataplane restart that recreated it).
 fn sync_xdp(pin_dir: &Path, t: &Tables, quiet: bool) -> Result<bool> {
@@ -127,7 +330,15 @@ fn sync_xdp(pin_dir: &Path, t: &Tables, quiet: bool) -> Result<bool> {
     Ok(true)
 }
 
-fn run(config: Option<PathBuf>, node: &str, pin_dir: &Path, shm: &Path, area: usize) -> Result<()> {
+fn run(
+    config: Option<PathBuf>,
+    node: &str,
+    pin_dir: &Path,
+    shm: &Path,
+    area: usize,
+    mut identities: IdentitySource,
+    identity_out: &Path,
+) -> Result<()> {
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
@@ -139,6 +350,7 @@ fn run(config: Option<PathBuf>, node: &str, pin_dir: &Path, shm: &Path, area: us
     let mut writer = ShmWriter::open_or_create(shm, area)?;
     let generation = writer.publish(&tables, Duration::from_secs(5))?;
     info!(generation, shm = %shm.display(), workloads = tables.workloads.len(), "tables published");
+    publish_identities(&mut identities, &cfg, node, identity_out, generation)?;
 
     // The dataplane creates the pinned maps when it loads the XDP program; until it
     // does, the tables wait in shared memory and nothing is diverted.
@@ -146,14 +358,22 @@ fn run(config: Option<PathBuf>, node: &str, pin_dir: &Path, shm: &Path, area: us
     let mut last_sync = Instant::now() - Duration::from_secs(10);
     while !term.load(Ordering::Relaxed) {
         if hup.swap(false, Ordering::Relaxed) {
-            match load(config.as_deref())
-                .and_then(|c| Ok(tables::build(&c, node, &mut KernelRoutes::default())?))
-            {
-                Ok(t) => match writer.publish(&t, Duration::from_secs(5)) {
+            match load(config.as_deref()).and_then(|c| {
+                let t = tables::build(&c, node, &mut KernelRoutes::default())?;
+                Ok((c, t))
+            }) {
+                Ok((c, t)) => match writer.publish(&t, Duration::from_secs(5)) {
                     Ok(g) => {
                         info!(generation = g, "config reloaded and published");
                         tables = t;
                         last_sync = Instant::now() - Duration::from_secs(10);
+                        if let Err(e) =
+                            publish_identities(&mut identities, &c, node, identity_out, g)
+                        {
+                            error!(
+                                "identities for generation {g} not written, the identity directory keeps the previous ones: {e:#}"
+                            );
+                        }
                     }
                     Err(e) => error!(
                         "publishing the reloaded config failed, generation {} stays in force: {e}",

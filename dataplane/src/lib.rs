@@ -14,6 +14,7 @@
 //! * [`host`]: start-up facts read from the host (interfaces, queues, neighbours).
 
 pub mod host;
+pub mod identity;
 pub mod metrics;
 pub mod stack;
 pub mod state;

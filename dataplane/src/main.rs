@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crossbeam::queue::ArrayQueue;
 use serde_json::json;
 use tracing::{error, info, warn};
+use xdpmesh_dataplane::identity::IdentityStore;
 use xdpmesh_dataplane::metrics::{Local, Shared};
 use xdpmesh_dataplane::stack::Buffers;
-use xdpmesh_dataplane::worker::{self, PortSpec, WorkerSetup, HANDOVER_QUEUE};
+use xdpmesh_dataplane::worker::{self, HboneLimits, PortSpec, WorkerSetup, HANDOVER_QUEUE};
 use xdpmesh_dataplane::{host, xsk};
 use xdpmesh_shm::ShmReader;
 use xdpmesh_xdp::{PinnedMaps, XdpMode, XdpProgram};
@@ -83,6 +84,15 @@ enum Cmd {
         /// How long to wait for the control process's table file at start.
         #[arg(long, default_value_t = 30)]
         wait_tables_secs: u64,
+        /// Identity directory written by xdpmesh-control (default /run/xdpmesh/<instance>/identity).
+        #[arg(long)]
+        identity_dir: Option<PathBuf>,
+        /// HBONE: streams per pooled connection.
+        #[arg(long, default_value_t = 100)]
+        hbone_stream_cap: usize,
+        /// HBONE: idle pooled connections are closed after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        hbone_idle_secs: u64,
     },
     /// Print the last stats snapshot of a running (or stopped) instance.
     Stats {
@@ -118,7 +128,16 @@ fn main() {
             shm,
             run_dir,
             wait_tables_secs,
+            identity_dir,
+            hbone_stream_cap,
+            hbone_idle_secs,
         } => run(RunArgs {
+            identity_dir: identity_dir
+                .unwrap_or_else(|| default_run_dir(&instance).join("identity")),
+            hbone: HboneLimits {
+                stream_cap: hbone_stream_cap.max(1),
+                idle_timeout_us: hbone_idle_secs as i64 * 1_000_000,
+            },
             pin_dir: pin_root
                 .unwrap_or_else(|| PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))),
             shm: shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
@@ -171,6 +190,8 @@ struct RunArgs {
     shm: PathBuf,
     run_dir: PathBuf,
     wait_tables: Duration,
+    identity_dir: PathBuf,
+    hbone: HboneLimits,
 }
 
 fn open_tables(path: &Path, wait: Duration) -> Result<ShmReader> {
@@ -246,6 +267,7 @@ fn run(a: RunArgs) -> Result<()> {
         .collect();
     let shared: Vec<Arc<Shared>> = (0..queues).map(|_| Arc::new(Shared::default())).collect();
     let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut identity_txs = Vec::new();
     let mut handles = Vec::new();
     for (q, per_port) in sockets.into_iter().enumerate() {
         let maps = PinnedMaps::open(&a.pin_dir)?;
@@ -268,6 +290,12 @@ fn run(a: RunArgs) -> Result<()> {
             resolver,
             shared: shared[q].clone(),
             stop: stop.clone(),
+            identities: {
+                let (tx, rx) = crossbeam::channel::unbounded();
+                identity_txs.push(tx);
+                rx
+            },
+            hbone: a.hbone,
         };
         let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
         handles.push(
@@ -287,7 +315,19 @@ fn run(a: RunArgs) -> Result<()> {
 
     let stats_path = a.run_dir.join("stats.json");
     let started = Instant::now();
+    let mut identities = IdentityWatch::new(a.identity_dir.clone());
     while !stop.load(Ordering::Relaxed) {
+        if let Some(store) = identities.poll() {
+            let store = Arc::new(store);
+            info!(
+                identities = store.len(),
+                generation = store.generation,
+                "HBONE identities loaded"
+            );
+            for tx in &identity_txs {
+                let _ = tx.send(store.clone());
+            }
+        }
         if let Err(e) = write_stats(&stats_path, &prog, &shared, started) {
             warn!(%e, "writing stats");
         }
@@ -310,6 +350,48 @@ fn run(a: RunArgs) -> Result<()> {
     write_stats(&stats_path, &prog, &shared, started)?;
     info!("stopped");
     Ok(())
+}
+
+/// Reloads the identity directory when its manifest changes (checked every 200 ms,
+/// off the fast path). A broken directory is reported once and the identities in force
+/// stay in force.
+struct IdentityWatch {
+    dir: PathBuf,
+    seen: Option<std::time::SystemTime>,
+    reported: bool,
+}
+
+impl IdentityWatch {
+    fn new(dir: PathBuf) -> Self {
+        IdentityWatch {
+            dir,
+            seen: None,
+            reported: false,
+        }
+    }
+
+    fn poll(&mut self) -> Option<IdentityStore> {
+        let mtime = std::fs::metadata(self.dir.join("manifest.json"))
+            .and_then(|m| m.modified())
+            .ok()?;
+        if self.seen == Some(mtime) {
+            return None;
+        }
+        match IdentityStore::load(&self.dir) {
+            Ok(s) => {
+                self.seen = Some(mtime);
+                self.reported = false;
+                Some(s)
+            }
+            Err(e) => {
+                if !self.reported {
+                    warn!(%e, "identity directory unusable; HBONE keeps the identities in force");
+                    self.reported = true;
+                }
+                None
+            }
+        }
+    }
 }
 
 fn rss_bytes() -> u64 {

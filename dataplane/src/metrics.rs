@@ -92,6 +92,13 @@ counters!(
     table_generation,
     table_errors,
     loop_iterations,
+    hbone_tunnels_opened,
+    hbone_tunnels_accepted,
+    hbone_tunnels_closed,
+    hbone_tunnels_live,
+    hbone_tunnel_failures,
+    hbone_streams,
+    hbone_refused,
 );
 
 #[cfg(test)]

@@ -27,11 +27,36 @@ use smoltcp::wire::IpListenEndpoint;
 use tracing::{debug, info, warn};
 use xdpmesh_shm::WorkerSlot;
 
+use crate::identity::IdentityStore;
 use crate::metrics::{Local, Shared};
 use crate::stack::{self, Buffers, Leg, LegDevice};
 use crate::state::Index;
 use crate::wire::{self, FlowKey, Mac, TcpFrame};
 use crate::xsk::{self, RxPart, TxPart};
+
+#[path = "worker_hbone.rs"]
+mod hbone_path;
+use hbone_path::{HConn, PoolKey, Tunnel};
+pub use hbone_path::{HboneLimits, HBONE_PORT};
+
+/// What a flow-table entry points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowRef {
+    /// Leg 0 or 1 of a plain TCP connection.
+    Leg(usize, u8),
+    /// The TCP leg of an HBONE stream connection.
+    HLeg(usize),
+    /// The TCP leg carrying an HBONE tunnel.
+    Tunnel(usize),
+}
+
+/// An object with its own timer and neighbour resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Obj {
+    Conn(usize),
+    HConn(usize),
+    Tunnel(usize),
+}
 
 /// A network interface as the worker sees it.
 #[derive(Debug, Clone)]
@@ -81,9 +106,15 @@ pub struct WorkerSetup {
     pub shared: Arc<Shared>,
     /// Stop flag.
     pub stop: Arc<AtomicBool>,
+    /// Identity updates from the main thread (HBONE certificates).
+    pub identities: crossbeam::channel::Receiver<Arc<IdentityStore>>,
+    /// HBONE pool limits.
+    pub hbone: HboneLimits,
 }
 
 struct Resolve {
+    obj: Obj,
+    port: usize,
     nexthop: IpAddr,
     started: i64,
     last_request: i64,
@@ -95,7 +126,6 @@ struct Conn {
     /// Since when one leg has finished and the other has not.
     half_dead_since: Option<i64>,
     started: std::time::Instant,
-    resolve: Option<Resolve>,
     bytes: [u64; 2],
 }
 
@@ -133,10 +163,19 @@ struct Engine {
     txs: Vec<TxPart>,
     iface: Interface,
     index: Index,
-    flows: AHashMap<FlowKey, (usize, u8)>,
+    flows: AHashMap<FlowKey, FlowRef>,
     conns: Slab<Conn>,
-    timers: BinaryHeap<Reverse<(i64, usize)>>,
-    waiting: Vec<usize>,
+    hconns: Slab<HConn>,
+    tunnels: Slab<Tunnel>,
+    pools: AHashMap<PoolKey, Vec<usize>>,
+    dirty_tunnels: Vec<usize>,
+    ids: Arc<IdentityStore>,
+    client_configs: AHashMap<(String, String), Arc<rustls::ClientConfig>>,
+    server_configs: AHashMap<String, Arc<rustls::ServerConfig>>,
+    hbone_limits: HboneLimits,
+    rng: u64,
+    timers: BinaryHeap<Reverse<(i64, Obj)>>,
+    waiting: Vec<Resolve>,
     neigh: AHashMap<(usize, IpAddr), Mac>,
     /// Keys of recently freed connections (see [`LINGER_US`]), with their expiry.
     recent: AHashMap<FlowKey, i64>,
@@ -186,6 +225,8 @@ pub fn run(setup: WorkerSetup) {
         resolver,
         shared,
         stop,
+        identities,
+        hbone,
     } = setup;
     let epoch = std::time::Instant::now();
     let mut rxs = Vec::new();
@@ -205,6 +246,15 @@ pub fn run(setup: WorkerSetup) {
         index: Index::default(),
         flows: AHashMap::new(),
         conns: Slab::new(),
+        hconns: Slab::new(),
+        tunnels: Slab::new(),
+        pools: AHashMap::new(),
+        dirty_tunnels: Vec::new(),
+        ids: Arc::new(IdentityStore::empty()),
+        client_configs: AHashMap::new(),
+        server_configs: AHashMap::new(),
+        hbone_limits: hbone,
+        rng: 0x2545_f491_4f6c_dd1d ^ (u64::from(std::process::id()) << 16) ^ u64::from(id),
         timers: BinaryHeap::new(),
         waiting: Vec::new(),
         neigh: AHashMap::new(),
@@ -235,6 +285,17 @@ pub fn run(setup: WorkerSetup) {
         if shm.changed().is_some() {
             e.reload_tables(&mut shm);
         }
+        if let Ok(ids) = identities.try_recv() {
+            e.client_configs.clear();
+            e.server_configs.clear();
+            debug!(
+                worker = id,
+                identities = ids.len(),
+                generation = ids.generation,
+                "identities loaded"
+            );
+            e.ids = ids;
+        }
         let mut work = 0;
         for (p, rx) in rxs.iter_mut().enumerate() {
             work += rx.recv(|frame| e.on_frame(p, frame, now, true));
@@ -245,6 +306,7 @@ pub fn run(setup: WorkerSetup) {
             work += 1;
         }
         work += e.run_timers(now);
+        work += e.pump_dirty_tunnels(now);
         e.expire_recent(now);
         if !e.waiting.is_empty() && now - last_resolve >= 1_000 {
             last_resolve = now;
@@ -255,11 +317,13 @@ pub fn run(setup: WorkerSetup) {
         }
         if work == 0 || now - last_publish >= 100_000 {
             last_publish = now;
-            e.stats.live_connections = e.conns.len() as u64;
+            e.stats.live_connections = (e.conns.len() + e.hconns.len()) as u64;
+            e.stats.hbone_tunnels_live = e.tunnels.len() as u64;
             shared.publish(&e.stats);
             if let Ok(mut sample) = shared.live_sample.lock() {
                 sample.clear();
                 sample.extend(e.conns.iter().take(8).map(|(_, c)| c.describe()));
+                sample.extend(e.hconns.iter().take(8).map(|(_, h)| h.describe()));
             }
         }
         if work == 0 && !busy_poll {
@@ -295,10 +359,24 @@ pub fn run(setup: WorkerSetup) {
         }
         e.service(cid, now);
     }
+    let hids: Vec<usize> = e.hconns.iter().map(|(i, _)| i).collect();
+    for hid in hids {
+        if let Some(h) = e.hconns.get_mut(hid) {
+            h.tcp.socket().abort();
+        }
+        e.service_hconn(hid, now);
+    }
+    let tids: Vec<usize> = e.tunnels.iter().map(|(i, _)| i).collect();
+    for tid in tids {
+        if let Some(t) = e.tunnels.get_mut(tid) {
+            t.leg.socket().abort();
+        }
+        e.egress(Obj::Tunnel(tid), now);
+    }
     for tx in &mut e.txs {
         tx.flush();
     }
-    e.stats.live_connections = e.conns.len() as u64;
+    e.stats.live_connections = (e.conns.len() + e.hconns.len()) as u64;
     shared.publish(&e.stats);
     info!(worker = id, "worker stopped");
 }
@@ -354,10 +432,18 @@ impl Engine {
             }
         }
         let ip = &frame[t.ip_offset..t.ip_offset + t.ip_len];
-        match self.flows.get(&t.key) {
-            Some(&(cid, leg)) => {
+        match self.flows.get(&t.key).copied() {
+            Some(FlowRef::Leg(cid, leg)) => {
                 self.ingress(cid, usize::from(leg), ip, t.src_mac, now);
                 self.service(cid, now);
+            }
+            Some(FlowRef::HLeg(hid)) => {
+                self.ingress_leg(Obj::HConn(hid), ip, t.src_mac, now);
+                self.service_hconn(hid, now);
+            }
+            Some(FlowRef::Tunnel(tid)) => {
+                self.ingress_leg(Obj::Tunnel(tid), ip, t.src_mac, now);
+                self.pump_tunnel(tid, now);
             }
             None if t.flags.syn && !t.flags.ack => {
                 self.recent.remove(&t.key);
@@ -402,6 +488,48 @@ impl Engine {
         };
         self.iface
             .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut l.sockets);
+    }
+
+    /// Hands a received IP packet to the socket of an HBONE stream's or tunnel's leg.
+    fn ingress_leg(&mut self, obj: Obj, ip: &[u8], src_mac: Mac, now: i64) {
+        let l = match obj {
+            Obj::Conn(cid) => match self.conns.get_mut(cid) {
+                Some(c) => &mut c.legs[0],
+                None => return,
+            },
+            Obj::HConn(hid) => match self.hconns.get_mut(hid) {
+                Some(h) => &mut h.tcp,
+                None => return,
+            },
+            Obj::Tunnel(tid) => match self.tunnels.get_mut(tid) {
+                Some(t) => &mut t.leg,
+                None => return,
+            },
+        };
+        let dst_mac = *l.dst_mac.get_or_insert(src_mac);
+        let mut dev = LegDevice {
+            rx: Some(ip),
+            tx: &mut self.txs[l.port],
+            src_mac: self.specs[l.port].mac,
+            dst_mac,
+            sent: &mut self.stats.tx_packets,
+            no_frame: &mut self.stats.tx_no_frame,
+        };
+        self.iface
+            .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut l.sockets);
+    }
+
+    /// Forgets a freed leg's key: out of the flow table, into the lingering set.
+    fn forget_key(&mut self, key: FlowKey) {
+        self.flows.remove(&key);
+        if self.recent_order.len() >= LINGER_MAX {
+            if let Some((_, old)) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+        let expiry = self.now() + LINGER_US;
+        self.recent.insert(key, expiry);
+        self.recent_order.push_back((expiry, key));
     }
 
     /// Splices, transmits and reschedules one connection; frees it when both legs end.
@@ -450,25 +578,17 @@ impl Engine {
         if let Some(at) = next {
             if conn.scheduled.is_none_or(|s| at < s) {
                 conn.scheduled = Some(at);
-                self.timers.push(Reverse((at, cid)));
+                self.timers.push(Reverse((at, Obj::Conn(cid))));
             }
         }
     }
 
     fn remove(&mut self, cid: usize) {
         let conn = self.conns.remove(cid);
-        let expiry = self.now() + LINGER_US;
         for l in &conn.legs {
-            self.flows.remove(&l.key);
-            if self.recent_order.len() >= LINGER_MAX {
-                if let Some((_, old)) = self.recent_order.pop_front() {
-                    self.recent.remove(&old);
-                }
-            }
-            self.recent.insert(l.key, expiry);
-            self.recent_order.push_back((expiry, l.key));
+            self.forget_key(l.key);
         }
-        self.waiting.retain(|&w| w != cid);
+        self.waiting.retain(|w| w.obj != Obj::Conn(cid));
         self.stats.closed_connections += 1;
         let (client, server) = (conn.legs[0].key.src, conn.legs[0].key.dst);
         let name = |ip: IpAddr| {
@@ -505,20 +625,29 @@ impl Engine {
     /// waits for the next loop iteration, after the TX rings were flushed.
     fn run_timers(&mut self, now: i64) -> usize {
         let mut due = Vec::new();
-        while let Some(&Reverse((at, cid))) = self.timers.peek() {
+        while let Some(&Reverse((at, obj))) = self.timers.peek() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            if let Some(c) = self.conns.get_mut(cid) {
-                if c.scheduled == Some(at) {
-                    c.scheduled = None;
-                    due.push(cid);
+            let scheduled = match obj {
+                Obj::Conn(i) => self.conns.get_mut(i).map(|c| &mut c.scheduled),
+                Obj::HConn(i) => self.hconns.get_mut(i).map(|h| &mut h.scheduled),
+                Obj::Tunnel(i) => self.tunnels.get_mut(i).map(|t| &mut t.scheduled),
+            };
+            if let Some(sch) = scheduled {
+                if *sch == Some(at) {
+                    *sch = None;
+                    due.push(obj);
                 }
             }
         }
-        for &cid in &due {
-            self.service(cid, now);
+        for &obj in &due {
+            match obj {
+                Obj::Conn(i) => self.service(i, now),
+                Obj::HConn(i) => self.service_hconn(i, now),
+                Obj::Tunnel(i) => self.pump_tunnel(i, now),
+            }
         }
         due.len()
     }
@@ -605,12 +734,20 @@ impl Engine {
             self.reset(port, t.src_mac, ip, now);
             return;
         };
+        if dst.local && target.port() == HBONE_PORT {
+            self.accept_inbound_hbone(port, t, ip, now);
+            return;
+        }
         let Some(up_port) = self.port_of(dst.route.ifindex) else {
             self.stats.no_route += 1;
             debug!(worker = self.id, %target, ifindex = dst.route.ifindex, "no interface for the route to the destination");
             self.reset(port, t.src_mac, ip, now);
             return;
         };
+        if !dst.local && dst.protocol == xdpmesh_shm::Protocol::Hbone {
+            self.accept_outbound_hbone(port, t, ip, now, up_port);
+            return;
+        }
         let Some(local_port) = self.pick_port(target, client.ip(), dst.local) else {
             self.stats.upstream_failures += 1;
             self.reset(port, t.src_mac, ip, now);
@@ -640,66 +777,77 @@ impl Engine {
             self.reset(port, t.src_mac, ip, now);
             return;
         }
-        let resolve = up_mac.is_none().then_some(Resolve {
-            nexthop,
-            started: now,
-            last_request: now,
-        });
         let cid = self.conns.insert(Conn {
             legs: [leg0, leg1],
             scheduled: None,
             half_dead_since: None,
             started: std::time::Instant::now(),
-            resolve,
             bytes: [0, 0],
         });
-        self.flows.insert(t.key, (cid, 0));
-        self.flows.insert(up_key, (cid, 1));
+        self.flows.insert(t.key, FlowRef::Leg(cid, 0));
+        self.flows.insert(up_key, FlowRef::Leg(cid, 1));
         self.stats.opened_connections += 1;
         if up_mac.is_none() {
-            self.send_arp(up_port, nexthop);
-            self.waiting.push(cid);
+            self.wait_for_neighbor(Obj::Conn(cid), up_port, nexthop, now);
         }
         self.ingress(cid, 0, ip, t.src_mac, now);
         self.service(cid, now);
     }
 
+    /// Parks an object whose next hop's MAC is unknown; an ARP request goes out now.
+    fn wait_for_neighbor(&mut self, obj: Obj, port: usize, nexthop: IpAddr, now: i64) {
+        self.send_arp(port, nexthop);
+        self.waiting.push(Resolve {
+            obj,
+            port,
+            nexthop,
+            started: now,
+            last_request: now,
+        });
+    }
+
+    /// The leg an object sends through towards a resolved next hop.
+    fn resolving_leg(&mut self, obj: Obj) -> Option<&mut Leg> {
+        match obj {
+            Obj::Conn(i) => self.conns.get_mut(i).map(|c| &mut c.legs[1]),
+            Obj::HConn(i) => self.hconns.get_mut(i).map(|h| &mut h.tcp),
+            Obj::Tunnel(i) => self.tunnels.get_mut(i).map(|t| &mut t.leg),
+        }
+    }
+
+    fn service_obj(&mut self, obj: Obj, now: i64) {
+        match obj {
+            Obj::Conn(i) => self.service(i, now),
+            Obj::HConn(i) => self.service_hconn(i, now),
+            Obj::Tunnel(i) => self.pump_tunnel(i, now),
+        }
+    }
+
     fn resolve_pending(&mut self, now: i64) {
         let waiting = std::mem::take(&mut self.waiting);
-        for cid in waiting {
-            let Some(conn) = self.conns.get(cid) else {
+        for mut r in waiting {
+            if self.resolving_leg(r.obj).is_none() {
                 continue;
-            };
-            let Some(r) = &conn.resolve else { continue };
-            let (port, nexthop, started, last) =
-                (conn.legs[1].port, r.nexthop, r.started, r.last_request);
-            if let Some(mac) = self.lookup_neighbor(port, nexthop) {
-                if let Some(c) = self.conns.get_mut(cid) {
-                    c.legs[1].dst_mac = Some(mac);
-                    c.resolve = None;
+            }
+            if let Some(mac) = self.lookup_neighbor(r.port, r.nexthop) {
+                if let Some(l) = self.resolving_leg(r.obj) {
+                    l.dst_mac = Some(mac);
                 }
-                self.service(cid, now);
-            } else if now - started > RESOLVE_TIMEOUT_US {
+                self.service_obj(r.obj, now);
+            } else if now - r.started > RESOLVE_TIMEOUT_US {
                 self.stats.neighbor_timeouts += 1;
-                warn!(worker = self.id, %nexthop, port = %self.specs[port].name, "next hop did not answer ARP; resetting the connection");
-                if let Some(c) = self.conns.get_mut(cid) {
-                    c.resolve = None;
-                    // Treat like a failed connect: the pump aborts the client's leg.
-                    c.legs[1].socket().abort();
+                warn!(worker = self.id, nexthop = %r.nexthop, port = %self.specs[r.port].name, "next hop did not answer ARP; resetting the connection");
+                // Like a failed connect: the leg closes and the other side is reset.
+                if let Some(l) = self.resolving_leg(r.obj) {
+                    l.socket().abort();
                 }
-                self.service(cid, now);
-                // An aborted SYN-SENT leg is Closed at once; if the client leg still
-                // needs its RST sent it has a MAC, so `service` sent it.
+                self.service_obj(r.obj, now);
             } else {
-                if now - last >= RESOLVE_RETRY_US {
-                    if let Some(Resolve { last_request, .. }) =
-                        self.conns.get_mut(cid).and_then(|c| c.resolve.as_mut())
-                    {
-                        *last_request = now;
-                    }
-                    self.send_arp(port, nexthop);
+                if now - r.last_request >= RESOLVE_RETRY_US {
+                    r.last_request = now;
+                    self.send_arp(r.port, r.nexthop);
                 }
-                self.waiting.push(cid);
+                self.waiting.push(r);
             }
         }
     }

@@ -187,6 +187,10 @@ impl Topology {
                     mesh_node,
                     "--instance",
                     &instance,
+                    // One CA per topology, shared by both gateways (HBONE peers must
+                    // chain to the same root); tests issue peer certificates from it.
+                    "--ca-dir",
+                    &self.ca_dir().to_string_lossy(),
                 ],
             )?;
             let dataplane = match self.spawn(
@@ -240,6 +244,11 @@ impl Topology {
             bail!("xdpmesh gateways did not become ready:\n{msg}");
         }
         Ok(())
+    }
+
+    /// The mesh CA directory of this topology (created by the first control process).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.tmp_dir().join("ca")
     }
 
     /// The gateway kind started, if any.

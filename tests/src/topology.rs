@@ -75,6 +75,11 @@ pub struct TopologyOpts {
     pub rx_queues: u32,
     /// MTU of every veth.
     pub mtu: u32,
+    /// Put a bridge in a fifth namespace (`<prefix>-wire`) between the gateways'
+    /// uplinks, so the gateway-to-gateway traffic can be captured there
+    /// ([`Topology::wire_ns`]). On the gateways themselves it cannot: frames that XDP
+    /// redirects, and frames sent from AF_XDP, bypass the kernel's packet taps.
+    pub wire_tap: bool,
 }
 
 impl Default for TopologyOpts {
@@ -82,6 +87,7 @@ impl Default for TopologyOpts {
         TopologyOpts {
             rx_queues: 1,
             mtu: 1500,
+            wire_tap: false,
         }
     }
 }
@@ -221,7 +227,48 @@ impl Topology {
             ])
         };
         veth(Node::GatewayA, "pod0", Node::Client, "eth0")?;
-        veth(Node::GatewayA, "up0", Node::GatewayB, "up0")?;
+        if self.opts.wire_tap {
+            let wire = self.wire_name();
+            ip(&["netns", "add", &wire])?;
+            // Veth ends created in the gateways with their peers in the wire namespace.
+            for (gw, end) in [(Node::GatewayA, "to-gwa"), (Node::GatewayB, "to-gwb")] {
+                ip(&[
+                    "-n",
+                    &self.ns_name(gw),
+                    "link",
+                    "add",
+                    "up0",
+                    "mtu",
+                    &mtu,
+                    "numtxqueues",
+                    &q,
+                    "numrxqueues",
+                    &q,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    end,
+                    "mtu",
+                    &mtu,
+                    "numtxqueues",
+                    &q,
+                    "numrxqueues",
+                    &q,
+                    "netns",
+                    &wire,
+                ])?;
+            }
+            ip(&["-n", &wire, "link", "add", "br0", "type", "bridge"])?;
+            for dev in ["to-gwa", "to-gwb"] {
+                ip(&["-n", &wire, "link", "set", "dev", dev, "master", "br0"])?;
+                ip(&["-n", &wire, "link", "set", "dev", dev, "up"])?;
+            }
+            ip(&["-n", &wire, "link", "set", "br0", "up"])?;
+            ip(&["-n", &wire, "link", "set", "lo", "up"])?;
+        } else {
+            veth(Node::GatewayA, "up0", Node::GatewayB, "up0")?;
+        }
         veth(Node::GatewayB, "pod0", Node::Server, "eth0")?;
 
         let addrs: [(Node, &str, &str); 6] = [
@@ -299,6 +346,16 @@ impl Topology {
     /// Namespace name of `node`: `<prefix>-client|gwa|gwb|server`.
     pub fn ns_name(&self, node: Node) -> String {
         format!("{}-{}", self.prefix, node.suffix())
+    }
+
+    /// The capture namespace between the gateways, when built with `wire_tap`; its
+    /// bridge `br0` sees every frame between them.
+    pub fn wire_ns(&self) -> Option<String> {
+        self.opts.wire_tap.then(|| self.wire_name())
+    }
+
+    fn wire_name(&self) -> String {
+        format!("{}-wire", self.prefix)
     }
 
     /// xdpmesh instance name of a gateway node (same as its namespace name).
@@ -416,8 +473,11 @@ impl Topology {
 
     /// Kills every process in the namespaces and deletes them (idempotent).
     fn cleanup_namespaces(&self) {
-        for node in Node::ALL {
-            let ns = self.ns_name(node);
+        let all = Node::ALL
+            .iter()
+            .map(|&n| self.ns_name(n))
+            .chain(std::iter::once(self.wire_name()));
+        for ns in all {
             if !Path::new("/run/netns").join(&ns).exists() {
                 continue;
             }

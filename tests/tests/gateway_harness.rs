@@ -64,6 +64,7 @@ fn test_gateway_harness_with_stand_in_binaries() {
         TopologyOpts {
             rx_queues: 2,
             mtu: 1500,
+            ..TopologyOpts::default()
         },
     )
     .unwrap();

@@ -211,6 +211,7 @@ fn test_multiqueue_topology_and_process_cleanup_on_panic() {
             TopologyOpts {
                 rx_queues: 4,
                 mtu: 1400,
+                ..TopologyOpts::default()
             },
         )
         .unwrap();

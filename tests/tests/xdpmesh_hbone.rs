@@ -1,0 +1,240 @@
+//! HBONE between two xdpmesh gateways (issue 3): both workloads are `protocol: HBONE`,
+//! so the source gateway carries each pod connection as an HTTP/2 CONNECT stream over
+//! mutual TLS 1.3 to the destination's port 15008, and the destination gateway
+//! terminates it. Real kernel TCP pods (curl, Python), real certificates from the
+//! topology's CA, XDP attached on veth; the link between the gateways goes through a
+//! bridge in a fifth namespace where tcpdump records what is on the wire.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use xdpmesh_netns::topology::SERVER_ADDR;
+use xdpmesh_netns::{
+    blob_sha256, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts, ECHO_PORT,
+    FILESERVER_PORT,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+fn hbone_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/testdata/demo-hbone.yaml")
+}
+
+fn hbone_topology(tag: &str) -> Topology {
+    let opts = TopologyOpts {
+        wire_tap: true,
+        ..Default::default()
+    };
+    let mut topo = Topology::new(&unique_prefix(tag), opts).expect("topology");
+    topo.start_gateways(GatewayKind::xdpmesh(1), &hbone_config())
+        .expect("xdpmesh gateways");
+    topo
+}
+
+fn counter(stats: &Value, path: &[&str]) -> u64 {
+    let mut v = stats;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("no counter {path:?} in {stats:#}"))
+}
+
+/// Both gateways idle in a snapshot taken at least 500 ms after the call.
+fn wait_idle(topo: &Topology) -> [Value; 2] {
+    let uptime = |s: &Value| counter(s, &["uptime_ms"]);
+    let start = [
+        uptime(&topo.gateway_stats(Node::GatewayA).unwrap()),
+        uptime(&topo.gateway_stats(Node::GatewayB).unwrap()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = topo.gateway_stats(Node::GatewayA).unwrap();
+        let b = topo.gateway_stats(Node::GatewayB).unwrap();
+        let fresh = uptime(&a) >= start[0] + 500 && uptime(&b) >= start[1] + 500;
+        let live = counter(&a, &["totals", "live_connections"])
+            + counter(&b, &["totals", "live_connections"]);
+        if fresh && live == 0 {
+            return [a, b];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections still live after 20 s:\nA: {a:#}\nB: {b:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// tcpdump on the wire namespace's bridge, stopped (and flushed) on drop.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(topo: &Topology) -> Capture {
+        let ns = topo.wire_ns().expect("wire tap");
+        let file = topo.tmp_dir().join("wire.pcap");
+        let child = Command::new("nsenter")
+            .args([
+                &format!("--net=/run/netns/{ns}"),
+                "--",
+                "tcpdump",
+                "-i",
+                "br0",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump");
+        std::thread::sleep(Duration::from_millis(700));
+        Capture { child, file }
+    }
+
+    fn stop(mut self) -> PathBuf {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        let _ = self.child.wait();
+        self.file.clone()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pcap_count(file: &Path, filter: &str) -> usize {
+    let out = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(file)
+        .arg(filter)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire() {
+    if !require_root("test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire") {
+        return;
+    }
+    let topo = hbone_topology("hhttp");
+    let server = topo
+        .start_fileserver(Node::Server, FILESERVER_PORT)
+        .unwrap();
+    let cap = Capture::start(&topo);
+    let size = 64 * MIB;
+    let url = format!("http://{SERVER_ADDR}:{FILESERVER_PORT}/blob?size={size}&seed=42");
+    let t = topo.http_download(Node::Client, &url).unwrap();
+    assert_eq!(
+        (t.bytes, t.sha256.as_str()),
+        (size, blob_sha256(size, 42).as_str())
+    );
+    let u = topo
+        .http_upload(
+            Node::Client,
+            &format!("http://{SERVER_ADDR}:{FILESERVER_PORT}/upload"),
+            size,
+            7,
+        )
+        .unwrap();
+    assert_eq!(
+        (u.length, u.sha256.as_str()),
+        (size, blob_sha256(size, 7).as_str())
+    );
+    let [a, b] = wait_idle(&topo);
+    let pcap = cap.stop();
+
+    // The gateways spoke HBONE: one pooled tunnel from A to B carried both requests.
+    assert_eq!(counter(&a, &["totals", "hbone_tunnels_opened"]), 1, "{a:#}");
+    assert_eq!(counter(&a, &["totals", "hbone_streams"]), 2, "{a:#}");
+    assert_eq!(
+        counter(&b, &["totals", "hbone_tunnels_accepted"]),
+        1,
+        "{b:#}"
+    );
+    assert_eq!(counter(&b, &["totals", "hbone_streams"]), 2, "{b:#}");
+    for s in [&a, &b] {
+        assert_eq!(counter(s, &["totals", "hbone_refused"]), 0, "{s:#}");
+        assert_eq!(counter(s, &["totals", "hbone_tunnel_failures"]), 0, "{s:#}");
+    }
+    // The server saw the client's own address.
+    assert!(server.log().contains("198.18.1.2"), "{}", server.log());
+
+    // On the wire between the gateways: TCP only to or from port 15008, and none of the
+    // plaintext (HTTP request lines and headers) anywhere in the captured frames.
+    let total = pcap_count(&pcap, "tcp");
+    let hbone = pcap_count(&pcap, "tcp port 15008");
+    assert!(total > 10_000, "only {total} TCP frames captured");
+    assert_eq!(
+        total, hbone,
+        "TCP frames not on port 15008 crossed the wire"
+    );
+    let bytes = std::fs::read(&pcap).unwrap();
+    for needle in [
+        &b"GET /blob"[..],
+        b"PUT /upload",
+        b"POST /upload",
+        b"HTTP/1.",
+        b"curl/",
+    ] {
+        assert!(
+            !contains(&bytes, needle),
+            "plaintext {:?} on the wire",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
+
+#[test]
+fn test_hbone_1000_concurrent_streams_share_ten_connections() {
+    if !require_root("test_hbone_1000_concurrent_streams_share_ten_connections") {
+        return;
+    }
+    let topo = hbone_topology("hecho");
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 1000, 64 * 1024)
+        .unwrap();
+    if r.ok != 1000 {
+        let a = topo.gateway_stats(Node::GatewayA).unwrap();
+        let b = topo.gateway_stats(Node::GatewayB).unwrap();
+        panic!(
+            "{} of 1000 failed: {:?}\nA: {a:#}\nB: {b:#}",
+            r.failed, r.errors
+        );
+    }
+    assert_eq!(r.bytes, 1000 * 64 * 1024);
+    let [a, b] = wait_idle(&topo);
+    // ceil(1000 / 100 streams per connection): no connection storm.
+    let tunnels = counter(&a, &["totals", "hbone_tunnels_opened"]);
+    assert!((1..=10).contains(&tunnels), "{tunnels} tunnels: {a:#}");
+    assert_eq!(
+        counter(&b, &["totals", "hbone_tunnels_accepted"]),
+        tunnels,
+        "{b:#}"
+    );
+    assert_eq!(counter(&a, &["totals", "hbone_streams"]), 1000, "{a:#}");
+    assert_eq!(counter(&b, &["totals", "hbone_streams"]), 1000, "{b:#}");
+    for s in [&a, &b] {
+        assert_eq!(counter(s, &["totals", "closed_connections"]), 1000, "{s:#}");
+        assert_eq!(counter(s, &["totals", "hbone_refused"]), 0, "{s:#}");
+    }
+    eprintln!("1000 streams over {tunnels} HBONE connections");
+}
