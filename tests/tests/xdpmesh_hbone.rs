@@ -238,3 +238,60 @@ fn test_hbone_1000_concurrent_streams_share_ten_connections() {
     }
     eprintln!("1000 streams over {tunnels} HBONE connections");
 }
+
+/// Slow reader: the server pod reads 1 KiB per second while the client pod writes as
+/// fast as it can for 8 s. Every buffer on the path is bounded and flow control holds
+/// end to end, so the writer is throttled to about one HTTP/2 stream window (4 MiB, held
+/// by the destination gateway's HTTP/2 layer) plus the TCP buffers on the way (four
+/// 64 KiB smoltcp buffers, and the pods' own socket buffers, set to 64 KiB here).
+#[test]
+fn test_hbone_slow_reader_throttles_the_writer_with_bounded_memory() {
+    if !require_root("test_hbone_slow_reader_throttles_the_writer_with_bounded_memory") {
+        return;
+    }
+    let topo = hbone_topology("hslow");
+    let reader = "import socket,time\n\
+                  s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                  s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)\n\
+                  s.bind(('0.0.0.0', 7100)); s.listen(1)\n\
+                  c,_=s.accept()\n\
+                  for _ in range(30):\n    c.recv(1024); time.sleep(1)\n";
+    let _slow = topo
+        .spawn(Node::Server, &["python3", "-c", reader])
+        .unwrap();
+    topo.wait_tcp_listen(Node::Server, 7100, Duration::from_secs(10))
+        .unwrap();
+    let idle = [
+        counter(&topo.gateway_stats(Node::GatewayA).unwrap(), &["rss_bytes"]),
+        counter(&topo.gateway_stats(Node::GatewayB).unwrap(), &["rss_bytes"]),
+    ];
+    let writer = "import socket,time\n\
+                  c=socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)\n\
+                  c.connect(('198.18.2.2', 7100)); c.setblocking(False)\n\
+                  buf=b'x'*65536; sent=0; end=time.time()+8\n\
+                  while time.time() < end:\n    \
+                      try: sent += c.send(buf)\n    \
+                      except BlockingIOError: time.sleep(0.01)\n\
+                  print(sent)";
+    let out = topo.run(Node::Client, &["python3", "-c", writer]).unwrap();
+    let sent: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let a = topo.gateway_stats(Node::GatewayA).unwrap();
+    let b = topo.gateway_stats(Node::GatewayB).unwrap();
+    let grown = [
+        counter(&a, &["rss_bytes"]).saturating_sub(idle[0]),
+        counter(&b, &["rss_bytes"]).saturating_sub(idle[1]),
+    ];
+    eprintln!(
+        "slow reader: writer sent {sent} B in 8 s; gateway RSS growth A {} B, B {} B",
+        grown[0], grown[1]
+    );
+    // Bound: 4 MiB stream window + 4 x 64 KiB smoltcp buffers + 2 x 64 KiB (doubled by
+    // the kernel: 4 x 64 KiB) pod socket buffers, about 4.6 MiB; allow 6 MiB.
+    assert!(sent <= 6 * MIB, "writer not throttled: {sent} B");
+    assert!(sent >= 64 * 1024, "writer made no progress: {sent} B");
+    assert_eq!(counter(&a, &["totals", "hbone_streams"]), 1, "{a:#}");
+    // Gateway memory stays bounded by the same windows (allow allocator slack).
+    for g in grown {
+        assert!(g <= 16 * MIB, "gateway RSS grew by {g} B");
+    }
+}

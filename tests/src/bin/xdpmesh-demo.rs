@@ -16,7 +16,15 @@ use xdpmesh_netns::{
     ECHO_PORT, FILESERVER_PORT, IPERF_PORT,
 };
 
-const DEFAULT_CONFIG: &str = include_str!("../../../control/testdata/demo.yaml");
+/// The embedded default: both workloads on HBONE (`--protocol tcp` for plain TCP legs).
+const HBONE_CONFIG: &str = include_str!("../../../control/testdata/demo-hbone.yaml");
+const TCP_CONFIG: &str = include_str!("../../../control/testdata/demo.yaml");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Hbone,
+    Tcp,
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Gateway {
@@ -30,9 +38,13 @@ struct Args {
     /// What carries traffic between the gateways.
     #[arg(long, value_enum, default_value_t = Gateway::Xdpmesh)]
     gateway: Gateway,
-    /// Mesh config (default: the embedded control/testdata/demo.yaml).
+    /// Mesh config (default: the embedded control/testdata/demo-hbone.yaml, or demo.yaml
+    /// with `--protocol tcp`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Workload protocol of the embedded config.
+    #[arg(long, value_enum, default_value_t = Protocol::Hbone)]
+    protocol: Protocol,
     /// Size of the download and of the upload, MiB.
     #[arg(long, default_value_t = 64)]
     size_mib: u64,
@@ -96,7 +108,11 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         Some(path) => path.clone(),
         None => {
             let path = topo.tmp_dir().join("demo.yaml");
-            std::fs::write(&path, DEFAULT_CONFIG)?;
+            let text = match args.protocol {
+                Protocol::Hbone => HBONE_CONFIG,
+                Protocol::Tcp => TCP_CONFIG,
+            };
+            std::fs::write(&path, text)?;
             path
         }
     };
@@ -266,9 +282,19 @@ fn print_stats(node: Node, stats: &serde_json::Value) {
         n("tx_packets"),
         stats["rss_bytes"].as_u64().unwrap_or(0),
     );
+    println!(
+        "  hbone: tunnels opened {} accepted {} closed {}, streams {}, refused {}, tunnel failures {}",
+        n("hbone_tunnels_opened"),
+        n("hbone_tunnels_accepted"),
+        n("hbone_tunnels_closed"),
+        n("hbone_streams"),
+        n("hbone_refused"),
+        n("hbone_tunnel_failures"),
+    );
     if let Some(xdp) = stats["xdp"].as_object() {
         let parts: Vec<String> = xdp
             .iter()
+            .filter(|(_, v)| v["packets"].as_u64().unwrap_or(0) > 0)
             .map(|(reason, v)| {
                 format!(
                     "{reason}={} pkts/{} B",
