@@ -812,7 +812,9 @@ impl Engine {
             info!(
                 target: "access",
                 direction = if h.outbound { "outbound" } else { "inbound" },
-                src_addr = %h.tcp.key.src, dst_addr = %h.target, peer_identity = %h.peer,
+                // Outbound: the pod's leg is keyed (pod → target); inbound: the delivery
+                // leg is keyed (workload → client address, our port).
+                src_addr = %if h.outbound { h.tcp.key.src } else { h.tcp.key.dst }, dst_addr = %h.target, peer_identity = %h.peer,
                 bytes_sent = h.bytes[0], bytes_recv = h.bytes[1],
                 duration_ms = h.started.elapsed().as_millis() as u64,
                 "connection complete (HBONE)"

@@ -1,0 +1,1090 @@
+//! HBONE interoperability with independent peers, and every refusal with its reason.
+//!
+//! The wire namespace (the bridge between the gateways) plays a third node, `node-c` of
+//! `control/testdata/interop-hbone.yaml`, a foreign ztunnel: its bridge carries the
+//! addresses of the workloads `pyclient` (198.18.0.3) and `pyserver` (198.18.0.5), and
+//! the Python HBONE peers (`tests/peers/hbone_client.py`, `hbone_server.py`, written from
+//! the contract in DESIGN.md with hyper-h2, not from xdpmesh's code) speak for them with
+//! certificates issued from the topology's mesh CA.
+//!
+//! - pyclient → server pod: gateway B's inbound HBONE terminates the Python client's
+//!   CONNECT streams (its destination is served there and the port is 15008).
+//! - client pod → pyserver:8080: gateway A's outbound HBONE carries it to
+//!   198.18.0.5:15008, where `hbone_server.py` listens.
+//! - Every way a peer can be refused (identity, trust domain, expiry, CA, missing
+//!   certificate, TLS 1.2, ALPN, bad target, closed port) is logged by the refusing
+//!   gateway with its reason, and no byte reaches the pod.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+use xdpmesh_netns::peers::python;
+use xdpmesh_netns::topology::{CLIENT_ADDR, SERVER_ADDR};
+use xdpmesh_netns::{
+    bin, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts, ECHO_PORT,
+};
+
+/// pyclient's and pyserver's addresses on the wire namespace's bridge (node-c).
+const PYCLIENT_ADDR: &str = "198.18.0.3";
+const PYSERVER_ADDR: &str = "198.18.0.5";
+/// pyserver's application port (the client pod connects to it).
+const PYSERVER_PORT: u16 = 8080;
+/// A port on the server pod where a listener records every connection it accepts.
+const TRAP_PORT: u16 = 9000;
+
+fn spiffe(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+}
+
+fn interop_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/testdata/interop-hbone.yaml")
+}
+
+fn peer_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("peers")
+        .join(name)
+}
+
+fn hbone_addr() -> String {
+    format!("{SERVER_ADDR}:15008")
+}
+
+/// A command run inside the wire namespace (node-c).
+fn wire_cmd(topo: &Topology, program: impl AsRef<OsStr>) -> Command {
+    let ns = topo.wire_ns().expect("topology built with wire_tap");
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .arg(program);
+    cmd
+}
+
+/// Runs `argv` in the wire namespace under `timeout -k 2 <secs>` (exit 124 on timeout),
+/// stdin from /dev/null, output captured.
+fn run_wire(topo: &Topology, secs: u64, argv: &[&OsStr]) -> Output {
+    let mut cmd = wire_cmd(topo, "timeout");
+    cmd.args(["-k", "2", &secs.to_string()])
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.output()
+        .expect("running a command in the wire namespace")
+}
+
+fn must(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds the topology, starts xdpmesh on both gateways with the interop config and
+/// turns the wire namespace into node-c.
+fn interop_topology(tag: &str) -> Topology {
+    let opts = TopologyOpts {
+        wire_tap: true,
+        ..Default::default()
+    };
+    let mut topo = Topology::new(&unique_prefix(tag), opts).expect("topology");
+    topo.start_gateways(GatewayKind::xdpmesh(1), &interop_config())
+        .expect("xdpmesh gateways");
+    let wire = topo.wire_ns().unwrap();
+    let ip_cmds: [&[&str]; 4] = [
+        &["addr", "add", "198.18.0.3/24", "dev", "br0"],
+        &["addr", "add", "198.18.0.5/24", "dev", "br0"],
+        &[
+            "route",
+            "add",
+            "198.18.1.0/24",
+            "via",
+            "198.18.0.1",
+            "src",
+            PYCLIENT_ADDR,
+        ],
+        &[
+            "route",
+            "add",
+            "198.18.2.0/24",
+            "via",
+            "198.18.0.2",
+            "src",
+            PYCLIENT_ADDR,
+        ],
+    ];
+    for args in ip_cmds {
+        let out = Command::new("ip")
+            .args(["-n", &wire])
+            .args(args)
+            .output()
+            .unwrap();
+        must(&format!("ip -n {wire} {}", args.join(" ")), &out);
+    }
+    let sysctl = [
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+        "net.ipv4.conf.br0.rp_filter=0",
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+    ];
+    let out = wire_cmd(&topo, sysctl[0])
+        .args(&sysctl[1..])
+        .output()
+        .unwrap();
+    must("sysctl in the wire namespace", &out);
+    // Locally sent segments must carry full checksums when they reach the gateways'
+    // AF_XDP sockets (copy mode sees CHECKSUM_PARTIAL otherwise).
+    for dev in ["br0", "to-gwa", "to-gwb"] {
+        let out = wire_cmd(&topo, "ethtool")
+            .args([
+                "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+            ])
+            .output()
+            .unwrap();
+        must(&format!("ethtool -K {dev} in the wire namespace"), &out);
+    }
+    topo
+}
+
+fn counter(stats: &Value, path: &[&str]) -> u64 {
+    let mut v = stats;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("no counter {path:?} in {stats:#}"))
+}
+
+fn total(topo: &Topology, node: Node, name: &str) -> u64 {
+    counter(&topo.gateway_stats(node).unwrap(), &["totals", name])
+}
+
+/// Both gateways idle in a snapshot taken at least 500 ms after the call.
+fn wait_idle(topo: &Topology) -> [Value; 2] {
+    let uptime = |s: &Value| counter(s, &["uptime_ms"]);
+    let start = [
+        uptime(&topo.gateway_stats(Node::GatewayA).unwrap()),
+        uptime(&topo.gateway_stats(Node::GatewayB).unwrap()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = topo.gateway_stats(Node::GatewayA).unwrap();
+        let b = topo.gateway_stats(Node::GatewayB).unwrap();
+        let fresh = uptime(&a) >= start[0] + 500 && uptime(&b) >= start[1] + 500;
+        let live = counter(&a, &["totals", "live_connections"])
+            + counter(&b, &["totals", "live_connections"]);
+        if fresh && live == 0 {
+            return [a, b];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connections still live after 20 s:\nA: {a:#}\nB: {b:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issues a certificate for `id` from the CA in `ca_dir` into `dir` (`<name>.crt`,
+/// `<name>.key`); `expired` gives one valid from 2 h ago to 1 h ago.
+fn issue(ca_dir: &Path, id: &str, dir: &Path, name: &str, expired: bool) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let mut cmd = Command::new(bin("xdpmesh-control"));
+    cmd.arg("issue")
+        .arg("--ca-dir")
+        .arg(ca_dir)
+        .args(["--spiffe", id])
+        .arg("--out-cert")
+        .arg(&cert)
+        .arg("--out-key")
+        .arg(&key);
+    if expired {
+        cmd.arg("--not-after-past");
+    }
+    must(
+        &format!("xdpmesh-control issue {id}"),
+        &cmd.output().unwrap(),
+    );
+    (cert, key)
+}
+
+/// `xdpmesh-control ca init` of a fresh CA in `dir` for `trust_domain`.
+fn ca_init(dir: &Path, trust_domain: &str) {
+    let out = Command::new(bin("xdpmesh-control"))
+        .args(["ca", "init", "--trust-domain", trust_domain, "--ca-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    must(&format!("xdpmesh-control ca init {trust_domain}"), &out);
+}
+
+fn mesh_ca_cert(topo: &Topology) -> PathBuf {
+    topo.ca_dir().join("ca.crt")
+}
+
+/// The result of one `hbone_client.py` run: its JSON report (if any) and raw output.
+struct ClientRun {
+    report: Option<Value>,
+    out: Output,
+}
+
+impl ClientRun {
+    fn describe(&self) -> String {
+        format!(
+            "hbone_client.py exit {}; report {}; stderr: {}",
+            self.out.status,
+            self.report
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "none".into()),
+            String::from_utf8_lossy(&self.out.stderr).trim_end()
+        )
+    }
+
+    fn statuses(&self) -> Vec<Option<u64>> {
+        self.report
+            .as_ref()
+            .and_then(|r| r["statuses"].as_array())
+            .map(|a| a.iter().map(Value::as_u64).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Runs `hbone_client.py` in the wire namespace as pyclient.
+fn hbone_client(
+    topo: &Topology,
+    cert: &Path,
+    key: &Path,
+    authority: &str,
+    extra: &[&str],
+    timeout_s: u64,
+) -> ClientRun {
+    let py = python();
+    let script = peer_script("hbone_client.py");
+    let ca = mesh_ca_cert(topo);
+    let connect = hbone_addr();
+    let server_san = spiffe("server");
+    let timeout = timeout_s.to_string();
+    let mut argv: Vec<&OsStr> = vec![
+        py.as_os_str(),
+        "-u".as_ref(),
+        script.as_os_str(),
+        "--connect".as_ref(),
+        connect.as_ref(),
+        "--authority".as_ref(),
+        authority.as_ref(),
+        "--cert".as_ref(),
+        cert.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        "--ca".as_ref(),
+        ca.as_os_str(),
+        "--expect-san".as_ref(),
+        server_san.as_ref(),
+        "--timeout".as_ref(),
+        timeout.as_ref(),
+    ];
+    argv.extend(extra.iter().map(|s| OsStr::new(*s)));
+    let out = run_wire(topo, timeout_s + 10, &argv);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .and_then(|l| serde_json::from_str(l).ok());
+    ClientRun { report, out }
+}
+
+/// A process in the wire namespace, killed (SIGTERM, then SIGKILL) when dropped.
+struct WireProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl WireProc {
+    fn spawn(topo: &Topology, argv: &[&OsStr], log: PathBuf) -> WireProc {
+        let file = std::fs::File::create(&log).unwrap();
+        // nsenter without --fork execs the program: the child's pid is the program's.
+        let child = wire_cmd(topo, argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawning in the wire namespace");
+        WireProc { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WireProc {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `hbone_server.py` for pyserver (198.18.0.5:15008) in echo mode, presenting `cert`;
+/// returns once it is listening. Its JSON lines go to `json_log`.
+fn start_hbone_server(
+    topo: &Topology,
+    cert: &Path,
+    key: &Path,
+    json_log: &Path,
+    tag: &str,
+) -> WireProc {
+    let py = python();
+    let script = peer_script("hbone_server.py");
+    let ca = mesh_ca_cert(topo);
+    let ready = topo.tmp_dir().join(format!("hbone-server-{tag}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let listen = format!("{PYSERVER_ADDR}:15008");
+    let authority = format!("{PYSERVER_ADDR}:{PYSERVER_PORT}");
+    let client_san = spiffe("client");
+    let argv: Vec<&OsStr> = vec![
+        py.as_os_str(),
+        "-u".as_ref(),
+        script.as_os_str(),
+        "--listen".as_ref(),
+        listen.as_ref(),
+        "--cert".as_ref(),
+        cert.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        "--ca".as_ref(),
+        ca.as_os_str(),
+        "--trust-domain".as_ref(),
+        "cluster.local".as_ref(),
+        "--expect-authority".as_ref(),
+        authority.as_ref(),
+        "--expect-client-san".as_ref(),
+        client_san.as_ref(),
+        "--mode".as_ref(),
+        "echo".as_ref(),
+        "--log".as_ref(),
+        json_log.as_os_str(),
+        "--ready-file".as_ref(),
+        ready.as_os_str(),
+    ];
+    let mut p = WireProc::spawn(
+        topo,
+        &argv,
+        topo.tmp_dir().join(format!("hbone-server-{tag}.out")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ready.exists() {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("hbone_server.py exited ({status}):\n{}", p.output());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hbone_server.py not ready after 15 s:\n{}",
+            p.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p
+}
+
+/// JSON lines of `hbone_server.py`'s log with `"event": event`.
+fn server_events(json_log: &Path, event: &str) -> Vec<Value> {
+    std::fs::read_to_string(json_log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+fn is_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && parts[3] == "01"
+}
+
+/// The dataplane log of a gateway.
+fn dataplane_log(topo: &Topology, node: Node) -> PathBuf {
+    topo.gateway_logs()
+        .into_iter()
+        .find(|(n, _, _)| *n == node)
+        .map(|(_, _, d)| d)
+        .unwrap_or_else(|| panic!("no dataplane log for {node:?}"))
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A position in a gateway's dataplane log: what is logged after it can be searched.
+struct LogMark {
+    path: PathBuf,
+    offset: usize,
+}
+
+impl LogMark {
+    fn now(topo: &Topology, node: Node) -> LogMark {
+        let path = dataplane_log(topo, node);
+        let offset = std::fs::read(&path).map(|b| b.len()).unwrap_or(0);
+        LogMark { path, offset }
+    }
+
+    /// Lines logged since the mark, ANSI escapes removed.
+    fn lines(&self) -> Vec<String> {
+        let bytes = std::fs::read(&self.path).unwrap_or_default();
+        let new = bytes.get(self.offset..).unwrap_or_default();
+        strip_ansi(&String::from_utf8_lossy(new))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits up to `timeout` for a line (logged since the mark) matching `pred`.
+    fn wait_line(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.lines();
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return Ok(l.clone());
+            }
+            if Instant::now() >= deadline {
+                let tail: Vec<&str> = lines
+                    .iter()
+                    .rev()
+                    .take(15)
+                    .rev()
+                    .map(String::as_str)
+                    .collect();
+                return Err(format!(
+                    "no log line {what} in {} within {timeout:?}; lines logged since the case \
+                     began (last 15):\n    {}",
+                    self.path.display(),
+                    tail.join("\n    ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn lower_has(line: &str, words: &[&str]) -> bool {
+    let l = line.to_ascii_lowercase();
+    words.iter().any(|w| l.contains(&w.to_ascii_lowercase()))
+}
+
+#[test]
+fn test_interop_python_client_to_xdpmesh_inbound() {
+    if !require_root("test_interop_python_client_to_xdpmesh_inbound") {
+        return;
+    }
+    let topo = interop_topology("icli");
+    let (cert, key) = issue(
+        &topo.ca_dir(),
+        &spiffe("pyclient"),
+        topo.tmp_dir(),
+        "pyclient",
+        false,
+    );
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let authority = format!("{SERVER_ADDR}:{ECHO_PORT}");
+    let run = hbone_client(
+        &topo,
+        &cert,
+        &key,
+        &authority,
+        &[
+            "--forwarded-for",
+            "198.18.0.3:40000",
+            "--streams",
+            "3",
+            "--bytes",
+            "100000",
+        ],
+        30,
+    );
+    let r = run
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("no report: {}", run.describe()));
+    assert_eq!(r["ok"], 3, "{}", run.describe());
+    assert_eq!(r["failed"], 0, "{}", run.describe());
+    assert_eq!(
+        run.statuses(),
+        vec![Some(200); 3],
+        "statuses: {}",
+        run.describe()
+    );
+    assert_eq!(r["bytes"], 300_000, "{}", run.describe());
+    assert_eq!(r["tls_version"], "TLSv1.3", "{}", run.describe());
+    assert_eq!(r["alpn"], "h2", "{}", run.describe());
+    assert_eq!(
+        r["peer_san"].as_str(),
+        Some(spiffe("server").as_str()),
+        "{}",
+        run.describe()
+    );
+    assert!(run.out.status.success(), "{}", run.describe());
+
+    let [_, b] = wait_idle(&topo);
+    assert!(
+        counter(&b, &["totals", "hbone_tunnels_accepted"]) >= 1,
+        "{b:#}"
+    );
+    assert_eq!(counter(&b, &["totals", "hbone_streams"]), 3, "{b:#}");
+    assert_eq!(counter(&b, &["totals", "hbone_refused"]), 0, "{b:#}");
+    // The access log names the real client (the tunnel's source) and its identity.
+    let log = strip_ansi(&std::fs::read_to_string(dataplane_log(&topo, Node::GatewayB)).unwrap());
+    let inbound: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("direction=\"inbound\""))
+        .collect();
+    assert_eq!(inbound.len(), 3, "{log}");
+    for l in inbound {
+        assert!(l.contains("src_addr=198.18.0.3:"), "{l}");
+        assert!(l.contains("dst_addr=198.18.2.2:7000"), "{l}");
+        assert!(
+            l.contains("peer_identity=spiffe://cluster.local/ns/default/sa/pyclient"),
+            "{l}"
+        );
+    }
+    assert_eq!(
+        counter(&b, &["totals", "hbone_tunnel_failures"]),
+        0,
+        "{b:#}"
+    );
+}
+
+#[test]
+fn test_interop_xdpmesh_outbound_to_python_server() {
+    if !require_root("test_interop_xdpmesh_outbound_to_python_server") {
+        return;
+    }
+    let topo = interop_topology("isrv");
+    let (cert, key) = issue(
+        &topo.ca_dir(),
+        &spiffe("pyserver"),
+        topo.tmp_dir(),
+        "pyserver",
+        false,
+    );
+    let json_log = topo.tmp_dir().join("hbone-server.jsonl");
+    let server = start_hbone_server(&topo, &cert, &key, &json_log, "ok");
+
+    let r = topo
+        .run_echo_client(
+            Node::Client,
+            PYSERVER_ADDR.parse().unwrap(),
+            PYSERVER_PORT,
+            5,
+            64 * 1024,
+        )
+        .unwrap();
+    let [a, _] = wait_idle(&topo);
+    assert_eq!(
+        (r.ok, r.failed, r.bytes),
+        (5, 0, 5 * 64 * 1024),
+        "echo client errors {:?}\nhbone_server.py log:\n{}\nA: {a:#}",
+        r.errors,
+        std::fs::read_to_string(&json_log).unwrap_or_default()
+    );
+    drop(server);
+
+    let requests = server_events(&json_log, "request");
+    assert_eq!(requests.len(), 5, "{requests:#?}");
+    let client_prefix = format!("for=\"{CLIENT_ADDR}:");
+    for req in &requests {
+        assert_eq!(req["status"], 200, "{req:#}");
+        assert_eq!(req["method"], "CONNECT", "{req:#}");
+        assert_eq!(req["authority"], "198.18.0.5:8080", "{req:#}");
+        assert_eq!(
+            req["client_san"].as_str(),
+            Some(spiffe("client").as_str()),
+            "{req:#}"
+        );
+        let forwarded = req["forwarded"].as_str().unwrap_or_default();
+        assert!(forwarded.starts_with(&client_prefix), "{req:#}");
+        let traceparent = req["traceparent"].as_str().unwrap_or_default();
+        assert!(is_traceparent(traceparent), "{req:#}");
+        let baggage = req["baggage"].as_str().unwrap_or_default();
+        assert!(baggage.contains("k8s.namespace.name=default"), "{req:#}");
+    }
+    // Fresh trace per connection.
+    let mut traces: Vec<&str> = requests
+        .iter()
+        .filter_map(|r| r["traceparent"].as_str())
+        .collect();
+    traces.sort_unstable();
+    traces.dedup();
+    assert_eq!(traces.len(), 5, "traceparents repeat: {requests:#?}");
+
+    assert_eq!(counter(&a, &["totals", "hbone_tunnels_opened"]), 1, "{a:#}");
+    assert_eq!(counter(&a, &["totals", "hbone_streams"]), 5, "{a:#}");
+    assert_eq!(counter(&a, &["totals", "hbone_refused"]), 0, "{a:#}");
+    assert_eq!(
+        counter(&a, &["totals", "hbone_tunnel_failures"]),
+        0,
+        "{a:#}"
+    );
+}
+
+/// What one refusal sub-case needs.
+struct Refusals<'a> {
+    topo: &'a Topology,
+    /// File the server pod's trap listener appends one line per accepted connection to.
+    trap_file: PathBuf,
+}
+
+impl Refusals<'_> {
+    fn trap_empty(&self) -> Result<(), String> {
+        let text = std::fs::read_to_string(&self.trap_file).unwrap_or_default();
+        if text.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the server pod's listener on port {TRAP_PORT} accepted connections:\n{text}"
+            ))
+        }
+    }
+
+    fn trap_authority(&self) -> String {
+        format!("{SERVER_ADDR}:{TRAP_PORT}")
+    }
+
+    /// pyclient-side `hbone_client.py` run that must fail at the TLS level, and gateway
+    /// B's log line for it.
+    fn tls_refused(
+        &self,
+        cert: &Path,
+        key: &Path,
+        reason: &str,
+        words: &[&str],
+    ) -> Result<(), String> {
+        let mark = LogMark::now(self.topo, Node::GatewayB);
+        let run = hbone_client(self.topo, cert, key, &self.trap_authority(), &[], 10);
+        let mut errs = Vec::new();
+        if run.out.status.success() {
+            errs.push(format!("the client succeeded: {}", run.describe()));
+        }
+        if run.out.status.code() == Some(124) {
+            errs.push(format!(
+                "the client hung (killed by timeout): {}",
+                run.describe()
+            ));
+        }
+        if run.statuses().contains(&Some(200)) {
+            errs.push(format!("a CONNECT got 200: {}", run.describe()));
+        }
+        if let Err(e) = mark.wait_line(reason, Duration::from_secs(5), |l| {
+            l.contains("HBONE") && lower_has(l, words)
+        }) {
+            errs.push(format!("{e}\n  client: {}", run.describe()));
+        }
+        if let Err(e) = self.trap_empty() {
+            errs.push(e);
+        }
+        join(errs)
+    }
+
+    /// `openssl s_client` from pyclient's address to the server's port 15008 with
+    /// `args`; the handshake must not give a usable session, and gateway B must log why.
+    fn openssl_refused(&self, args: &[&str], reason: &str, words: &[&str]) -> Result<(), String> {
+        let mark = LogMark::now(self.topo, Node::GatewayB);
+        let ca = mesh_ca_cert(self.topo);
+        let connect = hbone_addr();
+        let mut argv: Vec<&OsStr> = vec![
+            "openssl".as_ref(),
+            "s_client".as_ref(),
+            "-connect".as_ref(),
+            connect.as_ref(),
+            "-noservername".as_ref(),
+            "-CAfile".as_ref(),
+            ca.as_os_str(),
+            // Keep reading after stdin's EOF, so an alert sent after the client's
+            // Finished (TLS 1.3 client-certificate checks) is seen.
+            "-ign_eof".as_ref(),
+        ];
+        argv.extend(args.iter().map(|s| OsStr::new(*s)));
+        let out = run_wire(self.topo, 8, &argv);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let describe = || {
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!(
+                "openssl exit {}; output tail:\n    {}",
+                out.status,
+                tail.join("\n    ")
+            )
+        };
+        let mut errs = Vec::new();
+        if out.status.code() == Some(124) {
+            errs.push(format!(
+                "openssl s_client hung: the gateway kept the connection open; {}",
+                describe()
+            ));
+        } else if out.status.success() && !lower_has(&text, &["alert"]) {
+            errs.push(format!(
+                "openssl s_client saw no failure and no alert; {}",
+                describe()
+            ));
+        }
+        if let Err(e) = mark.wait_line(reason, Duration::from_secs(5), |l| {
+            l.contains("HBONE") && lower_has(l, words)
+        }) {
+            errs.push(format!("{e}\n  {}", describe()));
+        }
+        if let Err(e) = self.trap_empty() {
+            errs.push(e);
+        }
+        join(errs)
+    }
+}
+
+fn join(errs: Vec<String>) -> Result<(), String> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("\n  "))
+    }
+}
+
+#[test]
+fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
+    if !require_root("test_refusals_each_with_a_reason_and_no_byte_to_the_pod") {
+        return;
+    }
+    let topo = interop_topology("iref");
+    let dir = topo.tmp_dir().to_path_buf();
+    let mesh_ca = topo.ca_dir();
+    let (pc_cert, pc_key) = issue(&mesh_ca, &spiffe("pyclient"), &dir, "pyclient", false);
+
+    // The server pod: a listener that records every connection it accepts (and what it
+    // read), plus the echo server the refused CONNECTs could otherwise have reached.
+    let trap_file = dir.join("trap-accepted.txt");
+    std::fs::write(&trap_file, "").unwrap();
+    let trap_py = format!(
+        "import socket, sys\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', {TRAP_PORT}))\n\
+         s.listen(64)\n\
+         f = open(sys.argv[1], 'a', buffering=1)\n\
+         while True:\n\
+         \x20   c, a = s.accept()\n\
+         \x20   f.write('accepted %s:%d\\n' % a)\n\
+         \x20   c.settimeout(1.0)\n\
+         \x20   try:\n\
+         \x20       f.write('read %d bytes\\n' % len(c.recv(65536)))\n\
+         \x20   except Exception as e:\n\
+         \x20       f.write('read: %r\\n' % (e,))\n\
+         \x20   c.close()\n"
+    );
+    let py = python();
+    let _trap = topo
+        .spawn(
+            Node::Server,
+            &[
+                py.to_str().unwrap(),
+                "-u",
+                "-c",
+                &trap_py,
+                trap_file.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    topo.wait_tcp_listen(Node::Server, TRAP_PORT, Duration::from_secs(10))
+        .unwrap();
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+
+    let cx = Refusals {
+        topo: &topo,
+        trap_file: trap_file.clone(),
+    };
+    let mut failures: Vec<String> = Vec::new();
+    let mut passed: Vec<&str> = Vec::new();
+    let mut case = |name: &'static str, result: Result<(), String>| {
+        eprintln!(
+            "refusal case {name}: {}",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        );
+        match result {
+            Ok(()) => passed.push(name),
+            Err(e) => failures.push(format!("[{name}]\n  {e}")),
+        }
+    };
+
+    // a. The server presents a certificate that is not the destination's identity.
+    case("a: server SAN is not the destination's identity", {
+        let (cert, key) = issue(&mesh_ca, &spiffe("impostor"), &dir, "impostor", false);
+        let json_log = dir.join("hbone-server-impostor.jsonl");
+        let server = start_hbone_server(&topo, &cert, &key, &json_log, "impostor");
+        let failures_before = total(&topo, Node::GatewayA, "hbone_tunnel_failures");
+        let mark = LogMark::now(&topo, Node::GatewayA);
+        let r = topo.run_echo_client(
+            Node::Client,
+            PYSERVER_ADDR.parse().unwrap(),
+            PYSERVER_PORT,
+            1,
+            1024,
+        );
+        let mut errs = Vec::new();
+        match r {
+            Ok(r) if r.ok == 0 && r.failed == 1 => {}
+            Ok(r) => errs.push(format!(
+                "the client pod's connection was not refused: ok {} failed {} errors {:?}",
+                r.ok, r.failed, r.errors
+            )),
+            Err(e) => errs.push(format!("echo client: {e:#}")),
+        }
+        if let Err(e) = mark.wait_line(
+            "naming pyserver (expected) and impostor (presented)",
+            Duration::from_secs(5),
+            |l| l.contains("HBONE") && l.contains("sa/pyserver") && l.contains("sa/impostor"),
+        ) {
+            errs.push(e);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut failures_after;
+        loop {
+            failures_after = total(&topo, Node::GatewayA, "hbone_tunnel_failures");
+            if failures_after > failures_before || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if failures_after <= failures_before {
+            errs.push(format!(
+                "gateway A hbone_tunnel_failures stayed at {failures_after}"
+            ));
+        }
+        drop(server);
+        let requests = server_events(&json_log, "request");
+        if !requests.is_empty() {
+            errs.push(format!(
+                "the impostor server got CONNECT requests: {requests:?}"
+            ));
+        }
+        if let Err(e) = cx.trap_empty() {
+            errs.push(e);
+        }
+        join(errs)
+    });
+
+    // b. A client from another trust domain: issued by a foreign CA, and (separately)
+    //    issued by the mesh CA with a SPIFFE ID in another trust domain.
+    case("b1: client cert from a foreign CA (other.local)", {
+        let foreign = dir.join("ca-other");
+        ca_init(&foreign, "other.local");
+        let id = "spiffe://other.local/ns/default/sa/pyclient";
+        let (cert, key) = issue(&foreign, id, &dir, "pyclient-other-ca", false);
+        cx.tls_refused(
+            &cert,
+            &key,
+            "with UnknownIssuer or a trust-domain reason",
+            &[
+                "unknownissuer",
+                "unknown issuer",
+                "trustdomain",
+                "trust domain",
+            ],
+        )
+    });
+    case("b2: mesh CA, SPIFFE ID in trust domain other.local", {
+        let id = "spiffe://other.local/ns/default/sa/pyclient";
+        let (cert, key) = issue(&mesh_ca, id, &dir, "pyclient-other-td", false);
+        cx.tls_refused(
+            &cert,
+            &key,
+            "with a trust-domain reason",
+            &["trustdomain", "trust domain"],
+        )
+    });
+
+    // c. An expired certificate.
+    case("c: expired client certificate", {
+        let (cert, key) = issue(
+            &mesh_ca,
+            &spiffe("pyclient"),
+            &dir,
+            "pyclient-expired",
+            true,
+        );
+        cx.tls_refused(&cert, &key, "mentioning \"expired\"", &["expired"])
+    });
+
+    // d. A certificate from an unknown CA in the same trust domain. `ca init` names
+    //    every root `O=<trust domain>, CN=xdpmesh root CA`, so the rogue root has the
+    //    mesh root's name: webpki then finds the mesh root as the issuer by name and
+    //    reports the failed signature check (BadSignature) rather than UnknownIssuer.
+    case("d: client cert from an unknown CA (cluster.local)", {
+        let rogue = dir.join("ca-rogue");
+        ca_init(&rogue, "cluster.local");
+        let (cert, key) = issue(&rogue, &spiffe("pyclient"), &dir, "pyclient-rogue", false);
+        cx.tls_refused(
+            &cert,
+            &key,
+            "with UnknownIssuer (or BadSignature: same-named root)",
+            &["unknownissuer", "unknown issuer", "badsignature"],
+        )
+    });
+
+    // e. No client certificate at all.
+    case(
+        "e: no client certificate",
+        cx.openssl_refused(
+            &["-tls1_3", "-alpn", "h2"],
+            "mentioning certificates",
+            &["no certificates", "certificate"],
+        ),
+    );
+
+    // f. TLS 1.2 only.
+    let (cert_s, key_s) = (
+        pc_cert.to_str().unwrap().to_owned(),
+        pc_key.to_str().unwrap().to_owned(),
+    );
+    case(
+        "f: TLS 1.2 only",
+        cx.openssl_refused(
+            &["-tls1_2", "-alpn", "h2", "-cert", &cert_s, "-key", &key_s],
+            "with a protocol-version reason",
+            &["incompatible", "version", "tls12", "tls 1.2"],
+        ),
+    );
+
+    // g. ALPN without h2.
+    case(
+        "g: ALPN http/1.1 only",
+        cx.openssl_refused(
+            &[
+                "-tls1_3", "-alpn", "http/1.1", "-cert", &cert_s, "-key", &key_s,
+            ],
+            "with an ALPN reason",
+            &["alpn", "application protocol", "known protocol"],
+        ),
+    );
+
+    // h. CONNECT to a workload that is not on this node.
+    case("h: CONNECT to a workload on another node", {
+        let mark = LogMark::now(&topo, Node::GatewayB);
+        let authority = format!("{CLIENT_ADDR}:{ECHO_PORT}");
+        let run = hbone_client(&topo, &pc_cert, &pc_key, &authority, &[], 10);
+        let mut errs = Vec::new();
+        if run.statuses() != vec![Some(400)] || run.out.status.success() {
+            errs.push(format!("want status [400]: {}", run.describe()));
+        }
+        if let Err(e) = mark.wait_line("\"refused (400)\"", Duration::from_secs(5), |l| {
+            l.contains("refused (400)")
+        }) {
+            errs.push(e);
+        }
+        if let Err(e) = cx.trap_empty() {
+            errs.push(e);
+        }
+        join(errs)
+    });
+
+    // i. CONNECT to a port of the served workload where nothing listens.
+    case("i: CONNECT to a closed port of the served workload", {
+        let mark = LogMark::now(&topo, Node::GatewayB);
+        let authority = format!("{SERVER_ADDR}:9999");
+        let run = hbone_client(&topo, &pc_cert, &pc_key, &authority, &[], 10);
+        let mut errs = Vec::new();
+        if run.statuses() != vec![Some(503)] || run.out.status.success() {
+            errs.push(format!("want status [503]: {}", run.describe()));
+        }
+        if let Err(e) = mark.wait_line("\"refused (503)\"", Duration::from_secs(5), |l| {
+            l.contains("refused (503)")
+        }) {
+            errs.push(e);
+        }
+        if let Err(e) = cx.trap_empty() {
+            errs.push(e);
+        }
+        join(errs)
+    });
+
+    // Nothing of any refused attempt reached the server pod.
+    if let Err(e) = cx.trap_empty() {
+        failures.push(format!("[end] {e}"));
+    }
+    // Counters once idle: every TLS-level refusal (b1, b2, c, d, e, f, g) is a tunnel
+    // failure on B, the two error responses (h, i) are refusals; A failed one tunnel (a).
+    let [a, b] = wait_idle(&topo);
+    let want = [
+        (&a, "A", "hbone_tunnel_failures", 1),
+        (&b, "B", "hbone_tunnel_failures", 7),
+        (&b, "B", "hbone_refused", 2),
+        (&b, "B", "hbone_tunnels_accepted", 9),
+    ];
+    for (stats, gw, name, n) in want {
+        let got = counter(stats, &["totals", name]);
+        if got != n {
+            failures.push(format!("[stats] gateway {gw} {name} = {got}, want {n}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} refusal check(s) failed ({} case(s) passed: {passed:?}):\n\n{}\n\ngateway A totals: {}\ngateway B totals: {}",
+        failures.len(),
+        passed.len(),
+        failures.join("\n\n"),
+        a["totals"],
+        b["totals"]
+    );
+}
