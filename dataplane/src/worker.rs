@@ -434,15 +434,15 @@ impl Engine {
         let ip = &frame[t.ip_offset..t.ip_offset + t.ip_len];
         match self.flows.get(&t.key).copied() {
             Some(FlowRef::Leg(cid, leg)) => {
-                self.ingress(cid, usize::from(leg), ip, t.src_mac, now);
+                self.ingress_leg(Obj::Conn(cid), usize::from(leg), ip, t.src_mac, now);
                 self.service(cid, now);
             }
             Some(FlowRef::HLeg(hid)) => {
-                self.ingress_leg(Obj::HConn(hid), ip, t.src_mac, now);
+                self.ingress_leg(Obj::HConn(hid), 0, ip, t.src_mac, now);
                 self.service_hconn(hid, now);
             }
             Some(FlowRef::Tunnel(tid)) => {
-                self.ingress_leg(Obj::Tunnel(tid), ip, t.src_mac, now);
+                self.ingress_leg(Obj::Tunnel(tid), 0, ip, t.src_mac, now);
                 self.pump_tunnel(tid, now);
             }
             None if t.flags.syn && !t.flags.ack => {
@@ -472,29 +472,13 @@ impl Engine {
             .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut self.empty);
     }
 
-    fn ingress(&mut self, cid: usize, leg: usize, ip: &[u8], src_mac: Mac, now: i64) {
-        let Some(conn) = self.conns.get_mut(cid) else {
-            return;
-        };
-        let l = &mut conn.legs[leg];
-        let dst_mac = *l.dst_mac.get_or_insert(src_mac);
-        let mut dev = LegDevice {
-            rx: Some(ip),
-            tx: &mut self.txs[l.port],
-            src_mac: self.specs[l.port].mac,
-            dst_mac,
-            sent: &mut self.stats.tx_packets,
-            no_frame: &mut self.stats.tx_no_frame,
-        };
-        self.iface
-            .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut l.sockets);
-    }
-
-    /// Hands a received IP packet to the socket of an HBONE stream's or tunnel's leg.
-    fn ingress_leg(&mut self, obj: Obj, ip: &[u8], src_mac: Mac, now: i64) {
+    /// Hands a received IP packet to a leg's socket: leg `which` (0 or 1) of a plain
+    /// connection, or the TCP leg of an HBONE stream connection or tunnel. The leg
+    /// learns its next hop from the frame when it has none yet.
+    fn ingress_leg(&mut self, obj: Obj, which: usize, ip: &[u8], src_mac: Mac, now: i64) {
         let l = match obj {
             Obj::Conn(cid) => match self.conns.get_mut(cid) {
-                Some(c) => &mut c.legs[0],
+                Some(c) => &mut c.legs[which],
                 None => return,
             },
             Obj::HConn(hid) => match self.hconns.get_mut(hid) {
@@ -790,7 +774,7 @@ impl Engine {
         if up_mac.is_none() {
             self.wait_for_neighbor(Obj::Conn(cid), up_port, nexthop, now);
         }
-        self.ingress(cid, 0, ip, t.src_mac, now);
+        self.ingress_leg(Obj::Conn(cid), 0, ip, t.src_mac, now);
         self.service(cid, now);
     }
 

@@ -279,7 +279,7 @@ impl Engine {
         self.flows.insert(t.key, FlowRef::HLeg(hid));
         self.stats.opened_connections += 1;
         self.stats.hbone_streams += 1;
-        self.ingress_leg(Obj::HConn(hid), ip, t.src_mac, now);
+        self.ingress_leg(Obj::HConn(hid), 0, ip, t.src_mac, now);
         self.service_hconn(hid, now);
         self.pump_tunnel(tid, now);
     }
@@ -401,7 +401,7 @@ impl Engine {
         });
         self.flows.insert(t.key, FlowRef::Tunnel(tid));
         self.stats.hbone_tunnels_accepted += 1;
-        self.ingress_leg(Obj::Tunnel(tid), ip, t.src_mac, now);
+        self.ingress_leg(Obj::Tunnel(tid), 0, ip, t.src_mac, now);
         self.pump_tunnel(tid, now);
     }
 

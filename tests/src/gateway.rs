@@ -309,3 +309,41 @@ impl Topology {
         }
     }
 }
+
+/// The counter at `path` in a gateway's stats JSON; panics with the whole JSON when it is
+/// missing (a renamed counter must fail the test that reads it, loudly).
+pub fn stat(stats: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = stats;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64()
+        .unwrap_or_else(|| panic!("no counter {path:?} in {stats:#}"))
+}
+
+impl Topology {
+    /// Waits until both gateways report no live connection in a snapshot taken at least
+    /// 500 ms after the call (stats are rewritten every 200 ms and workers publish every
+    /// 100 ms, so an older snapshot may predate the traffic just sent); returns the
+    /// snapshots of gateway A and B. Panics with both snapshots after `timeout`.
+    pub fn wait_gateways_idle(&self, timeout: Duration) -> [serde_json::Value; 2] {
+        let read = |n| self.gateway_stats(n).expect("gateway stats");
+        let uptime = |s: &serde_json::Value| stat(s, &["uptime_ms"]);
+        let start = [uptime(&read(Node::GatewayA)), uptime(&read(Node::GatewayB))];
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (a, b) = (read(Node::GatewayA), read(Node::GatewayB));
+            let fresh = uptime(&a) >= start[0] + 500 && uptime(&b) >= start[1] + 500;
+            let live = stat(&a, &["totals", "live_connections"])
+                + stat(&b, &["totals", "live_connections"]);
+            if fresh && live == 0 {
+                return [a, b];
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connections still live after {timeout:?}:\nA: {a:#}\nB: {b:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -22,7 +22,7 @@ pub mod process;
 pub mod report;
 pub mod topology;
 
-pub use gateway::{bin, GatewayKind};
+pub use gateway::{bin, stat, GatewayKind};
 pub use peers::{
     blob_sha256, write_blob, EchoResult, IperfResult, Transfer, UploadResult, ECHO_PORT,
     FILESERVER_PORT, IPERF_PORT,

@@ -24,6 +24,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use xdpmesh_netns::peers::python;
+use xdpmesh_netns::stat as counter;
 use xdpmesh_netns::topology::{CLIENT_ADDR, SERVER_ADDR};
 use xdpmesh_netns::{
     bin, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts, ECHO_PORT,
@@ -158,42 +159,8 @@ fn interop_topology(tag: &str) -> Topology {
     topo
 }
 
-fn counter(stats: &Value, path: &[&str]) -> u64 {
-    let mut v = stats;
-    for p in path {
-        v = &v[*p];
-    }
-    v.as_u64()
-        .unwrap_or_else(|| panic!("no counter {path:?} in {stats:#}"))
-}
-
 fn total(topo: &Topology, node: Node, name: &str) -> u64 {
     counter(&topo.gateway_stats(node).unwrap(), &["totals", name])
-}
-
-/// Both gateways idle in a snapshot taken at least 500 ms after the call.
-fn wait_idle(topo: &Topology) -> [Value; 2] {
-    let uptime = |s: &Value| counter(s, &["uptime_ms"]);
-    let start = [
-        uptime(&topo.gateway_stats(Node::GatewayA).unwrap()),
-        uptime(&topo.gateway_stats(Node::GatewayB).unwrap()),
-    ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let a = topo.gateway_stats(Node::GatewayA).unwrap();
-        let b = topo.gateway_stats(Node::GatewayB).unwrap();
-        let fresh = uptime(&a) >= start[0] + 500 && uptime(&b) >= start[1] + 500;
-        let live = counter(&a, &["totals", "live_connections"])
-            + counter(&b, &["totals", "live_connections"]);
-        if fresh && live == 0 {
-            return [a, b];
-        }
-        assert!(
-            Instant::now() < deadline,
-            "connections still live after 20 s:\nA: {a:#}\nB: {b:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Issues a certificate for `id` from the CA in `ca_dir` into `dir` (`<name>.crt`,
@@ -577,7 +544,7 @@ fn test_interop_python_client_to_xdpmesh_inbound() {
     );
     assert!(run.out.status.success(), "{}", run.describe());
 
-    let [_, b] = wait_idle(&topo);
+    let [_, b] = topo.wait_gateways_idle(Duration::from_secs(20));
     assert!(
         counter(&b, &["totals", "hbone_tunnels_accepted"]) >= 1,
         "{b:#}"
@@ -631,7 +598,7 @@ fn test_interop_xdpmesh_outbound_to_python_server() {
             64 * 1024,
         )
         .unwrap();
-    let [a, _] = wait_idle(&topo);
+    let [a, _] = topo.wait_gateways_idle(Duration::from_secs(20));
     assert_eq!(
         (r.ok, r.failed, r.bytes),
         (5, 0, 5 * 64 * 1024),
@@ -1065,7 +1032,7 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
     }
     // Counters once idle: every TLS-level refusal (b1, b2, c, d, e, f, g) is a tunnel
     // failure on B, the two error responses (h, i) are refusals; A failed one tunnel (a).
-    let [a, b] = wait_idle(&topo);
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(20));
     let want = [
         (&a, "A", "hbone_tunnel_failures", 1),
         (&b, "B", "hbone_tunnel_failures", 7),

@@ -7,11 +7,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
+use xdpmesh_netns::stat as counter;
 use xdpmesh_netns::topology::SERVER_ADDR;
 use xdpmesh_netns::{
     blob_sha256, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts, ECHO_PORT,
@@ -33,40 +33,6 @@ fn hbone_topology(tag: &str) -> Topology {
     topo.start_gateways(GatewayKind::xdpmesh(1), &hbone_config())
         .expect("xdpmesh gateways");
     topo
-}
-
-fn counter(stats: &Value, path: &[&str]) -> u64 {
-    let mut v = stats;
-    for p in path {
-        v = &v[*p];
-    }
-    v.as_u64()
-        .unwrap_or_else(|| panic!("no counter {path:?} in {stats:#}"))
-}
-
-/// Both gateways idle in a snapshot taken at least 500 ms after the call.
-fn wait_idle(topo: &Topology) -> [Value; 2] {
-    let uptime = |s: &Value| counter(s, &["uptime_ms"]);
-    let start = [
-        uptime(&topo.gateway_stats(Node::GatewayA).unwrap()),
-        uptime(&topo.gateway_stats(Node::GatewayB).unwrap()),
-    ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let a = topo.gateway_stats(Node::GatewayA).unwrap();
-        let b = topo.gateway_stats(Node::GatewayB).unwrap();
-        let fresh = uptime(&a) >= start[0] + 500 && uptime(&b) >= start[1] + 500;
-        let live = counter(&a, &["totals", "live_connections"])
-            + counter(&b, &["totals", "live_connections"]);
-        if fresh && live == 0 {
-            return [a, b];
-        }
-        assert!(
-            Instant::now() < deadline,
-            "connections still live after 20 s:\nA: {a:#}\nB: {b:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// tcpdump on the wire namespace's bridge, stopped (and flushed) on drop.
@@ -158,7 +124,7 @@ fn test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire() {
         (u.length, u.sha256.as_str()),
         (size, blob_sha256(size, 7).as_str())
     );
-    let [a, b] = wait_idle(&topo);
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(20));
     let pcap = cap.stop();
 
     // The gateways spoke HBONE: one pooled tunnel from A to B carried both requests.
@@ -221,7 +187,7 @@ fn test_hbone_1000_concurrent_streams_share_ten_connections() {
         );
     }
     assert_eq!(r.bytes, 1000 * 64 * 1024);
-    let [a, b] = wait_idle(&topo);
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(20));
     // ceil(1000 / 100 streams per connection): no connection storm.
     let tunnels = counter(&a, &["totals", "hbone_tunnels_opened"]);
     assert!((1..=10).contains(&tunnels), "{tunnels} tunnels: {a:#}");

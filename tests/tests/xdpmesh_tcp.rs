@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
+use xdpmesh_netns::stat as counter;
 use xdpmesh_netns::topology::SERVER_ADDR;
 use xdpmesh_netns::{
     bin, blob_sha256, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts,
@@ -25,42 +25,6 @@ fn xdpmesh_topology(tag: &str, opts: TopologyOpts, queues: u32) -> Topology {
     topo.start_gateways(GatewayKind::xdpmesh(queues), &demo_config())
         .expect("xdpmesh gateways");
     topo
-}
-
-fn counter(stats: &Value, path: &[&str]) -> u64 {
-    let mut v = stats;
-    for p in path {
-        v = &v[*p];
-    }
-    v.as_u64()
-        .unwrap_or_else(|| panic!("no counter {path:?} in {stats:#}"))
-}
-
-/// Waits until both gateways report no live connection in a snapshot taken at least
-/// 500 ms after this call (stats are rewritten every 200 ms and workers publish every
-/// 100 ms, so an older snapshot may predate the traffic just sent).
-fn wait_idle(topo: &Topology) -> [Value; 2] {
-    let uptime = |s: &Value| counter(s, &["uptime_ms"]);
-    let start = [
-        uptime(&topo.gateway_stats(Node::GatewayA).unwrap()),
-        uptime(&topo.gateway_stats(Node::GatewayB).unwrap()),
-    ];
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let a = topo.gateway_stats(Node::GatewayA).unwrap();
-        let b = topo.gateway_stats(Node::GatewayB).unwrap();
-        let fresh = uptime(&a) >= start[0] + 500 && uptime(&b) >= start[1] + 500;
-        let live = counter(&a, &["totals", "live_connections"])
-            + counter(&b, &["totals", "live_connections"]);
-        if fresh && live == 0 {
-            return [a, b];
-        }
-        assert!(
-            Instant::now() < deadline,
-            "connections still live after 15 s:\nA: {a:#}\nB: {b:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -90,7 +54,7 @@ fn test_xdpmesh_tcp_http_download_and_upload() {
         (size, blob_sha256(size, 7).as_str())
     );
 
-    let [a, b] = wait_idle(&topo);
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(15));
     // Two HTTP connections, each terminated once on each gateway.
     for s in [&a, &b] {
         assert_eq!(counter(s, &["totals", "opened_connections"]), 2, "{s:#}");
@@ -145,7 +109,7 @@ fn test_xdpmesh_tcp_iperf3_both_directions() {
             r.retransmits
         );
     }
-    let [a, b] = wait_idle(&topo);
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(15));
     for s in [&a, &b] {
         // iperf3 uses a control connection and one data connection per run.
         assert_eq!(counter(s, &["totals", "opened_connections"]), 4, "{s:#}");
@@ -165,7 +129,7 @@ fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything() {
         .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 10, 64 * 1024)
         .unwrap();
     assert_eq!(warm.ok, 10, "{:?}", warm.errors);
-    let idle = wait_idle(&topo);
+    let idle = topo.wait_gateways_idle(Duration::from_secs(15));
     let idle_rss = [
         counter(&idle[0], &["rss_bytes"]),
         counter(&idle[1], &["rss_bytes"]),
@@ -190,7 +154,7 @@ fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything() {
     );
     assert_eq!(r.bytes, 1000 * 64 * 1024);
 
-    let [a, b] = wait_idle(&topo);
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(15));
     for (s, idle) in [(&a, idle_rss[0]), (&b, idle_rss[1])] {
         assert_eq!(counter(s, &["totals", "opened_connections"]), 1010, "{s:#}");
         assert_eq!(counter(s, &["totals", "closed_connections"]), 1010, "{s:#}");
@@ -477,7 +441,7 @@ fn test_xdpmesh_two_queues_spread_flows_over_both_workers() {
     let r = topo
         .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 200, 64 * 1024)
         .unwrap();
-    let [a, b] = wait_idle(&topo);
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(15));
     assert_eq!(
         (r.ok, r.failed),
         (200, 0),
@@ -547,7 +511,7 @@ fn test_xdpmesh_sigterm_detaches_and_a_second_start_works() {
         .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 20, 4096)
         .unwrap();
     assert_eq!(r.ok, 20, "{:?}", r.errors);
-    let [a, _] = wait_idle(&topo);
+    let [a, _] = topo.wait_gateways_idle(Duration::from_secs(15));
     assert_eq!(counter(&a, &["totals", "opened_connections"]), 20, "{a:#}");
 }
 
