@@ -529,6 +529,16 @@ impl Core {
         if !self.established || self.error.is_some() {
             return;
         }
+        // Encrypt only once the previous ciphertext has been taken: the caller drains
+        // ciphertext as its TCP send buffer frees room, often a few KiB at a time, and
+        // feeding rustls into that room makes small records (per-record AEAD and framing
+        // cost, and rustls's buffer bookkeeping grows with its chunk count). Waiting for
+        // an empty buffer keeps records at the full 16 KiB while the TCP send buffer
+        // still holds the ciphertext in flight; memory stays bounded by the pipe limit
+        // plus one batch of records.
+        if self.tls.wants_write() {
+            return;
+        }
         let mut p = self.pipe.0.borrow_mut();
         while !p.tx.is_empty() {
             match self.tls.writer().write_plain(&p.tx) {
