@@ -309,13 +309,36 @@ fn run(a: RunArgs) -> Result<()> {
                 })?,
         );
     }
+    // Identities before diversion: an HBONE connection diverted before the workers
+    // have certificates would be refused. The control process writes them right after
+    // the tables; wait a little for them (plain-TCP meshes work without).
+    let mut identities = IdentityWatch::new(a.identity_dir.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(store) = identities.poll() {
+            let store = Arc::new(store);
+            info!(
+                identities = store.len(),
+                generation = store.generation,
+                "HBONE identities loaded"
+            );
+            for tx in &identity_txs {
+                let _ = tx.send(store.clone());
+            }
+            break;
+        }
+        if Instant::now() >= deadline {
+            warn!(dir = %a.identity_dir.display(), "no HBONE identities yet; HBONE connections are refused until xdpmesh-control publishes them");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     prog.set_enabled(true)?;
     info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, "running");
     eprintln!("xdpmesh-dataplane ready");
 
     let stats_path = a.run_dir.join("stats.json");
     let started = Instant::now();
-    let mut identities = IdentityWatch::new(a.identity_dir.clone());
     while !stop.load(Ordering::Relaxed) {
         if let Some(store) = identities.poll() {
             let store = Arc::new(store);

@@ -110,6 +110,9 @@ pub(super) struct HConn {
     peer_finished: bool,
     stream_done: bool,
     pub scheduled: Option<i64>,
+    /// Since when the stream is over while the TCP leg is not (bounded like a plain
+    /// connection's half-dead state).
+    half_dead_since: Option<i64>,
     started: std::time::Instant,
     bytes: [u64; 2],
     target: SocketAddr,
@@ -269,6 +272,7 @@ impl Engine {
             peer_finished: false,
             stream_done: false,
             scheduled: None,
+            half_dead_since: None,
             started: std::time::Instant::now(),
             bytes: [0, 0],
             target,
@@ -491,6 +495,7 @@ impl Engine {
             peer_finished: false,
             stream_done: false,
             scheduled: None,
+            half_dead_since: None,
             started: std::time::Instant::now(),
             bytes: [0, 0],
             target,
@@ -773,6 +778,22 @@ impl Engine {
         // Stream side over: end the TCP side (FIN after all data, or reset).
         {
             let s = h.tcp.sockets.get_mut::<tcp::Socket>(h.tcp.handle);
+            if h.stream_done {
+                // Nothing can carry the peer's remaining bytes any more: discard them
+                // (as after shutdown(SHUT_RD)) so its window stays open and its FIN is
+                // accepted; otherwise the leg would wait in FIN-WAIT-2 for ever.
+                while s.can_recv() {
+                    if s.recv(|b| (b.len(), ())).is_err() {
+                        break;
+                    }
+                }
+                let since = *h.half_dead_since.get_or_insert(now);
+                let finished = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
+                if now - since >= super::HALF_DEAD_US && !finished {
+                    s.abort();
+                    h.tcp.closed_by_us = true;
+                }
+            }
             if h.stream_done
                 && !h.tcp.closed_by_us
                 && !matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)
@@ -839,7 +860,10 @@ impl Engine {
                 None => return,
             },
             Obj::HConn(hid) => match self.hconns.get_mut(hid) {
-                Some(h) => (&mut h.tcp, &mut h.scheduled, None),
+                Some(h) => {
+                    let deadline = h.half_dead_since.map(|s| s + super::HALF_DEAD_US);
+                    (&mut h.tcp, &mut h.scheduled, deadline)
+                }
                 None => return,
             },
             Obj::Conn(_) => return,

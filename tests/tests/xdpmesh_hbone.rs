@@ -261,3 +261,45 @@ fn test_hbone_slow_reader_throttles_the_writer_with_bounded_memory() {
         assert!(g <= 16 * MIB, "gateway RSS grew by {g} B");
     }
 }
+
+#[test]
+fn test_hbone_iperf3_both_directions() {
+    if !require_root("test_hbone_iperf3_both_directions") {
+        return;
+    }
+    let topo = hbone_topology("hiperf");
+    let _server = topo
+        .start_iperf_server(Node::Server, xdpmesh_netns::IPERF_PORT)
+        .unwrap();
+    for reverse in [false, true] {
+        let r = topo
+            .run_iperf_opts(
+                Node::Client,
+                SERVER_ADDR,
+                xdpmesh_netns::IPERF_PORT,
+                10,
+                reverse,
+                1,
+            )
+            .unwrap();
+        assert!(r.seconds >= 9.5, "reverse={reverse}: {:#}", r.json);
+        assert!(
+            r.bytes > 10 * MIB,
+            "reverse={reverse}: only {} bytes in 10 s",
+            r.bytes
+        );
+        eprintln!(
+            "HBONE iperf3 reverse={reverse}: {:.0} Mbit/s",
+            r.bits_per_second / 1e6
+        );
+    }
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(20));
+    // Control and data connection per run, all as streams of one pooled tunnel.
+    assert_eq!(counter(&a, &["totals", "hbone_streams"]), 4, "{a:#}");
+    assert_eq!(counter(&a, &["totals", "hbone_tunnels_opened"]), 1, "{a:#}");
+    assert_eq!(counter(&b, &["totals", "hbone_streams"]), 4, "{b:#}");
+    for s in [&a, &b] {
+        assert_eq!(counter(s, &["totals", "hbone_refused"]), 0, "{s:#}");
+        assert_eq!(counter(s, &["totals", "closed_connections"]), 4, "{s:#}");
+    }
+}
