@@ -17,5 +17,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The namespace tests spawn these binaries (cargo does not build them for another
 # crate's tests).
 cargo build -p xdpmesh-control -p xdpmesh-dataplane
-# Namespace tests each build a topology with two gateways; two at a time fit 2 cores.
-cargo test --workspace -- --test-threads "${XDPMESH_TEST_THREADS:-2}"
+# Namespace tests each build a topology with two gateways and push real traffic; on 2
+# cores, one at a time (two at once made HBONE tests flaky under load: see the note
+# in issue 3). XDPMESH_TEST_THREADS=2 runs two.
+cargo test --workspace -- --test-threads "${XDPMESH_TEST_THREADS:-1}"
