@@ -197,11 +197,11 @@ impl Topology {
         }
         let q = self.opts.rx_queues.to_string();
         let mtu = self.opts.mtu.to_string();
-        let veth = |a: Node, a_if: &str, b: Node, b_if: &str| -> anyhow::Result<()> {
-            let b_ns = self.ns_name(b);
+        // A veth pair created inside namespace `a_ns`, its peer moved to `b_ns`.
+        let veth = |a_ns: &str, a_if: &str, b_ns: &str, b_if: &str| -> anyhow::Result<()> {
             ip(&[
                 "-n",
-                &self.ns_name(a),
+                a_ns,
                 "link",
                 "add",
                 a_if,
@@ -223,41 +223,17 @@ impl Topology {
                 "numrxqueues",
                 &q,
                 "netns",
-                &b_ns,
+                b_ns,
             ])
         };
-        veth(Node::GatewayA, "pod0", Node::Client, "eth0")?;
+        let ns = |n: Node| self.ns_name(n);
+        veth(&ns(Node::GatewayA), "pod0", &ns(Node::Client), "eth0")?;
         if self.opts.wire_tap {
             let wire = self.wire_name();
             ip(&["netns", "add", &wire])?;
             // Veth ends created in the gateways with their peers in the wire namespace.
             for (gw, end) in [(Node::GatewayA, "to-gwa"), (Node::GatewayB, "to-gwb")] {
-                ip(&[
-                    "-n",
-                    &self.ns_name(gw),
-                    "link",
-                    "add",
-                    "up0",
-                    "mtu",
-                    &mtu,
-                    "numtxqueues",
-                    &q,
-                    "numrxqueues",
-                    &q,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    end,
-                    "mtu",
-                    &mtu,
-                    "numtxqueues",
-                    &q,
-                    "numrxqueues",
-                    &q,
-                    "netns",
-                    &wire,
-                ])?;
+                veth(&ns(gw), "up0", &wire, end)?;
             }
             ip(&["-n", &wire, "link", "add", "br0", "type", "bridge"])?;
             for dev in ["to-gwa", "to-gwb"] {
@@ -267,9 +243,9 @@ impl Topology {
             ip(&["-n", &wire, "link", "set", "br0", "up"])?;
             ip(&["-n", &wire, "link", "set", "lo", "up"])?;
         } else {
-            veth(Node::GatewayA, "up0", Node::GatewayB, "up0")?;
+            veth(&ns(Node::GatewayA), "up0", &ns(Node::GatewayB), "up0")?;
         }
-        veth(Node::GatewayB, "pod0", Node::Server, "eth0")?;
+        veth(&ns(Node::GatewayB), "pod0", &ns(Node::Server), "eth0")?;
 
         let addrs: [(Node, &str, &str); 6] = [
             (Node::Client, "eth0", "198.18.1.2/24"),
