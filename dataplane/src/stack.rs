@@ -341,9 +341,19 @@ fn propagate_fin(a: &mut Leg, b: &mut Leg) {
         peer_finished(s) && s.recv_queue() == 0
     };
     if a_done && !b.closed_by_us && b.socket().may_send() {
-        b.socket().close();
+        close(b.socket());
         b.closed_by_us = true;
     }
+}
+
+/// Sends our FIN on `s`. Also turns off delayed ACKs for the rest of its life: a leg
+/// is freed as soon as it reaches TIME-WAIT (see [`finished`]), so the ACK of the
+/// peer's FIN must leave in the same poll, not 10 ms later from a socket that no
+/// longer exists. Without this the peer retransmitted its FIN until the key's linger
+/// expired and was then reset.
+pub fn close(s: &mut tcp::Socket<'static>) {
+    s.set_ack_delay(None);
+    s.close();
 }
 
 /// Whether both legs are finished (closed or in TIME-WAIT) so the connection can be

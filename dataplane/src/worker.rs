@@ -449,9 +449,13 @@ impl Engine {
                 self.recent.remove(&t.key);
                 self.accept(port, &t, ip, now)
             }
-            None if self.recent.contains_key(&t.key) => self.stats.late_segments += 1,
+            None if self.recent.contains_key(&t.key) => {
+                self.stats.late_segments += 1;
+                debug!(worker = self.id, src = %t.key.src, dst = %t.key.dst, flags = ?t.flags, port = %self.specs[port].name, "late segment of a freed connection: dropped");
+            }
             None => {
                 self.stats.no_flow_resets += 1;
+                debug!(worker = self.id, src = %t.key.src, dst = %t.key.dst, flags = ?t.flags, port = %self.specs[port].name, "segment for no connection: answered with a reset");
                 self.reset(port, t.src_mac, ip, now);
             }
         }

@@ -35,7 +35,7 @@ use xdpmesh_hbone::identity::SpiffeId;
 use xdpmesh_hbone::ConnectHeaders;
 
 use super::{Engine, FlowRef, Obj};
-use crate::stack::{Leg, LegDevice};
+use crate::stack::{self, Leg, LegDevice};
 use crate::wire::{FlowKey, TcpFrame};
 
 /// The HBONE port.
@@ -612,7 +612,7 @@ impl Engine {
                 if let Some(t) = self.tunnels.get_mut(tid) {
                     t.failed = true;
                     if !leg_done(&t.leg) && !t.leg.closed_by_us {
-                        t.leg.socket().close();
+                        stack::close(t.leg.socket());
                         t.leg.closed_by_us = true;
                     }
                 }
@@ -661,7 +661,7 @@ impl Engine {
             }
         }
         if t.failed && t.streams.is_empty() && !leg_done(&t.leg) && !t.leg.closed_by_us {
-            t.leg.socket().close();
+            stack::close(t.leg.socket());
             t.leg.closed_by_us = true;
         }
         if leg_done(&t.leg) {
@@ -800,7 +800,7 @@ impl Engine {
             {
                 if h.peer_finished && h.established {
                     if s.may_send() {
-                        s.close();
+                        stack::close(s);
                         h.tcp.closed_by_us = true;
                     }
                 } else {
@@ -813,7 +813,7 @@ impl Engine {
                     .get(tid)
                     .map_or(0, |t| hb!(&t.side, c => c.stream_readable(h.stream)));
                 if readable == 0 {
-                    s.close();
+                    stack::close(s);
                     h.tcp.closed_by_us = true;
                 }
             }

@@ -322,6 +322,23 @@ pub fn stat(stats: &serde_json::Value, path: &[&str]) -> u64 {
 }
 
 impl Topology {
+    /// Asserts that connections that ended cleanly left nothing behind: once the freed
+    /// keys' 2 s linger is over (waits until 5 s after `idle_at`, the moment both
+    /// gateways were idle), no peer may still be retransmitting a FIN, which a gateway
+    /// would answer with a reset (`no_flow_resets`). A leg freed in TIME-WAIT once
+    /// dropped its delayed ACK of the peer's FIN, and the peer was reset about 3 s later.
+    pub fn assert_no_stray_resets(&self, idle_at: std::time::Instant) {
+        std::thread::sleep(Duration::from_secs(5).saturating_sub(idle_at.elapsed()));
+        for node in [Node::GatewayA, Node::GatewayB] {
+            let s = self.gateway_stats(node).expect("gateway stats");
+            assert_eq!(
+                stat(&s, &["totals", "no_flow_resets"]),
+                0,
+                "{node:?}: {s:#}"
+            );
+        }
+    }
+
     /// Waits until both gateways report no live connection in a snapshot taken at least
     /// 500 ms after the call (stats are rewritten every 200 ms and workers publish every
     /// 100 ms, so an older snapshot may predate the traffic just sent); returns the

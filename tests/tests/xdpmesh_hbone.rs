@@ -188,6 +188,7 @@ fn test_hbone_1000_concurrent_streams_share_ten_connections() {
     }
     assert_eq!(r.bytes, 1000 * 64 * 1024);
     let [a, b] = topo.wait_gateways_idle(Duration::from_secs(20));
+    let idle_at = std::time::Instant::now();
     // ceil(1000 / 100 streams per connection): no connection storm.
     let tunnels = counter(&a, &["totals", "hbone_tunnels_opened"]);
     assert!((1..=10).contains(&tunnels), "{tunnels} tunnels: {a:#}");
@@ -202,6 +203,7 @@ fn test_hbone_1000_concurrent_streams_share_ten_connections() {
         assert_eq!(counter(s, &["totals", "closed_connections"]), 1000, "{s:#}");
         assert_eq!(counter(s, &["totals", "hbone_refused"]), 0, "{s:#}");
     }
+    topo.assert_no_stray_resets(idle_at);
     eprintln!("1000 streams over {tunnels} HBONE connections");
 }
 

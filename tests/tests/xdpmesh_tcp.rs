@@ -155,6 +155,7 @@ fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything() {
     assert_eq!(r.bytes, 1000 * 64 * 1024);
 
     let [a, b] = topo.wait_gateways_idle(Duration::from_secs(15));
+    let idle_at = Instant::now();
     for (s, idle) in [(&a, idle_rss[0]), (&b, idle_rss[1])] {
         assert_eq!(counter(s, &["totals", "opened_connections"]), 1010, "{s:#}");
         assert_eq!(counter(s, &["totals", "closed_connections"]), 1010, "{s:#}");
@@ -180,6 +181,7 @@ fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything() {
         eprintln!("gateway rss: idle {idle} B, after 1000 connections {rss} B");
         assert!(rss <= idle + idle / 10, "rss {rss} B vs idle {idle} B");
     }
+    topo.assert_no_stray_resets(idle_at);
 }
 
 #[test]
