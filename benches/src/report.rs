@@ -64,6 +64,11 @@ pub struct RoundReport {
     pub figures: BTreeMap<String, f64>,
     /// Scenario → error, for scenarios that failed in this round.
     pub errors: BTreeMap<String, String>,
+    /// Scenario → error of a first attempt that failed while the retry passed (smoke
+    /// mode retries a failed scenario once). Reported, never silently dropped: a
+    /// scenario that shows up here again and again is a bug to chase.
+    #[serde(default)]
+    pub retried: BTreeMap<String, String>,
     /// Message size → `[latency_us, quantile]` CDF points of the ping-pong.
     pub latency_cdf: BTreeMap<String, Vec<[f64; 2]>>,
     /// Everything else worth keeping (error samples of the load generators, ...).
@@ -433,6 +438,22 @@ impl BenchReport {
                     "  {:<4} {:<14} {}: {}",
                     t.verdict, t.gateway, t.name, t.detail
                 );
+            }
+        }
+        let mut retried = Vec::new();
+        for g in &self.gateways {
+            for r in &g.rounds {
+                for (sc, e) in &r.retried {
+                    let first = e.lines().next().unwrap_or_default();
+                    retried.push(format!("  {} round {} {sc}: {first}", g.name, r.round));
+                }
+            }
+        }
+        if !retried.is_empty() {
+            s.push_str("failed once, passed on the retry:\n");
+            for l in retried {
+                s.push_str(&l);
+                s.push('\n');
             }
         }
         let errors = self.scenario_errors();

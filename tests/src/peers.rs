@@ -547,6 +547,20 @@ impl Topology {
         reverse: bool,
         streams: u32,
     ) -> anyhow::Result<IperfResult> {
+        retry_while_iperf_busy(|| {
+            self.run_iperf_once(node, server, port, seconds, reverse, streams)
+        })
+    }
+
+    fn run_iperf_once(
+        &self,
+        node: Node,
+        server: Ipv4Addr,
+        port: u16,
+        seconds: u32,
+        reverse: bool,
+        streams: u32,
+    ) -> anyhow::Result<IperfResult> {
         let server_s = server.to_string();
         let port_s = port.to_string();
         let secs_s = seconds.to_string();
@@ -571,6 +585,25 @@ impl Topology {
             retransmits: json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
             json,
         })
+    }
+}
+
+/// Runs `run` (one iperf3 client) again while the server answers that it "is busy
+/// running a test", for up to 5 s. Through a proxy the previous run's last bytes (the
+/// client's IPERF_DONE and FIN on its control connection) travel on their own
+/// connection and may reach the server after the next run's SYN; the server then
+/// refuses the new run. That is ordering between connections, not a failure. A server
+/// still busy after 5 s is stuck, and the error is returned.
+pub fn retry_while_iperf_busy<T>(mut run: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = run();
+        match &r {
+            Err(e) if format!("{e:#}").contains("server is busy") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            _ => return r,
+        }
     }
 }
 
