@@ -166,6 +166,7 @@ fn tables(n: u32) -> Tables {
                 },
             })
             .collect(),
+        policies: Vec::new(),
     }
 }
 

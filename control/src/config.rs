@@ -53,6 +53,50 @@ pub struct MeshConfig {
     /// address belongs to one workload or node only, and every `node` names
     /// an entry of [`MeshConfig::nodes`].
     pub workloads: Vec<Workload>,
+    /// Authorization policies, in file order; `namespace/name` is unique.
+    pub policies: Vec<Policy>,
+}
+
+/// An authorization policy, checked by the gateway that serves the destination
+/// workload, as Istio's L4 `AuthorizationPolicy` is by ztunnel: a connection matched by
+/// any DENY policy is refused; otherwise, if the destination workload has ALLOW
+/// policies, one of them must match. A refused HBONE `CONNECT` gets `401`; a refused
+/// plain-TCP connection is reset. Plain TCP carries no authenticated identity, so it
+/// matches only policies without `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// DNS-1123 label, unique in its namespace.
+    pub name: String,
+    /// The namespace whose workloads it applies to.
+    pub namespace: String,
+    /// Only this workload of the namespace (it must exist); `None` = all of them.
+    pub workload: Option<String>,
+    /// What it does with the connections it matches.
+    pub action: PolicyAction,
+    /// Sources, any of which matches; empty = any source.
+    pub from: Vec<PolicySource>,
+    /// Destination ports, any of which matches; empty = any port. Never 0.
+    pub ports: Vec<u16>,
+}
+
+/// A policy's action. In YAML: `ALLOW` (the default) or `DENY`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PolicyAction {
+    /// Allow what matches.
+    Allow,
+    /// Refuse what matches.
+    Deny,
+}
+
+/// A source of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A peer identity in Istio's principal form, `<td>/ns/<ns>/sa/<sa>` (the file may
+    /// also spell it `spiffe://<td>/ns/<ns>/sa/<sa>`).
+    Principal(String),
+    /// Every identity of a namespace.
+    Namespace(String),
 }
 
 /// A node: one host running the dataplane.
@@ -286,6 +330,35 @@ struct RawConfig {
     nodes: Vec<RawNode>,
     #[serde(default)]
     workloads: Vec<RawWorkload>,
+    #[serde(default)]
+    policies: Vec<RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a policy mapping")]
+struct RawPolicy {
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    workload: Option<String>,
+    #[serde(default)]
+    action: Option<PolicyAction>,
+    #[serde(default)]
+    from: Vec<RawSource>,
+    #[serde(default)]
+    ports: Vec<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a source mapping: principal or namespace"
+)]
+struct RawSource {
+    #[serde(default)]
+    principal: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -366,13 +439,157 @@ impl RawConfig {
             workloads.push(workload);
         }
 
+        let mut policies: Vec<Policy> = Vec::with_capacity(self.policies.len());
+        let mut policy_lines: HashMap<(String, String), usize> = HashMap::new();
+        for (i, raw) in self.policies.into_iter().enumerate() {
+            let prefix = format!("policies[{i}]");
+            let policy = raw.into_domain(&prefix, at, &trust_domain, &workloads)?;
+            let name_path = format!("{prefix}.name");
+            match policy_lines.entry((policy.namespace.clone(), policy.name.clone())) {
+                Entry::Occupied(first) => {
+                    return Err(at.error(
+                        &name_path,
+                        format!(
+                            "duplicate policy {}/{}: already defined at line {}",
+                            policy.namespace,
+                            policy.name,
+                            first.get()
+                        ),
+                    ));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(at.line(&name_path));
+                }
+            }
+            policies.push(policy);
+        }
+
         Ok(MeshConfig {
             trust_domain,
             unknown_source: self.unknown_source.unwrap_or(DEFAULT_UNKNOWN_SOURCE),
             nodes,
             workloads,
+            policies,
         })
     }
+}
+
+impl RawPolicy {
+    fn into_domain(
+        self,
+        prefix: &str,
+        at: &Locator<'_>,
+        td: &TrustDomain,
+        workloads: &[Workload],
+    ) -> Result<Policy, ConfigError> {
+        for (field, what, value) in [
+            ("name", "policy name", &self.name),
+            ("namespace", "namespace", &self.namespace),
+        ] {
+            dns1123_label(value).map_err(|p| {
+                at.error(&format!("{prefix}.{field}"), label_reason(what, value, &p))
+            })?;
+        }
+        if let Some(w) = &self.workload {
+            if !workloads
+                .iter()
+                .any(|x| x.namespace == self.namespace && &x.name == w)
+            {
+                return Err(at.error(
+                    &format!("{prefix}.workload"),
+                    format!(
+                        "policy {}/{} applies to workload {}/{w}, which is not in workloads; \
+                         name a workload of namespace {}, or leave workload out to mean all of them",
+                        self.namespace, self.name, self.namespace, self.namespace
+                    ),
+                ));
+            }
+        }
+        let mut from = Vec::with_capacity(self.from.len());
+        for (j, src) in self.from.into_iter().enumerate() {
+            let path = format!("{prefix}.from[{j}]");
+            match (src.principal, src.namespace) {
+                (Some(p), None) => {
+                    let principal = principal(&p, td)
+                        .map_err(|reason| at.error(&format!("{path}.principal"), reason))?;
+                    from.push(PolicySource::Principal(principal));
+                }
+                (None, Some(ns)) => {
+                    dns1123_label(&ns).map_err(|p| {
+                        at.error(
+                            &format!("{path}.namespace"),
+                            label_reason("namespace", &ns, &p),
+                        )
+                    })?;
+                    from.push(PolicySource::Namespace(ns));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(at.error(
+                        &format!("{path}.namespace"),
+                        "a source has exactly one of principal (an identity) or namespace; \
+                         this one has both: make them two sources",
+                    ))
+                }
+                (None, None) => {
+                    return Err(at.error(
+                        &path,
+                        "a source has exactly one of principal (an identity) or namespace",
+                    ))
+                }
+            }
+        }
+        let mut port_lines: HashMap<u16, usize> = HashMap::new();
+        for (j, &port) in self.ports.iter().enumerate() {
+            let path = format!("{prefix}.ports[{j}]");
+            if port == 0 {
+                return Err(at.error(
+                    &path,
+                    "port 0 is not a valid port: use 1-65535, or leave ports out to mean any port",
+                ));
+            }
+            if let Some(first) = port_lines.insert(port, at.line(&path)) {
+                return Err(at.error(
+                    &path,
+                    format!("duplicate port {port}: already listed at line {first}"),
+                ));
+            }
+        }
+        Ok(Policy {
+            name: self.name,
+            namespace: self.namespace,
+            workload: self.workload,
+            action: self.action.unwrap_or(PolicyAction::Allow),
+            from,
+            ports: self.ports,
+        })
+    }
+}
+
+/// Validates a principal and returns it in Istio's form, `<td>/ns/<ns>/sa/<sa>`.
+fn principal(text: &str, td: &TrustDomain) -> Result<String, String> {
+    let bare = text.strip_prefix("spiffe://").unwrap_or(text);
+    let parts: Vec<&str> = bare.split('/').collect();
+    let ok = parts.len() == 5
+        && parts[1] == "ns"
+        && parts[3] == "sa"
+        && TrustDomain::new(parts[0]).is_ok()
+        && dns1123_label(parts[2]).is_ok()
+        && dns1123_label(parts[4]).is_ok();
+    if !ok {
+        return Err(format!(
+            "invalid principal {text:?}: expected <trust-domain>/ns/<namespace>/sa/<service-account>, \
+             e.g. {td}/ns/default/sa/client"
+        ));
+    }
+    if parts[0] != td.as_str() {
+        return Err(format!(
+            "principal {text:?} is in trust domain {:?}, but the mesh's is {td:?}: \
+             the gateways accept only peers of their own trust domain, so it could never match",
+            parts[0],
+            td = td.as_str()
+        ));
+    }
+    Ok(bare.to_owned())
 }
 
 impl RawNode {

@@ -10,7 +10,10 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use serde_yaml::Value;
-use xdpmesh_shm::{Address, Node, Protocol, Route, Tables, UnknownSource, Workload};
+use xdpmesh_shm::{
+    Address, Node, Policy, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource,
+    Workload,
+};
 
 use crate::config::{self, MeshConfig};
 
@@ -147,6 +150,28 @@ pub fn build(
             });
         }
     }
+    t.policies = cfg
+        .policies
+        .iter()
+        .map(|p| Policy {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            workload: p.workload.clone(),
+            action: match p.action {
+                config::PolicyAction::Allow => PolicyAction::Allow,
+                config::PolicyAction::Deny => PolicyAction::Deny,
+            },
+            from: p
+                .from
+                .iter()
+                .map(|src| match src {
+                    config::PolicySource::Principal(x) => PolicySource::Principal(x.clone()),
+                    config::PolicySource::Namespace(x) => PolicySource::Namespace(x.clone()),
+                })
+                .collect(),
+            ports: p.ports.clone(),
+        })
+        .collect();
     Ok(t)
 }
 

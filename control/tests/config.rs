@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use xdpmesh_control::config::{
-    ConfigError, MeshConfig, Node, Protocol, TrustDomain, UnknownSource, Workload,
+    ConfigError, MeshConfig, Node, Policy, PolicyAction, PolicySource, Protocol, TrustDomain,
+    UnknownSource, Workload,
 };
 
 const DEMO: &str = include_str!("../testdata/demo.yaml");
@@ -78,6 +79,7 @@ fn expected_demo() -> MeshConfig {
                 ports: vec![80, 5201, 7000],
             },
         ],
+        policies: vec![],
     }
 }
 
@@ -282,7 +284,7 @@ fn unknown_top_level_field() {
     assert_eq!(
         error("trust_domain: x\nworkload: []\n"),
         "inline.yaml:2:1: unknown field `workload`, expected one of `trust_domain`, \
-         `unknown_source`, `nodes`, `workloads`"
+         `unknown_source`, `nodes`, `workloads`, `policies`"
     );
 }
 
@@ -614,4 +616,117 @@ fn mutated_demo_never_panics() {
         }
         check_no_panic(&String::from_utf8_lossy(&text));
     }
+}
+
+// ---------------------------------------------------------------------------
+// Authorization policies.
+
+/// The demo plus `policies` (the demo has 22 lines: the policies start at line 23).
+fn demo_with_policies(policies: &str) -> String {
+    assert_eq!(DEMO.lines().count(), 22);
+    format!("{DEMO}policies:\n{policies}")
+}
+
+#[test]
+fn policies_parse_to_exact_values() {
+    let cfg = parse(&demo_with_policies(
+        "  - name: echo-from-client\n\
+         \x20   namespace: default\n\
+         \x20   workload: server\n\
+         \x20   from:\n\
+         \x20     - principal: spiffe://cluster.local/ns/default/sa/client\n\
+         \x20     - namespace: tools\n\
+         \x20   ports: [7000]\n\
+         \x20 - name: no-ssh\n\
+         \x20   namespace: default\n\
+         \x20   action: DENY\n\
+         \x20   ports: [22]\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.policies,
+        vec![
+            Policy {
+                name: "echo-from-client".into(),
+                namespace: "default".into(),
+                workload: Some("server".into()),
+                action: PolicyAction::Allow,
+                from: vec![
+                    PolicySource::Principal("cluster.local/ns/default/sa/client".into()),
+                    PolicySource::Namespace("tools".into()),
+                ],
+                ports: vec![7000],
+            },
+            Policy {
+                name: "no-ssh".into(),
+                namespace: "default".into(),
+                workload: None,
+                action: PolicyAction::Deny,
+                from: vec![],
+                ports: vec![22],
+            },
+        ]
+    );
+}
+
+#[test]
+fn policy_errors_point_at_the_node_and_say_what_to_fix() {
+    let one = |body: &str| {
+        error(&demo_with_policies(&format!(
+            "  - name: p\n    namespace: default\n{body}"
+        )))
+    };
+    assert_eq!(
+        one("    workload: nope\n"),
+        "inline.yaml:26:15: policy default/p applies to workload default/nope, which is not in \
+         workloads; name a workload of namespace default, or leave workload out to mean all of them"
+    );
+    assert_eq!(
+        one("    from:\n      - principal: default/client\n"),
+        "inline.yaml:27:20: invalid principal \"default/client\": expected \
+         <trust-domain>/ns/<namespace>/sa/<service-account>, e.g. cluster.local/ns/default/sa/client"
+    );
+    assert_eq!(
+        one("    from:\n      - principal: other.local/ns/default/sa/client\n"),
+        "inline.yaml:27:20: principal \"other.local/ns/default/sa/client\" is in trust domain \
+         \"other.local\", but the mesh's is \"cluster.local\": the gateways accept only peers of \
+         their own trust domain, so it could never match"
+    );
+    assert_eq!(
+        one("    from:\n      - principal: cluster.local/ns/default/sa/client\n        namespace: default\n"),
+        "inline.yaml:28:20: a source has exactly one of principal (an identity) or namespace; \
+         this one has both: make them two sources"
+    );
+    assert_eq!(
+        one("    from:\n      - {}\n"),
+        "inline.yaml:27:9: a source has exactly one of principal (an identity) or namespace"
+    );
+    assert_eq!(
+        one("    ports: [80, 0]\n"),
+        "inline.yaml:26:17: port 0 is not a valid port: use 1-65535, or leave ports out to mean any port"
+    );
+    assert_eq!(
+        one("    action: PERMIT\n"),
+        "inline.yaml:26:13: policies[0].action: unknown variant `PERMIT`, expected `ALLOW` or `DENY`"
+    );
+    assert_eq!(
+        error(&demo_with_policies(
+            "  - name: p\n    namespace: default\n  - name: p\n    namespace: default\n"
+        )),
+        "inline.yaml:26:11: duplicate policy default/p: already defined at line 24"
+    );
+}
+
+#[test]
+fn bad_file_policy_for_an_unknown_workload() {
+    let path = testdata("bad/policy-unknown-workload.yaml");
+    assert_eq!(
+        file_error("bad/policy-unknown-workload.yaml").to_string(),
+        format!(
+            "{}:26:15: policy default/server-allow applies to workload default/sever, which is \
+             not in workloads; name a workload of namespace default, or leave workload out to mean \
+             all of them",
+            path.display()
+        )
+    );
 }

@@ -112,6 +112,8 @@ fn main() {
                 .unwrap_or_else(|_| "info,access=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {

@@ -99,6 +99,7 @@ counters!(
     hbone_tunnel_failures,
     hbone_streams,
     hbone_refused,
+    policy_denied,
 );
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ahash::AHashMap;
-use xdpmesh_shm::{Protocol, Route, Tables, UnknownSource};
+use xdpmesh_shm::{PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource};
 
 /// What a worker knows about one workload address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,27 @@ pub struct Index {
     /// The tables themselves (names for logs).
     pub tables: Tables,
     by_addr: AHashMap<IpAddr, AddrInfo>,
+    /// Per workload: indices of the policies that apply to it (DENY ones first).
+    policies_of: Vec<Vec<u32>>,
+}
+
+/// The authenticated identity of a connection's peer, as policies match it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    /// Istio's principal form: `<td>/ns/<ns>/sa/<sa>`.
+    pub principal: &'a str,
+    /// The identity's namespace.
+    pub namespace: &'a str,
+}
+
+/// Why a connection was refused by policy (for the access log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied(pub String);
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Index {
@@ -47,10 +68,73 @@ impl Index {
                 },
             );
         }
+        let mut policies_of = vec![Vec::new(); tables.workloads.len()];
+        for (wi, w) in tables.workloads.iter().enumerate() {
+            let mut applying: Vec<u32> = (0..tables.policies.len() as u32)
+                .filter(|&pi| {
+                    let p = &tables.policies[pi as usize];
+                    p.namespace == w.namespace && p.workload.as_deref().is_none_or(|n| n == w.name)
+                })
+                .collect();
+            applying.sort_by_key(|&pi| tables.policies[pi as usize].action == PolicyAction::Allow);
+            policies_of[wi] = applying;
+        }
         Index {
             generation,
             tables,
             by_addr,
+            policies_of,
+        }
+    }
+
+    /// Authorization, as Istio's L4 policies are evaluated: a connection matched by any
+    /// DENY policy is refused; otherwise, if ALLOW policies apply to the destination
+    /// workload, one of them must match. `peer` is `None` for plain TCP, which carries
+    /// no authenticated identity and so matches only policies without `from`.
+    pub fn authorize(
+        &self,
+        workload: u32,
+        port: u16,
+        peer: Option<Peer<'_>>,
+    ) -> Result<(), Denied> {
+        let Some(applying) = self.policies_of.get(workload as usize) else {
+            return Ok(());
+        };
+        let mut allows = Vec::new();
+        for &pi in applying {
+            let p = &self.tables.policies[pi as usize];
+            let port_ok = p.ports.is_empty() || p.ports.contains(&port);
+            let from_ok = p.from.is_empty()
+                || peer.is_some_and(|peer| {
+                    p.from.iter().any(|src| match src {
+                        PolicySource::Principal(x) => x == peer.principal,
+                        PolicySource::Namespace(ns) => ns == peer.namespace,
+                    })
+                });
+            let matched = port_ok && from_ok;
+            match p.action {
+                PolicyAction::Deny if matched => {
+                    return Err(Denied(format!(
+                        "denied by DENY policy {}/{}",
+                        p.namespace, p.name
+                    )))
+                }
+                PolicyAction::Deny => {}
+                PolicyAction::Allow if matched => return Ok(()),
+                PolicyAction::Allow => allows.push(format!("{}/{}", p.namespace, p.name)),
+            }
+        }
+        if allows.is_empty() {
+            Ok(())
+        } else {
+            Err(Denied(format!(
+                "no ALLOW policy matches {} (policies: {})",
+                match peer {
+                    Some(p) => format!("peer {} on port {port}", p.principal),
+                    None => format!("a plain-TCP peer (no identity) on port {port}"),
+                },
+                allows.join(", ")
+            )))
         }
     }
 
@@ -78,7 +162,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xdpmesh_shm::{Address, Node, Workload};
+    use xdpmesh_shm::{Address, Node, Policy, Workload};
 
     #[test]
     fn locality_follows_the_local_node() {
@@ -138,5 +222,115 @@ mod tests {
         assert_eq!((s.local, s.protocol), (true, Protocol::Hbone));
         assert!(ix.get(&"198.18.9.9".parse().unwrap()).is_none());
         assert_eq!(ix.workload_name(1), "ns/s");
+    }
+
+    fn policy_tables(policies: Vec<Policy>) -> Index {
+        let w = |name: &str, ns: &str| Workload {
+            name: name.into(),
+            namespace: ns.into(),
+            service_account: name.into(),
+            node: 0,
+            protocol: Protocol::Hbone,
+        };
+        Index::build(
+            1,
+            Tables {
+                trust_domain: "td".into(),
+                nodes: vec![Node {
+                    name: "n".into(),
+                    gateway: None,
+                }],
+                workloads: vec![w("s", "ns"), w("t", "ns"), w("u", "other")],
+                policies,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn pol(
+        name: &str,
+        workload: Option<&str>,
+        action: PolicyAction,
+        from: Vec<PolicySource>,
+        ports: Vec<u16>,
+    ) -> Policy {
+        Policy {
+            name: name.into(),
+            namespace: "ns".into(),
+            workload: workload.map(Into::into),
+            action,
+            from,
+            ports,
+        }
+    }
+
+    const A: Peer<'static> = Peer {
+        principal: "td/ns/ns/sa/a",
+        namespace: "ns",
+    };
+    const B: Peer<'static> = Peer {
+        principal: "td/ns/x/sa/b",
+        namespace: "x",
+    };
+
+    #[test]
+    fn no_policy_allows_everything() {
+        let ix = policy_tables(vec![]);
+        assert_eq!(ix.authorize(0, 80, Some(A)), Ok(()));
+        assert_eq!(ix.authorize(0, 80, None), Ok(()));
+    }
+
+    #[test]
+    fn allow_policies_make_an_allow_list_per_workload() {
+        let ix = policy_tables(vec![pol(
+            "only-a",
+            Some("s"),
+            PolicyAction::Allow,
+            vec![PolicySource::Principal("td/ns/ns/sa/a".into())],
+            vec![80],
+        )]);
+        assert_eq!(ix.authorize(0, 80, Some(A)), Ok(()));
+        assert_eq!(
+            ix.authorize(0, 81, Some(A)),
+            Err(Denied(
+                "no ALLOW policy matches peer td/ns/ns/sa/a on port 81 (policies: ns/only-a)"
+                    .into()
+            ))
+        );
+        assert_eq!(
+            ix.authorize(0, 80, Some(B)),
+            Err(Denied(
+                "no ALLOW policy matches peer td/ns/x/sa/b on port 80 (policies: ns/only-a)".into()
+            ))
+        );
+        assert_eq!(
+            ix.authorize(0, 80, None),
+            Err(Denied("no ALLOW policy matches a plain-TCP peer (no identity) on port 80 (policies: ns/only-a)".into()))
+        );
+        // Other workloads, even of the same namespace, are not covered by it.
+        assert_eq!(ix.authorize(1, 81, Some(B)), Ok(()));
+        assert_eq!(ix.authorize(2, 81, None), Ok(()));
+    }
+
+    #[test]
+    fn deny_wins_over_allow_and_namespace_sources_match() {
+        let ix = policy_tables(vec![
+            pol("allow-all", None, PolicyAction::Allow, vec![], vec![]),
+            pol(
+                "no-x",
+                None,
+                PolicyAction::Deny,
+                vec![PolicySource::Namespace("x".into())],
+                vec![22],
+            ),
+        ]);
+        assert_eq!(ix.authorize(1, 22, Some(A)), Ok(()));
+        assert_eq!(ix.authorize(1, 23, Some(B)), Ok(()));
+        assert_eq!(
+            ix.authorize(1, 22, Some(B)),
+            Err(Denied("denied by DENY policy ns/no-x".into()))
+        );
+        // A plain-TCP peer has no namespace: the DENY with `from` cannot match it.
+        assert_eq!(ix.authorize(0, 22, None), Ok(()));
     }
 }

@@ -732,6 +732,17 @@ impl Engine {
             self.reset(port, t.src_mac, ip, now);
             return;
         };
+        if dst.local {
+            // Plain TCP to a workload served here: no authenticated identity, so only
+            // policies without `from` can allow it (as Istio treats plaintext).
+            if let Err(denied) = self.index.authorize(dst.workload, target.port(), None) {
+                self.stats.policy_denied += 1;
+                let workload = self.index.workload_name(dst.workload);
+                warn!(target: "access", src = %client, dst = %target, %workload, reason = %denied, "connection refused (reset): authorization policy");
+                self.reset(port, t.src_mac, ip, now);
+                return;
+            }
+        }
         if !dst.local && dst.protocol == xdpmesh_shm::Protocol::Hbone {
             self.accept_outbound_hbone(port, t, ip, now, up_port);
             return;

@@ -454,12 +454,30 @@ impl Engine {
             self.respond(tid, req.stream, StatusCode::BAD_REQUEST);
             return;
         }
-        // Deliver from the client's own address (original source).
-        let route = self
+        let Some(info) = self.index.get(&target.ip()).copied() else {
+            return;
+        };
+        let id = &req.peer_identity;
+        let principal = format!(
+            "{}/ns/{}/sa/{}",
+            id.trust_domain, id.namespace, id.service_account
+        );
+        let who = crate::state::Peer {
+            principal: &principal,
+            namespace: &id.namespace,
+        };
+        if let Err(denied) = self
             .index
-            .get(&target.ip())
-            .map(|a| a.route)
-            .unwrap_or_default();
+            .authorize(info.workload, target.port(), Some(who))
+        {
+            self.stats.policy_denied += 1;
+            let workload = self.index.workload_name(info.workload);
+            warn!(target: "access", %peer, %target, %workload, reason = %denied, "HBONE request refused (401): authorization policy");
+            self.respond(tid, req.stream, StatusCode::UNAUTHORIZED);
+            return;
+        }
+        // Deliver from the client's own address (original source).
+        let route = info.route;
         let Some(up_port) = self.port_of(route.ifindex) else {
             warn!(target: "access", %peer, %target, "HBONE request refused (503): no route to the workload");
             self.respond(tid, req.stream, StatusCode::SERVICE_UNAVAILABLE);

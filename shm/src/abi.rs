@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! offset 0                 Header (4096 bytes, see `Header`)
-//! offset AREA_OFFSET[0]    area 0: TableHeader | NodeRecord[] | WorkloadRecord[] | AddressRecord[] | strings
+//! offset AREA_OFFSET[0]    area 0: TableHeader | NodeRecord[] | WorkloadRecord[] | AddressRecord[]
+//!                          | PolicyRecord[] | PolicySourceRecord[] | PolicyPortRecord[] | strings
 //! offset AREA_OFFSET[1]    area 1: same shape
 //! ```
 //!
@@ -15,7 +16,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// `b"XDPMESH\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"XDPMESH\0");
 /// Layout version; readers refuse any other.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 /// Worker acknowledgement slots in the header.
 pub const MAX_WORKERS: usize = 128;
 /// Size reserved for the header; areas start page-aligned after it.
@@ -83,8 +84,14 @@ pub struct TableHeader {
     pub unknown_source: u8,
     /// Explicit padding.
     pub _pad: [u8; 3],
+    /// Number of [`PolicyRecord`]s (ABI 2).
+    pub policy_count: u32,
+    /// Number of [`PolicySourceRecord`]s (ABI 2).
+    pub policy_source_count: u32,
+    /// Number of [`PolicyPortRecord`]s (ABI 2).
+    pub policy_port_count: u32,
     /// Reserved for later fields; written as zero.
-    pub _reserved: [u8; 24],
+    pub _reserved: [u8; 12],
 }
 const _: () = assert!(size_of::<TableHeader>() == 64);
 
@@ -163,3 +170,69 @@ pub struct AddressRecord {
     pub route_via: [u8; 16],
 }
 const _: () = assert!(size_of::<AddressRecord>() == 48);
+
+/// Authorization policy action: allow what matches (and, once a workload has an ALLOW
+/// policy, deny what no ALLOW policy matches).
+pub const POLICY_ALLOW: u8 = 0;
+/// Authorization policy action: deny what matches (evaluated before every ALLOW).
+pub const POLICY_DENY: u8 = 1;
+
+/// An authorization policy (Istio's L4 `AuthorizationPolicy`, reduced to what a
+/// dataplane can check on a connection: the peer's identity and the destination port).
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct PolicyRecord {
+    /// Policy name (for logs).
+    pub name: StrRef,
+    /// Namespace the policy applies to.
+    pub namespace: StrRef,
+    /// Workload name it is limited to; empty = every workload of the namespace.
+    pub workload: StrRef,
+    /// [`POLICY_ALLOW`] or [`POLICY_DENY`].
+    pub action: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// First of this policy's [`PolicySourceRecord`]s.
+    pub first_source: u32,
+    /// Number of sources; 0 = any source.
+    pub source_count: u32,
+    /// First of this policy's [`PolicyPortRecord`]s.
+    pub first_port: u32,
+    /// Number of ports; 0 = any port.
+    pub port_count: u32,
+    /// Reserved, zero.
+    pub _reserved: [u8; 20],
+}
+const _: () = assert!(size_of::<PolicyRecord>() == 64);
+
+/// A source matched by the peer's SPIFFE identity, without `spiffe://`
+/// (`<td>/ns/<ns>/sa/<sa>`, Istio's principal form).
+pub const SOURCE_PRINCIPAL: u8 = 1;
+/// A source matched by the namespace of the peer's identity.
+pub const SOURCE_NAMESPACE: u8 = 2;
+
+/// One source of a policy.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct PolicySourceRecord {
+    /// [`SOURCE_PRINCIPAL`] or [`SOURCE_NAMESPACE`].
+    pub kind: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// The principal or namespace.
+    pub value: StrRef,
+    /// Reserved, zero.
+    pub _reserved: [u8; 4],
+}
+const _: () = assert!(size_of::<PolicySourceRecord>() == 16);
+
+/// One destination port of a policy.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct PolicyPortRecord {
+    /// The port, never 0.
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<PolicyPortRecord>() == 4);

@@ -29,7 +29,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use tables::{Address, Node, Protocol, Route, Tables, UnknownSource, Workload};
+pub use tables::{
+    Address, Node, Policy, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource,
+    Workload,
+};
 
 use map::Mapping;
 

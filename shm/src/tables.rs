@@ -7,7 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::abi::{self, AddressRecord, NodeRecord, StrRef, TableHeader, WorkloadRecord};
+use crate::abi::{
+    self, AddressRecord, NodeRecord, PolicyPortRecord, PolicyRecord, PolicySourceRecord, StrRef,
+    TableHeader, WorkloadRecord,
+};
 use crate::ShmError;
 
 /// What happens to traffic from a pod address the tables do not know.
@@ -73,6 +76,41 @@ pub struct Address {
     pub route: Route,
 }
 
+/// What an authorization policy does with the connections it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// Allow them; a workload with at least one ALLOW policy refuses what none matches.
+    Allow,
+    /// Refuse them (DENY policies are evaluated first).
+    Deny,
+}
+
+/// A source a policy matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The peer's SPIFFE identity without `spiffe://`: `<td>/ns/<ns>/sa/<sa>`.
+    Principal(String),
+    /// The namespace of the peer's identity.
+    Namespace(String),
+}
+
+/// An authorization policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Name, for logs.
+    pub name: String,
+    /// Namespace whose workloads it applies to.
+    pub namespace: String,
+    /// Only this workload of the namespace; `None` = all of them.
+    pub workload: Option<String>,
+    /// Action.
+    pub action: PolicyAction,
+    /// Sources it matches (any of them); empty = any source, even one without identity.
+    pub from: Vec<PolicySource>,
+    /// Destination ports it matches; empty = any.
+    pub ports: Vec<u16>,
+}
+
 /// One generation of tables.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tables {
@@ -88,6 +126,8 @@ pub struct Tables {
     pub workloads: Vec<Workload>,
     /// Addresses.
     pub addresses: Vec<Address>,
+    /// Authorization policies.
+    pub policies: Vec<Policy>,
 }
 
 fn ip_to_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
@@ -188,12 +228,51 @@ impl Tables {
                 ..Default::default()
             });
         }
+        let mut policies = Vec::with_capacity(self.policies.len());
+        let mut sources = Vec::new();
+        let mut ports = Vec::new();
+        for p in &self.policies {
+            policies.push(PolicyRecord {
+                name: strings.add(&p.name)?,
+                namespace: strings.add(&p.namespace)?,
+                workload: strings.add(p.workload.as_deref().unwrap_or(""))?,
+                action: match p.action {
+                    PolicyAction::Allow => abi::POLICY_ALLOW,
+                    PolicyAction::Deny => abi::POLICY_DENY,
+                },
+                first_source: count(sources.len())?,
+                source_count: count(p.from.len())?,
+                first_port: count(ports.len())?,
+                port_count: count(p.ports.len())?,
+                ..Default::default()
+            });
+            for src in &p.from {
+                let (kind, value) = match src {
+                    PolicySource::Principal(v) => (abi::SOURCE_PRINCIPAL, v),
+                    PolicySource::Namespace(v) => (abi::SOURCE_NAMESPACE, v),
+                };
+                sources.push(PolicySourceRecord {
+                    kind,
+                    value: strings.add(value)?,
+                    ..Default::default()
+                });
+            }
+            for &port in &p.ports {
+                ports.push(PolicyPortRecord {
+                    port,
+                    ..Default::default()
+                });
+            }
+        }
         let header = TableHeader {
             generation,
             node_count: count(nodes.len())?,
             workload_count: count(workloads.len())?,
             address_count: count(addresses.len())?,
             string_bytes: count(strings.0.len())?,
+            policy_count: count(policies.len())?,
+            policy_source_count: count(sources.len())?,
+            policy_port_count: count(ports.len())?,
             trust_domain,
             local_node: self.local_node.unwrap_or(u32::MAX),
             unknown_source: match self.unknown_source {
@@ -207,6 +286,9 @@ impl Tables {
         out.extend_from_slice(nodes.as_bytes());
         out.extend_from_slice(workloads.as_bytes());
         out.extend_from_slice(addresses.as_bytes());
+        out.extend_from_slice(policies.as_bytes());
+        out.extend_from_slice(sources.as_bytes());
+        out.extend_from_slice(ports.as_bytes());
         out.extend_from_slice(&strings.0);
         Ok(out)
     }
@@ -216,6 +298,9 @@ impl Tables {
             + h.node_count as usize * size_of::<NodeRecord>()
             + h.workload_count as usize * size_of::<WorkloadRecord>()
             + h.address_count as usize * size_of::<AddressRecord>()
+            + h.policy_count as usize * size_of::<PolicyRecord>()
+            + h.policy_source_count as usize * size_of::<PolicySourceRecord>()
+            + h.policy_port_count as usize * size_of::<PolicyPortRecord>()
             + h.string_bytes as usize
     }
 
@@ -229,6 +314,9 @@ impl Tables {
             + u64::from(header.node_count) * size_of::<NodeRecord>() as u64
             + u64::from(header.workload_count) * size_of::<WorkloadRecord>() as u64
             + u64::from(header.address_count) * size_of::<AddressRecord>() as u64
+            + u64::from(header.policy_count) * size_of::<PolicyRecord>() as u64
+            + u64::from(header.policy_source_count) * size_of::<PolicySourceRecord>() as u64
+            + u64::from(header.policy_port_count) * size_of::<PolicyPortRecord>() as u64
             + u64::from(header.string_bytes);
         if needed > area.len() as u64 {
             return Err(ShmError::Corrupt(format!(
@@ -239,6 +327,9 @@ impl Tables {
         let (nodes, rest) = read_records::<NodeRecord>(rest, header.node_count)?;
         let (workloads, rest) = read_records::<WorkloadRecord>(rest, header.workload_count)?;
         let (addresses, rest) = read_records::<AddressRecord>(rest, header.address_count)?;
+        let (policies, rest) = read_records::<PolicyRecord>(rest, header.policy_count)?;
+        let (sources, rest) = read_records::<PolicySourceRecord>(rest, header.policy_source_count)?;
+        let (ports, rest) = read_records::<PolicyPortRecord>(rest, header.policy_port_count)?;
         let strings = &rest[..header.string_bytes as usize];
         let s = |r: StrRef, what: &str| -> Result<String, ShmError> {
             let end = u64::from(r.offset) + u64::from(r.len);
@@ -310,6 +401,43 @@ impl Tables {
                 },
             });
         }
+        for p in &policies {
+            let slice = |first: u32, n: u32, len: usize, what: &str| {
+                let end = u64::from(first) + u64::from(n);
+                if end > len as u64 {
+                    return Err(ShmError::Corrupt(format!("policy {what} out of range")));
+                }
+                Ok(first as usize..end as usize)
+            };
+            let from = sources[slice(p.first_source, p.source_count, sources.len(), "sources")?]
+                .iter()
+                .map(|src| {
+                    let v = s(src.value, "policy source")?;
+                    match src.kind {
+                        abi::SOURCE_PRINCIPAL => Ok(PolicySource::Principal(v)),
+                        abi::SOURCE_NAMESPACE => Ok(PolicySource::Namespace(v)),
+                        k => Err(ShmError::Corrupt(format!("policy source kind {k}"))),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let pports = ports[slice(p.first_port, p.port_count, ports.len(), "ports")?]
+                .iter()
+                .map(|r| r.port)
+                .collect();
+            let workload = s(p.workload, "policy workload")?;
+            t.policies.push(Policy {
+                name: s(p.name, "policy name")?,
+                namespace: s(p.namespace, "policy namespace")?,
+                workload: (!workload.is_empty()).then_some(workload),
+                action: match p.action {
+                    abi::POLICY_ALLOW => PolicyAction::Allow,
+                    abi::POLICY_DENY => PolicyAction::Deny,
+                    a => return Err(ShmError::Corrupt(format!("policy action {a}"))),
+                },
+                from,
+                ports: pports,
+            });
+        }
         Ok((header.generation, t))
     }
 }
@@ -365,6 +493,27 @@ mod tests {
                     via: Some("198.18.0.2".parse().unwrap()),
                 },
             }],
+            policies: vec![
+                Policy {
+                    name: "only-a".into(),
+                    namespace: "default".into(),
+                    workload: Some("client".into()),
+                    action: PolicyAction::Allow,
+                    from: vec![
+                        PolicySource::Principal("td/ns/x/sa/a".into()),
+                        PolicySource::Namespace("y".into()),
+                    ],
+                    ports: vec![80, 443],
+                },
+                Policy {
+                    name: "deny".into(),
+                    namespace: "default".into(),
+                    workload: None,
+                    action: PolicyAction::Deny,
+                    from: vec![],
+                    ports: vec![22],
+                },
+            ],
         }
     }
 
@@ -372,9 +521,12 @@ mod tests {
     fn round_trip() {
         let t = sample();
         let bytes = t.encode(42).unwrap();
+        let strings = "cluster.localnode-anode-bclientdefaultclient-sa".len()
+            + "only-adefaultclienttd/ns/x/sa/ay".len()
+            + "denydefault".len();
         assert_eq!(
             bytes.len(),
-            64 + 2 * 32 + 64 + 48 + "cluster.localnode-anode-bclientdefaultclient-sa".len()
+            64 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4 + strings
         );
         let (g, back) = Tables::decode(&bytes).unwrap();
         assert_eq!(g, 42);
@@ -408,5 +560,19 @@ mod tests {
         let mut b = bytes.clone();
         b[12] = 0xff; // workload_count = huge
         assert!(matches!(Tables::decode(&b), Err(ShmError::Corrupt(m)) if m.contains("needs")));
+    }
+
+    #[test]
+    fn policy_index_ranges_are_checked() {
+        let t = sample();
+        let bytes = t.encode(1).unwrap();
+        // The first policy record starts after header, nodes, workloads, addresses;
+        // its source_count is at offset 32 within the record.
+        let at = 64 + 2 * 32 + 64 + 48 + 32;
+        let mut b = bytes.clone();
+        b[at] = 9; // 9 sources, 2 exist
+        assert!(
+            matches!(Tables::decode(&b), Err(ShmError::Corrupt(m)) if m == "policy sources out of range")
+        );
     }
 }

@@ -285,6 +285,60 @@ impl Topology {
             .collect()
     }
 
+    /// Waits until the gateway's counter at `path` reaches `want` (stats are published a
+    /// few times per second, so a snapshot just after the traffic may predate it), then
+    /// returns the snapshot. Fails with the whole snapshot after `timeout`, also when
+    /// the counter passes `want`.
+    pub fn wait_stat(
+        &self,
+        node: Node,
+        path: &[&str],
+        want: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let s = self.gateway_stats(node)?;
+            let got = stat(&s, path);
+            if got == want {
+                return Ok(s);
+            }
+            anyhow::ensure!(
+                got < want && std::time::Instant::now() < deadline,
+                "{node:?}: {path:?} = {got}, want {want}: {s:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGHUP to a gateway's control process (it rereads its config file) and
+    /// waits until the dataplane reports a table generation newer than before, i.e.
+    /// every worker runs on the reloaded tables. Fails with the control log's tail
+    /// after 10 s (a rejected file keeps the old generation).
+    pub fn reload_gateway_config(&self, node: Node) -> anyhow::Result<u64> {
+        let (_, control, _) = self
+            .gateways
+            .procs
+            .iter()
+            .find(|(n, _, _)| *n == node)
+            .with_context(|| format!("no gateway processes on {node:?}"))?;
+        let before = stat(&self.gateway_stats(node)?, &["generation"]);
+        control.signal(Signal::SIGHUP)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = stat(&self.gateway_stats(node)?, &["generation"]);
+            if now > before {
+                return Ok(now);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{node:?}: table generation still {before} 10 s after SIGHUP; control log:\n{}",
+                control.log_tail(10)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Parsed `/run/xdpmesh/<instance>/stats.json` of a gateway.
     pub fn gateway_stats(&self, node: Node) -> anyhow::Result<serde_json::Value> {
         anyhow::ensure!(

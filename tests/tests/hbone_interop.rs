@@ -37,6 +37,8 @@ const PYSERVER_ADDR: &str = "198.18.0.5";
 const PYSERVER_PORT: u16 = 8080;
 /// A port on the server pod where a listener records every connection it accepts.
 const TRAP_PORT: u16 = 9000;
+/// A second trap port, which a DENY policy of `interop-hbone.yaml` closes to pyclient.
+const POLICY_TRAP_PORT: u16 = 9001;
 
 fn spiffe(sa: &str) -> String {
     format!("spiffe://cluster.local/ns/default/sa/{sa}")
@@ -660,7 +662,7 @@ impl Refusals<'_> {
             Ok(())
         } else {
             Err(format!(
-                "the server pod's listener on port {TRAP_PORT} accepted connections:\n{text}"
+                "the server pod's trap listeners (ports {TRAP_PORT}, {POLICY_TRAP_PORT}) accepted connections:\n{text}"
             ))
         }
     }
@@ -784,11 +786,10 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
     // read), plus the echo server the refused CONNECTs could otherwise have reached.
     let trap_file = dir.join("trap-accepted.txt");
     std::fs::write(&trap_file, "").unwrap();
-    let trap_py = format!(
-        "import socket, sys\n\
+    let trap_py = "import socket, sys\n\
          s = socket.socket()\n\
          s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         s.bind(('0.0.0.0', {TRAP_PORT}))\n\
+         s.bind(('0.0.0.0', int(sys.argv[2])))\n\
          s.listen(64)\n\
          f = open(sys.argv[1], 'a', buffering=1)\n\
          while True:\n\
@@ -799,23 +800,27 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
          \x20       f.write('read %d bytes\\n' % len(c.recv(65536)))\n\
          \x20   except Exception as e:\n\
          \x20       f.write('read: %r\\n' % (e,))\n\
-         \x20   c.close()\n"
-    );
+         \x20   c.close()\n";
     let py = python();
-    let _trap = topo
-        .spawn(
-            Node::Server,
-            &[
-                py.to_str().unwrap(),
-                "-u",
-                "-c",
-                &trap_py,
-                trap_file.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    topo.wait_tcp_listen(Node::Server, TRAP_PORT, Duration::from_secs(10))
-        .unwrap();
+    let mut traps = Vec::new();
+    for port in [TRAP_PORT, POLICY_TRAP_PORT] {
+        traps.push(
+            topo.spawn(
+                Node::Server,
+                &[
+                    py.to_str().unwrap(),
+                    "-u",
+                    "-c",
+                    trap_py,
+                    trap_file.to_str().unwrap(),
+                    &port.to_string(),
+                ],
+            )
+            .unwrap(),
+        );
+        topo.wait_tcp_listen(Node::Server, port, Duration::from_secs(10))
+            .unwrap();
+    }
     let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
 
     let cx = Refusals {
@@ -1026,18 +1031,46 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
         join(errs)
     });
 
+    // j. CONNECT denied by an authorization policy (DENY pyclient → server:9001).
+    case("j: CONNECT denied by a DENY policy", {
+        let mark = LogMark::now(&topo, Node::GatewayB);
+        let authority = format!("{SERVER_ADDR}:{POLICY_TRAP_PORT}");
+        let run = hbone_client(&topo, &pc_cert, &pc_key, &authority, &[], 10);
+        let mut errs = Vec::new();
+        if run.statuses() != vec![Some(401)] || run.out.status.success() {
+            errs.push(format!("want status [401]: {}", run.describe()));
+        }
+        if let Err(e) = mark.wait_line(
+            "\"refused (401)\" naming the policy and the peer",
+            Duration::from_secs(5),
+            |l| {
+                l.contains("refused (401)")
+                    && l.contains("denied by DENY policy default/no-pyclient-to-9001")
+                    && l.contains("sa/pyclient")
+            },
+        ) {
+            errs.push(e);
+        }
+        if let Err(e) = cx.trap_empty() {
+            errs.push(e);
+        }
+        join(errs)
+    });
+
     // Nothing of any refused attempt reached the server pod.
     if let Err(e) = cx.trap_empty() {
         failures.push(format!("[end] {e}"));
     }
     // Counters once idle: every TLS-level refusal (b1, b2, c, d, e, f, g) is a tunnel
-    // failure on B, the two error responses (h, i) are refusals; A failed one tunnel (a).
+    // failure on B, the three error responses (h, i, j) are refusals, one of them by
+    // policy; A failed one tunnel (a).
     let [a, b] = topo.wait_gateways_idle(Duration::from_secs(20));
     let want = [
         (&a, "A", "hbone_tunnel_failures", 1),
         (&b, "B", "hbone_tunnel_failures", 7),
-        (&b, "B", "hbone_refused", 2),
-        (&b, "B", "hbone_tunnels_accepted", 9),
+        (&b, "B", "hbone_refused", 3),
+        (&b, "B", "policy_denied", 1),
+        (&b, "B", "hbone_tunnels_accepted", 10),
     ];
     for (stats, gw, name, n) in want {
         let got = counter(stats, &["totals", name]);

@@ -570,3 +570,79 @@ fn test_bad_input_is_refused_with_a_reason() {
     let _ = std::fs::remove_dir_all("/sys/fs/bpf/xdpmesh/xerr-test");
     let _ = std::fs::remove_dir_all("/run/xdpmesh/xerr-test");
 }
+
+/// Authorization policy on plain TCP, the twin of HBONE's `401`: the destination
+/// gateway resets a connection its workload's policies do not allow, logs why, and a
+/// reloaded config (SIGHUP) changes the verdict without a restart. Plain TCP carries no
+/// identity, so only a policy without `from` can allow it.
+#[test]
+fn test_xdpmesh_tcp_policy_resets_denied_connections_and_reloads() {
+    if !require_root("test_xdpmesh_tcp_policy_resets_denied_connections_and_reloads") {
+        return;
+    }
+    let mut topo =
+        Topology::new(&unique_prefix("xpol"), TopologyOpts::default()).expect("topology");
+    let base = std::fs::read_to_string(demo_config()).unwrap();
+    let with_ports = |ports: &str| {
+        format!(
+            "{base}policies:\n  - name: web-only\n    namespace: default\n    \
+             workload: server\n    ports: [{ports}]\n"
+        )
+    };
+    let cfg = topo.tmp_dir().join("mesh-policy.yaml");
+    std::fs::write(&cfg, with_ports("80")).unwrap();
+    topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
+        .expect("xdpmesh gateways");
+    let _web = topo
+        .start_fileserver(Node::Server, FILESERVER_PORT)
+        .unwrap();
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+
+    // Port 80 is allowed.
+    let url = format!("http://{SERVER_ADDR}:{FILESERVER_PORT}/blob?size={MIB}&seed=3");
+    let t = topo.http_download(Node::Client, &url).unwrap();
+    assert_eq!((t.bytes, t.sha256), (MIB, blob_sha256(MIB, 3)));
+
+    // Port 7000 is not: gateway B resets it before anything reaches the server pod.
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 1, 1024)
+        .unwrap();
+    assert_eq!((r.ok, r.failed), (0, 1), "{:?}", r.errors);
+    topo.wait_stat(
+        Node::GatewayB,
+        &["totals", "policy_denied"],
+        1,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let a = topo.gateway_stats(Node::GatewayA).unwrap();
+    assert_eq!(counter(&a, &["totals", "policy_denied"]), 0, "{a:#}");
+    let (_, _, b_log) = topo
+        .gateway_logs()
+        .into_iter()
+        .find(|(n, _, _)| *n == Node::GatewayB)
+        .unwrap();
+    let log = std::fs::read_to_string(&b_log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection refused (reset): authorization policy"))
+        .unwrap_or_else(|| panic!("no policy line in gateway B's log:\n{log}"));
+    for want in [
+        "src=198.18.1.2:",
+        "dst=198.18.2.2:7000",
+        "workload=default/server",
+        "no ALLOW policy matches a plain-TCP peer (no identity) on port 7000 (policies: default/web-only)",
+    ] {
+        assert!(line.contains(want), "{want:?} not in {line:?}");
+    }
+
+    // Reload with 7000 allowed too: the same connection now goes through.
+    std::fs::write(&cfg, with_ports("80, 7000")).unwrap();
+    topo.reload_gateway_config(Node::GatewayB).unwrap();
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 1, 1024)
+        .unwrap();
+    assert_eq!((r.ok, r.failed, r.bytes), (1, 0, 1024), "{:?}", r.errors);
+    let [_, b] = topo.wait_gateways_idle(Duration::from_secs(15));
+    assert_eq!(counter(&b, &["totals", "policy_denied"]), 1, "{b:#}");
+}
