@@ -331,8 +331,19 @@ fn propagate_reset(a: &mut Leg, b: &mut Leg) -> bool {
     false
 }
 
-fn leg_done(l: &Leg) -> bool {
-    matches!(l.state(), tcp::State::Closed | tcp::State::TimeWait)
+/// Whether a leg has nothing left to send: TIME-WAIT (the ACK of the peer's FIN left
+/// in the same poll, see [`close`]), or CLOSED once smoltcp has forgotten the peer.
+/// An aborted socket keeps its peer until its one RST has been transmitted; with the
+/// TX ring full that waits for the next poll, and freeing the leg earlier lost the
+/// RST: the peer kept a connection the gateway had already forgotten. A leg with no
+/// next hop can send nothing, so it is done as soon as it is CLOSED.
+pub fn leg_done(l: &Leg) -> bool {
+    let s = l.sockets.get::<tcp::Socket>(l.handle);
+    match s.state() {
+        tcp::State::TimeWait => true,
+        tcp::State::Closed => s.remote_endpoint().is_none() || l.dst_mac.is_none(),
+        _ => false,
+    }
 }
 
 fn propagate_fin(a: &mut Leg, b: &mut Leg) {

@@ -35,7 +35,7 @@ use xdpmesh_hbone::identity::SpiffeId;
 use xdpmesh_hbone::ConnectHeaders;
 
 use super::{Engine, FlowRef, Obj};
-use crate::stack::{self, Leg, LegDevice};
+use crate::stack::{self, leg_done, Leg, LegDevice};
 use crate::wire::{FlowKey, TcpFrame};
 
 /// The HBONE port.
@@ -150,10 +150,6 @@ fn traceparent(state: &mut u64) -> String {
         *state
     };
     format!("00-{:016x}{:016x}-{:016x}-01", next(), next(), next())
-}
-
-fn leg_done(l: &Leg) -> bool {
-    matches!(l.state(), tcp::State::Closed | tcp::State::TimeWait)
 }
 
 impl Engine {
