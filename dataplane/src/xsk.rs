@@ -329,8 +329,10 @@ impl TxPart {
     }
 }
 
-/// Waits until one of the sockets is readable or `timeout_ms` passes.
-pub fn wait_readable(parts: &[&RxPart], timeout_ms: i32) {
+/// Waits until one of the sockets is readable or `timeout_us` microseconds pass
+/// (`ppoll`: the worker sleeps until its next timer to the microsecond instead of
+/// spinning through the last millisecond, as `poll`'s millisecond timeout made it).
+pub fn wait_readable(parts: &[&RxPart], timeout_us: i64) {
     let mut fds: Vec<libc::pollfd> = parts
         .iter()
         .map(|p| libc::pollfd {
@@ -339,7 +341,20 @@ pub fn wait_readable(parts: &[&RxPart], timeout_ms: i32) {
             revents: 0,
         })
         .collect();
+    let timeout_us = timeout_us.max(0);
+    let ts = libc::timespec {
+        tv_sec: (timeout_us / 1_000_000) as libc::time_t,
+        tv_nsec: ((timeout_us % 1_000_000) * 1000) as libc::c_long,
+    };
     // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd structs
-    // for the duration of the call; the descriptors stay open (owned by `parts`).
-    let _ = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    // for the duration of the call, `ts` a valid timespec, and a null signal mask means
+    // "keep the current one"; the descriptors stay open (owned by `parts`).
+    let _ = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
 }
