@@ -96,9 +96,14 @@ pub fn open(
         ))
     })?;
     let ring = QueueSize::new(cfg.frames / 2).map_err(|e| XskError::Config(e.to_string()))?;
+    // The fill ring is twice the RX half: the kernel makes consumed RX frames visible
+    // (RX submit) before it releases the fill entries it took them from, so a ring
+    // exactly the size of the RX half can look full for a moment to a worker on
+    // another core that returns frames at once.
+    let fill_ring = QueueSize::new(cfg.frames).map_err(|e| XskError::Config(e.to_string()))?;
     let umem_cfg = UmemConfig::builder()
         .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| XskError::Config(e.to_string()))?)
-        .fill_queue_size(ring)
+        .fill_queue_size(fill_ring)
         .comp_queue_size(ring)
         .build()
         .map_err(|e| XskError::Config(e.to_string()))?;
@@ -167,6 +172,7 @@ pub fn open(
             rx,
             fill,
             scratch: vec![FrameDesc::default(); 64],
+            refill: Vec::with_capacity(half),
             need_wakeup: cfg.need_wakeup,
         };
         let tx_part = TxPart {
@@ -195,6 +201,8 @@ pub struct RxPart {
     rx: RxQueue,
     fill: FillQueue,
     scratch: Vec<FrameDesc>,
+    /// Received frames the fill ring could not take back yet (see [`RxPart::recv`]).
+    refill: Vec<FrameDesc>,
     need_wakeup: bool,
 }
 
@@ -205,7 +213,8 @@ impl RxPart {
     }
 
     /// Receives up to 64 frames, lending each one's bytes to `f`, then gives the frames
-    /// back to the fill ring. Returns the number of frames received.
+    /// back to the fill ring (with any that it could not take back on an earlier call).
+    /// Returns the number of frames received.
     pub fn recv(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         // SAFETY: `scratch` descriptors are only overwritten by the ring here; frames
         // consumed from this socket's RX ring belong to this socket's UMEM.
@@ -218,11 +227,17 @@ impl RxPart {
             f(data.contents());
         }
         if n > 0 {
-            // SAFETY: the `n` frames were consumed from RX above and are returned to this
-            // UMEM's fill ring exactly once; the fill ring has room for every frame this
-            // socket owns, so `produce` takes all of them.
-            let back = unsafe { self.fill.produce(&self.scratch[..n]) };
-            debug_assert_eq!(back, n);
+            self.refill.extend_from_slice(&self.scratch[..n]);
+        }
+        if !self.refill.is_empty() {
+            // SAFETY: every frame in `refill` was consumed from this UMEM's RX ring and
+            // has not been handed back since (it leaves `refill` only when the fill ring
+            // took it), so each returns to the fill ring exactly once. `produce` takes
+            // all of them or none; none happens only while the kernel has not yet
+            // released the fill entries of frames it just received, and they are kept
+            // for the next call instead of being lost.
+            let back = unsafe { self.fill.produce(&self.refill) };
+            self.refill.drain(..back.min(self.refill.len()));
         }
         if self.need_wakeup && self.fill.needs_wakeup() {
             // Kernel asked to be woken to refill; errors here are transient (EAGAIN).
