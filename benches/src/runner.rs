@@ -392,6 +392,29 @@ fn run_round(
         }
         progress(&format!("  {} {}", gw.name(), sc.name()));
         let mut r = ctx.scenario(sc, &mut rr, &mut na);
+        // A gateway process that died (a dataplane panic, say) hands the traffic back to
+        // the kernel, and later figures would measure kernel forwarding: that is a
+        // failure of the round, never retried.
+        let died = |rr: &mut RoundReport| {
+            let dead = bed.topo.dead_gateway_processes();
+            if dead.is_empty() {
+                return false;
+            }
+            let msg = format!(
+                "a gateway process died during {}:\n{}",
+                sc.name(),
+                dead.join("\n")
+            );
+            for line in msg.lines() {
+                progress(&format!("    {line}"));
+            }
+            rr.errors.insert(sc.name().to_string(), msg);
+            rr.status = "error: a gateway process died".into();
+            true
+        };
+        if died(&mut rr) {
+            break;
+        }
         if let (Err(e), true) = (&r, opts.smoke) {
             // The smoke must fail CI on a broken path, not on one unlucky run: retry
             // once, and report the first failure (with its evidence) either way.
@@ -413,6 +436,9 @@ fn run_round(
                     sc.name()
                 ));
                 rr.retried.insert(sc.name().to_string(), first);
+            }
+            if died(&mut rr) {
+                break;
             }
         }
         if let Err(e) = r {

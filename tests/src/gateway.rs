@@ -285,6 +285,35 @@ impl Topology {
             .collect()
     }
 
+    /// The gateway processes (control, dataplane) that are no longer running, each with
+    /// the tail of its log. A dataplane that exits detaches XDP and the kernel takes
+    /// the traffic back, so traffic alone cannot tell: harnesses check this.
+    pub fn dead_gateway_processes(&self) -> Vec<String> {
+        let mut dead = Vec::new();
+        for (node, control, dataplane) in &self.gateways.procs {
+            for p in [control, dataplane] {
+                let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid()));
+                // Field 3 of /proc/PID/stat is the state; Z (zombie) means it exited
+                // and was not reaped yet. The command name (field 2) may hold spaces.
+                let state = stat
+                    .as_deref()
+                    .ok()
+                    .and_then(|s| s.rsplit_once(')'))
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .map(str::to_owned);
+                if matches!(state.as_deref(), None | Some("Z") | Some("X")) {
+                    dead.push(format!(
+                        "{node:?} {} (pid {}) is not running; log tail:\n{}",
+                        p.name(),
+                        p.pid(),
+                        p.log_tail(30)
+                    ));
+                }
+            }
+        }
+        dead
+    }
+
     /// Waits until the gateway's counter at `path` reaches `want` (stats are published a
     /// few times per second, so a snapshot just after the traffic may predate it), then
     /// returns the snapshot. Fails with the whole snapshot after `timeout`, also when
