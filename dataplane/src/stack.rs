@@ -228,6 +228,12 @@ pub struct Leg {
     pub key: FlowKey,
     /// We sent our FIN (or aborted) on this leg.
     pub closed_by_us: bool,
+    /// We sent our FIN on this leg (a half-close, see [`pump`]).
+    fin_sent: bool,
+    /// The peer's FIN was seen on this leg.
+    peer_fin_seen: bool,
+    /// A reset of this leg was already passed on to the other leg.
+    reset_seen: bool,
 }
 
 impl Leg {
@@ -246,6 +252,9 @@ impl Leg {
             dst_mac,
             key,
             closed_by_us: false,
+            fin_sent: false,
+            peer_fin_seen: false,
+            reset_seen: false,
         }
     }
 
@@ -305,6 +314,11 @@ pub fn pump(legs: &mut [Leg; 2]) -> Pumped {
         out.down_to_up = move_bytes(s0, s1);
         out.up_to_down = move_bytes(s1, s0);
     }
+    for l in [&mut *l0, &mut *l1] {
+        if peer_finished(l.sockets.get::<tcp::Socket>(l.handle)) {
+            l.peer_fin_seen = true;
+        }
+    }
     // A leg that closed without us closing it was reset or timed out (a failed connect
     // included): abort the other one so the application sees the reset.
     out.reset = propagate_reset(l0, l1) || propagate_reset(l1, l0);
@@ -317,18 +331,30 @@ pub fn pump(legs: &mut [Leg; 2]) -> Pumped {
     out
 }
 
+/// Passes a reset of leg `a` on to leg `b`. `a` was reset when it is CLOSED and we did
+/// not close it, or when we had only half-closed it (our FIN sent, the peer's not seen):
+/// a CLOSED leg then means its peer answered with a reset, and `b`'s peer, still
+/// waiting for our FIN or for data, must learn of it now rather than after the
+/// half-dead limit.
 fn propagate_reset(a: &mut Leg, b: &mut Leg) -> bool {
-    if a.state() == tcp::State::Closed && !a.closed_by_us {
-        // Also when we already sent our FIN on `b`: the half-closed direction is
-        // still open until `b` finishes, and its peer must learn of the reset.
-        a.closed_by_us = true;
-        if !leg_done(b) {
-            b.socket().abort();
-            b.closed_by_us = true;
-        }
-        return true;
+    if a.reset_seen || a.state() != tcp::State::Closed {
+        return false;
     }
-    false
+    let half_closed_by_us = a.fin_sent && !a.peer_fin_seen;
+    if a.closed_by_us && !half_closed_by_us {
+        return false;
+    }
+    a.reset_seen = true;
+    a.closed_by_us = true;
+    // Also when we already sent our FIN on `b`: the half-closed direction is still open
+    // until `b` finishes, and its peer must learn of the reset.
+    if !leg_done(b) {
+        b.socket().abort();
+        b.closed_by_us = true;
+        // Our abort, not a reset from `b`'s peer: nothing to pass back.
+        b.reset_seen = true;
+    }
+    true
 }
 
 /// Whether a leg has nothing left to send: TIME-WAIT (the ACK of the peer's FIN left
@@ -354,6 +380,7 @@ fn propagate_fin(a: &mut Leg, b: &mut Leg) {
     if a_done && !b.closed_by_us && b.socket().may_send() {
         close(b.socket());
         b.closed_by_us = true;
+        b.fin_sent = true;
     }
 }
 
@@ -387,6 +414,7 @@ pub fn abort(legs: &mut [Leg; 2]) {
         if !leg_done(l) {
             l.socket().abort();
             l.closed_by_us = true;
+            l.reset_seen = true;
         }
     }
 }

@@ -646,3 +646,67 @@ fn test_xdpmesh_tcp_policy_resets_denied_connections_and_reloads() {
     let [_, b] = topo.wait_gateways_idle(Duration::from_secs(15));
     assert_eq!(counter(&b, &["totals", "policy_denied"]), 1, "{b:#}");
 }
+
+/// A reset that answers our half-close reaches the other side at once. The client pod
+/// sends 100 bytes and shuts its sending side; the server pod closes without reading
+/// them, so its kernel answers with a reset. Each gateway had already passed the FIN
+/// on, so the leg that gets the reset was half-closed by us: it must still reset the
+/// other leg, and the client must see the reset, not wait for the 60 s half-dead limit.
+#[test]
+fn test_xdpmesh_tcp_reset_after_half_close_reaches_the_client() {
+    if !require_root("test_xdpmesh_tcp_reset_after_half_close_reaches_the_client") {
+        return;
+    }
+    const PORT: u16 = 7300;
+    let topo = xdpmesh_topology("xrst", TopologyOpts::default(), 1);
+    let py = xdpmesh_netns::peers::python();
+    let py = py.to_str().unwrap();
+    let server = format!(
+        "import socket, time\n\
+         s = socket.socket()\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('0.0.0.0', {PORT}))\n\
+         s.listen(8)\n\
+         c, _ = s.accept()\n\
+         time.sleep(1.0)\n\
+         c.close()\n\
+         time.sleep(30)\n"
+    );
+    let _srv = topo
+        .spawn(Node::Server, &[py, "-u", "-c", &server])
+        .unwrap();
+    topo.wait_tcp_listen(Node::Server, PORT, Duration::from_secs(10))
+        .unwrap();
+    let client = format!(
+        "import socket, time\n\
+         c = socket.create_connection(('{SERVER_ADDR}', {PORT}), timeout=20)\n\
+         c.sendall(b'x' * 100)\n\
+         c.shutdown(socket.SHUT_WR)\n\
+         t = time.monotonic()\n\
+         try:\n\
+         \x20   d = c.recv(10)\n\
+         \x20   print('recv', len(d), round(time.monotonic() - t, 1))\n\
+         except ConnectionResetError:\n\
+         \x20   print('reset', round(time.monotonic() - t, 1))\n\
+         except socket.timeout:\n\
+         \x20   print('timeout', round(time.monotonic() - t, 1))\n"
+    );
+    let out = topo
+        .run_timeout(Node::Client, &[py, "-c", &client], Duration::from_secs(40))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(
+        words.first().copied(),
+        Some("reset"),
+        "client saw {stdout:?} ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secs: f64 = words[1].parse().unwrap();
+    assert!(secs < 5.0, "the reset took {secs} s to reach the client");
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(15));
+    for s in [&a, &b] {
+        assert_eq!(counter(s, &["totals", "reset_connections"]), 1, "{s:#}");
+        assert_eq!(counter(s, &["totals", "closed_connections"]), 1, "{s:#}");
+    }
+}
