@@ -667,6 +667,33 @@ impl Refusals<'_> {
         }
     }
 
+    /// A pyclient `CONNECT` to `authority` that gateway B must answer with `status`,
+    /// logging a line that `logged` accepts (described by `what`), with nothing
+    /// reaching the server pod.
+    fn connect_refused(
+        &self,
+        cert: &Path,
+        key: &Path,
+        authority: &str,
+        status: u64,
+        what: &str,
+        logged: impl Fn(&str) -> bool,
+    ) -> Result<(), String> {
+        let mark = LogMark::now(self.topo, Node::GatewayB);
+        let run = hbone_client(self.topo, cert, key, authority, &[], 10);
+        let mut errs = Vec::new();
+        if run.statuses() != vec![Some(status)] || run.out.status.success() {
+            errs.push(format!("want status [{status}]: {}", run.describe()));
+        }
+        if let Err(e) = mark.wait_line(what, Duration::from_secs(5), logged) {
+            errs.push(e);
+        }
+        if let Err(e) = self.trap_empty() {
+            errs.push(e);
+        }
+        join(errs)
+    }
+
     fn trap_authority(&self) -> String {
         format!("{SERVER_ADDR}:{TRAP_PORT}")
     }
@@ -992,70 +1019,47 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
     );
 
     // h. CONNECT to a workload that is not on this node.
-    case("h: CONNECT to a workload on another node", {
-        let mark = LogMark::now(&topo, Node::GatewayB);
-        let authority = format!("{CLIENT_ADDR}:{ECHO_PORT}");
-        let run = hbone_client(&topo, &pc_cert, &pc_key, &authority, &[], 10);
-        let mut errs = Vec::new();
-        if run.statuses() != vec![Some(400)] || run.out.status.success() {
-            errs.push(format!("want status [400]: {}", run.describe()));
-        }
-        if let Err(e) = mark.wait_line("\"refused (400)\"", Duration::from_secs(5), |l| {
-            l.contains("refused (400)")
-        }) {
-            errs.push(e);
-        }
-        if let Err(e) = cx.trap_empty() {
-            errs.push(e);
-        }
-        join(errs)
-    });
+    case(
+        "h: CONNECT to a workload on another node",
+        cx.connect_refused(
+            &pc_cert,
+            &pc_key,
+            &format!("{CLIENT_ADDR}:{ECHO_PORT}"),
+            400,
+            "\"refused (400)\"",
+            |l| l.contains("refused (400)"),
+        ),
+    );
 
     // i. CONNECT to a port of the served workload where nothing listens.
-    case("i: CONNECT to a closed port of the served workload", {
-        let mark = LogMark::now(&topo, Node::GatewayB);
-        let authority = format!("{SERVER_ADDR}:9999");
-        let run = hbone_client(&topo, &pc_cert, &pc_key, &authority, &[], 10);
-        let mut errs = Vec::new();
-        if run.statuses() != vec![Some(503)] || run.out.status.success() {
-            errs.push(format!("want status [503]: {}", run.describe()));
-        }
-        if let Err(e) = mark.wait_line("\"refused (503)\"", Duration::from_secs(5), |l| {
-            l.contains("refused (503)")
-        }) {
-            errs.push(e);
-        }
-        if let Err(e) = cx.trap_empty() {
-            errs.push(e);
-        }
-        join(errs)
-    });
+    case(
+        "i: CONNECT to a closed port of the served workload",
+        cx.connect_refused(
+            &pc_cert,
+            &pc_key,
+            &format!("{SERVER_ADDR}:9999"),
+            503,
+            "\"refused (503)\"",
+            |l| l.contains("refused (503)"),
+        ),
+    );
 
     // j. CONNECT denied by an authorization policy (DENY pyclient → server:9001).
-    case("j: CONNECT denied by a DENY policy", {
-        let mark = LogMark::now(&topo, Node::GatewayB);
-        let authority = format!("{SERVER_ADDR}:{POLICY_TRAP_PORT}");
-        let run = hbone_client(&topo, &pc_cert, &pc_key, &authority, &[], 10);
-        let mut errs = Vec::new();
-        if run.statuses() != vec![Some(401)] || run.out.status.success() {
-            errs.push(format!("want status [401]: {}", run.describe()));
-        }
-        if let Err(e) = mark.wait_line(
+    case(
+        "j: CONNECT denied by a DENY policy",
+        cx.connect_refused(
+            &pc_cert,
+            &pc_key,
+            &format!("{SERVER_ADDR}:{POLICY_TRAP_PORT}"),
+            401,
             "\"refused (401)\" naming the policy and the peer",
-            Duration::from_secs(5),
             |l| {
                 l.contains("refused (401)")
                     && l.contains("denied by DENY policy default/no-pyclient-to-9001")
                     && l.contains("sa/pyclient")
             },
-        ) {
-            errs.push(e);
-        }
-        if let Err(e) = cx.trap_empty() {
-            errs.push(e);
-        }
-        join(errs)
-    });
+        ),
+    );
 
     // Nothing of any refused attempt reached the server pod.
     if let Err(e) = cx.trap_empty() {
