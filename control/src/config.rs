@@ -538,22 +538,7 @@ impl RawPolicy {
                 }
             }
         }
-        let mut port_lines: HashMap<u16, usize> = HashMap::new();
-        for (j, &port) in self.ports.iter().enumerate() {
-            let path = format!("{prefix}.ports[{j}]");
-            if port == 0 {
-                return Err(at.error(
-                    &path,
-                    "port 0 is not a valid port: use 1-65535, or leave ports out to mean any port",
-                ));
-            }
-            if let Some(first) = port_lines.insert(port, at.line(&path)) {
-                return Err(at.error(
-                    &path,
-                    format!("duplicate port {port}: already listed at line {first}"),
-                ));
-            }
-        }
+        check_ports(&self.ports, prefix, "leave ports out", at)?;
         Ok(Policy {
             name: self.name,
             namespace: self.namespace,
@@ -668,30 +653,7 @@ impl RawWorkload {
             book,
         )?;
 
-        let mut port_lines: HashMap<u16, usize> = HashMap::new();
-        for (j, &port) in self.ports.iter().enumerate() {
-            let path = format!("{prefix}.ports[{j}]");
-            if port == 0 {
-                return Err(at.error(
-                    &path,
-                    "port 0 is not a valid port: use 1-65535, or leave ports empty to mean any port",
-                ));
-            }
-            match port_lines.entry(port) {
-                Entry::Occupied(first) => {
-                    return Err(at.error(
-                        &path,
-                        format!(
-                            "duplicate port {port}: already listed at line {}",
-                            first.get()
-                        ),
-                    ));
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(at.line(&path));
-                }
-            }
-        }
+        check_ports(&self.ports, prefix, "leave ports empty", at)?;
 
         Ok(Workload {
             name: self.name,
@@ -703,6 +665,41 @@ impl RawWorkload {
             ports: self.ports,
         })
     }
+}
+
+/// Checks the list at `{prefix}.ports`: no port 0, no port twice. `any` is how this
+/// list says "any port" (for the port-0 message).
+fn check_ports(
+    ports: &[u16],
+    prefix: &str,
+    any: &str,
+    at: &Locator<'_>,
+) -> Result<(), ConfigError> {
+    let mut port_lines: HashMap<u16, usize> = HashMap::new();
+    for (j, &port) in ports.iter().enumerate() {
+        let path = format!("{prefix}.ports[{j}]");
+        if port == 0 {
+            return Err(at.error(
+                &path,
+                format!("port 0 is not a valid port: use 1-65535, or {any} to mean any port"),
+            ));
+        }
+        match port_lines.entry(port) {
+            Entry::Occupied(first) => {
+                return Err(at.error(
+                    &path,
+                    format!(
+                        "duplicate port {port}: already listed at line {}",
+                        first.get()
+                    ),
+                ));
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(at.line(&path));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses a non-empty list of unicast addresses at `path`, claiming each for
