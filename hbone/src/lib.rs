@@ -11,12 +11,17 @@
 //!   ciphertext in, give ciphertext out, and expose CONNECT streams with explicit flow
 //!   control. They drive `h2` without an async runtime (see the module docs).
 //!
-//! The wire contract (DESIGN.md, "HBONE contract") is istio/ztunnel's.
+//! The wire contract (`docs/ARCHITECTURE.md`, "HBONE contract") is istio/ztunnel's.
 
 pub mod certs;
 pub mod conn;
 pub mod identity;
 pub mod tls;
+
+/// The HBONE port: every workload's mTLS HTTP/2 `CONNECT` listener (ztunnel's 15008).
+/// A client dials `destination_ip:HBONE_PORT`; a `CONNECT` may never target it (it is
+/// one of [`conn::RESERVED_PORTS`]).
+pub const HBONE_PORT: u16 = 15008;
 
 pub use certs::{roots_from_pem, Ca, CertError, Validity, WorkloadCert};
 pub use conn::{

@@ -56,7 +56,7 @@ pub use http::{HeaderMap, Method, StatusCode};
 pub use server::{validate_request, BadAuthority, HboneServerConn, Request, RequestError};
 
 /// Ports a CONNECT may never target (ztunnel: outbound capture, inbound plaintext, HBONE).
-pub const RESERVED_PORTS: [u16; 3] = [15001, 15006, 15008];
+pub const RESERVED_PORTS: [u16; 3] = [15001, 15006, crate::HBONE_PORT];
 
 /// HTTP/2 settings; the defaults are ztunnel's.
 #[derive(Clone, Debug, PartialEq, Eq)]
