@@ -4,6 +4,15 @@
 //! RFC 8446 (TLS 1.3) first; the wire contract is istio/ztunnel's
 //! (`src/proxy/h2/{client,server}.rs`, `src/proxy/inbound.rs`).
 //!
+//! # Shape
+//!
+//! As in rustls (`ConnectionCommon<Data>` behind `ClientConnection`/`ServerConnection`),
+//! one connection type, [`HboneConn`], implements everything that does not depend on
+//! the role: ciphertext in and out, [`HboneConn::poll`], events, the data half of every
+//! stream, close. [`HboneClientConn`] (opens streams) and [`HboneServerConn`] (answers
+//! requests) `Deref`/`DerefMut` to it and add only their own methods, so code holding a
+//! `&mut HboneConn` drives either without asking which it is.
+//!
 //! # Layers
 //!
 //! ```text
@@ -17,8 +26,7 @@
 //! [`Pipe`]: two bounded byte queues shared (`Rc<RefCell<..>>`) between this module and
 //! h2. A read from an empty queue returns `Pending` (and records that input is wanted),
 //! a write into a full queue returns `Pending`; nothing ever wakes a task, so
-//! [`HboneClientConn::poll`]/[`HboneServerConn::poll`] simply re-poll everything until a
-//! round makes no progress. The `Waker` handed to h2 only raises a flag, so a future
+//! [`HboneConn::poll`] simply re-polls everything until a round makes no progress. The `Waker` handed to h2 only raises a flag, so a future
 //! that yields by waking itself gets another round.
 //!
 //! # Memory
@@ -28,7 +36,7 @@
 //! and retried), received-but-unread stream data by the HTTP/2 windows (capacity is
 //! released to the peer only when the application has read the bytes), data accepted
 //! by `stream_write` by the peer's windows (the call accepts only granted capacity).
-//! [`HboneClientConn::can_feed`] tells the worker when to stop reading from smoltcp.
+//! [`HboneConn::can_feed`] tells the worker when to stop reading from smoltcp.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -48,9 +56,11 @@ use crate::identity::{spiffe_ids_from_cert, SpiffeId};
 use crate::tls::IdentityError;
 
 mod client;
+mod common;
 mod server;
 
 pub use client::{ConnectHeaders, HboneClientConn, OpenStreamError};
+pub use common::HboneConn;
 pub use h2::Reason;
 pub use http::{HeaderMap, Method, StatusCode};
 pub use server::{validate_request, BadAuthority, HboneServerConn, Request, RequestError};
