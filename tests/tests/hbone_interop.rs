@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+use xdpmesh_hbone::HBONE_PORT;
 use xdpmesh_netns::peers::python;
 use xdpmesh_netns::stat as counter;
 use xdpmesh_netns::topology::{CLIENT_ADDR, SERVER_ADDR};
@@ -55,7 +56,7 @@ fn peer_script(name: &str) -> PathBuf {
 }
 
 fn hbone_addr() -> String {
-    format!("{SERVER_ADDR}:15008")
+    format!("{SERVER_ADDR}:{HBONE_PORT}")
 }
 
 /// A command run inside the wire namespace (node-c).
@@ -331,7 +332,7 @@ fn start_hbone_server(
     let ca = mesh_ca_cert(topo);
     let ready = topo.tmp_dir().join(format!("hbone-server-{tag}.ready"));
     let _ = std::fs::remove_file(&ready);
-    let listen = format!("{PYSERVER_ADDR}:15008");
+    let listen = format!("{PYSERVER_ADDR}:{HBONE_PORT}");
     let authority = format!("{PYSERVER_ADDR}:{PYSERVER_PORT}");
     let client_san = spiffe("client");
     let argv: Vec<&OsStr> = vec![

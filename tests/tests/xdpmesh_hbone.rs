@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use xdpmesh_hbone::HBONE_PORT;
 use xdpmesh_netns::stat as counter;
 use xdpmesh_netns::topology::SERVER_ADDR;
 use xdpmesh_netns::{
@@ -146,7 +147,7 @@ fn test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire() {
     // On the wire between the gateways: TCP only to or from port 15008, and none of the
     // plaintext (HTTP request lines and headers) anywhere in the captured frames.
     let total = pcap_count(&pcap, "tcp");
-    let hbone = pcap_count(&pcap, "tcp port 15008");
+    let hbone = pcap_count(&pcap, &format!("tcp port {HBONE_PORT}"));
     assert!(total > 10_000, "only {total} TCP frames captured");
     assert_eq!(
         total, hbone,
