@@ -30,7 +30,7 @@ pub enum CertError {
     /// A PEM input held no certificate.
     #[error("no certificate found in {0}")]
     NoCertificate(&'static str),
-    /// The leaf certificate has no URI SAN of the form spiffe://<td>/ns/<ns>/sa/<sa>.
+    /// The leaf certificate has no URI SAN of the form `spiffe://<td>/ns/<ns>/sa/<sa>`.
     #[error("workload certificate has no SPIFFE URI SAN (spiffe://<td>/ns/<ns>/sa/<sa>)")]
     NoSpiffeId,
     /// The leaf certificate is not DER X.509.

@@ -23,7 +23,7 @@
 //! ```
 //!
 //! h2 is written for async runtimes; here it runs without one. Its transport is a
-//! [`Pipe`]: two bounded byte queues shared (`Rc<RefCell<..>>`) between this module and
+//! `Pipe`: two bounded byte queues shared (`Rc<RefCell<..>>`) between this module and
 //! h2. A read from an empty queue returns `Pending` (and records that input is wanted),
 //! a write into a full queue returns `Pending`; nothing ever wakes a task, so
 //! [`HboneConn::poll`] simply re-polls everything until a round makes no progress. The `Waker` handed to h2 only raises a flag, so a future
