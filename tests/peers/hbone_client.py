@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Independent HBONE client (HTTP/2 CONNECT over mutual TLS 1.3), for interop tests.
 
-Written from the HBONE contract in DESIGN.md (not from xdpmesh's code), behaving like
-ztunnel's outbound side: TLS 1.3 only, ALPN "h2" required, no SNI, no session resumption,
-the server chain verified against --ca and its URI SAN checked against --expect-san (DNS
-names ignored).  On one connection it opens --streams CONNECT streams
-(:method CONNECT, :authority IP:PORT, no :scheme/:path, headers forwarded/baggage/
-traceparent), waits for :status 200, sends --bytes bytes of a deterministic per-stream
-pattern, ends the stream and checks that the echo it reads back until END_STREAM is
-byte-exact.
+Written from the HBONE contract in docs/ARCHITECTURE.md ("HBONE contract"), not from
+xdpmesh's code, behaving like ztunnel's outbound side: TLS 1.3 only, ALPN "h2" required,
+no SNI, no session resumption, the server chain verified against --ca and its URI SAN
+checked against --expect-san (DNS names ignored).  On one connection it opens --streams
+CONNECT streams (:method CONNECT, :authority IP:PORT, no :scheme/:path, headers
+forwarded/baggage/traceparent), waits for :status 200, sends --bytes bytes of a
+deterministic per-stream pattern, ends the stream and checks that the echo it reads back
+until END_STREAM is byte-exact.
 
 Prints one JSON line on stdout:
   {"streams":K,"ok":N,"failed":M,"statuses":[200,...],"bytes":B,"peer_san":"spiffe://..",

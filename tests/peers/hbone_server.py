@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Independent HBONE server (HTTP/2 CONNECT over mutual TLS 1.3), for interop tests.
 
-Written from the HBONE contract in DESIGN.md, not from xdpmesh's code, so that it can
-stand in for ztunnel's inbound side:
+Written from the HBONE contract in docs/ARCHITECTURE.md ("HBONE contract"), not from
+xdpmesh's code, so that it can stand in for ztunnel's inbound side:
 
   * TLS 1.3 only, ALPN "h2" required, a client certificate chained to --ca is required
     and its URI SAN must be a SPIFFE id in --trust-domain (exactly --expect-client-san
@@ -47,7 +47,7 @@ except ImportError:  # pragma: no cover
     sys.stderr.write("hbone_server: the python 'h2' package is required (pip install 'h2>=4,<5')\n")
     sys.exit(2)
 
-# ztunnel's HTTP/2 parameters (DESIGN.md, HBONE contract)
+# ztunnel's HTTP/2 parameters (docs/ARCHITECTURE.md, "HBONE contract")
 STREAM_WINDOW = 4 * 1024 * 1024
 CONN_WINDOW = 16 * 1024 * 1024
 MAX_FRAME = 1024 * 1024

@@ -4,8 +4,8 @@
 //! `control/testdata/interop-hbone.yaml`, a foreign ztunnel: its bridge carries the
 //! addresses of the workloads `pyclient` (198.18.0.3) and `pyserver` (198.18.0.5), and
 //! the Python HBONE peers (`tests/peers/hbone_client.py`, `hbone_server.py`, written from
-//! the contract in DESIGN.md with hyper-h2, not from xdpmesh's code) speak for them with
-//! certificates issued from the topology's mesh CA.
+//! the contract in docs/ARCHITECTURE.md, "HBONE contract", with hyper-h2, not from
+//! xdpmesh's code) speak for them with certificates issued from the topology's mesh CA.
 //!
 //! - pyclient → server pod: gateway B's inbound HBONE terminates the Python client's
 //!   CONNECT streams (its destination is served there and the port is 15008).

@@ -23,7 +23,8 @@
 #define XM_MAX_WORKLOADS 65536
 #define XM_MAX_NEIGHBORS 4096
 
-/* HBONE inbound port (DESIGN.md): diverted for a local workload from any source. */
+/* HBONE inbound port (docs/ARCHITECTURE.md, "Ports and names"): diverted for a
+ * local workload from any source. */
 #define XM_HBONE_PORT 15008
 
 /* Key of `workloads` and address part of `neighbors`: an IPv6 address in

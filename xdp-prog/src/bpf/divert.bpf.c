@@ -122,7 +122,7 @@ static __always_inline __u32 xm_wl_flags(const struct xm_addr *addr)
 	return wl ? wl->flags : 0;
 }
 
-/* How the addresses classify a TCP segment (DESIGN.md, "Data path"):
+/* How the addresses classify a TCP segment (docs/ARCHITECTURE.md, "BPF map ABI"):
  * - XM_MESH: to a workload served here from a known mesh workload, or from a
  *   workload served here to a mesh workload;
  * - XM_MESH_IF_HBONE: to a workload served here from outside the mesh: only its
