@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 use xdpmesh_hbone::certs::{roots_from_pem, WorkloadCert};
 use xdpmesh_hbone::identity::SpiffeId;
+use xdpmesh_hbone::CertificateDer;
 
 /// Errors loading identities.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,24 @@ impl IdentityStore {
             roots,
             certs,
         })
+    }
+
+    /// A store of certificates already in memory (issued in-process: tests, benches).
+    pub fn from_parts(
+        generation: u64,
+        trust_domain: &str,
+        roots: Vec<CertificateDer<'static>>,
+        certs: impl IntoIterator<Item = (SpiffeId, WorkloadCert)>,
+    ) -> IdentityStore {
+        IdentityStore {
+            generation,
+            trust_domain: trust_domain.to_owned(),
+            roots,
+            certs: certs
+                .into_iter()
+                .map(|(id, c)| (id.to_string(), Arc::new(c)))
+                .collect(),
+        }
     }
 
     /// An empty store (no HBONE possible until the control process publishes).

@@ -1,21 +1,29 @@
 //! xdpmesh dataplane: per-core workers that terminate diverted TCP with smoltcp and
-//! splice it onto a second leg.
+//! carry it to its destination, as plain TCP or through HBONE tunnels.
 //!
-//! Layers, bottom up:
+//! Layers, bottom up (`docs/ARCHITECTURE.md` has the packet's way through them):
 //!
 //! * [`wire`]: classify a received Ethernet frame (safe parsing, checksum checks,
 //!   drop reasons as counter labels).
-//! * [`xsk`]: AF_XDP sockets and UMEM frames (the only `unsafe` of this crate, besides
-//!   none elsewhere).
-//! * [`stack`]: smoltcp `Device` over UMEM frames, connection legs and the splice.
+//! * [`xsk`]: AF_XDP sockets and UMEM frames (the only `unsafe` of this crate).
+//! * [`sink`]: the [`sink::FrameSink`] trait the engine writes frames into: the AF_XDP
+//!   TX half in production, an in-memory sink in tests.
+//! * [`stack`]: smoltcp over a frame sink, connection legs and the TCP splice.
 //! * [`state`]: each worker's private index of the shared-memory tables.
-//! * [`worker`]: the run-to-completion loop.
+//! * [`identity`]: workload certificates published by the control process.
+//! * [`engine`]: one worker's objects (plain connections, HBONE streams and tunnels),
+//!   the flow table, timers, neighbour resolution; no rings, so it runs in tests.
+//! * [`proxy`]: HBONE: outbound, inbound, the tunnel pool, tunnels, streams.
+//! * [`worker`]: the run-to-completion loop that drives an engine over real rings.
 //! * [`metrics`]: per-worker counters, aggregated off the fast path.
 //! * [`host`]: start-up facts read from the host (interfaces, queues, neighbours).
 
+pub mod engine;
 pub mod host;
 pub mod identity;
 pub mod metrics;
+pub mod proxy;
+pub mod sink;
 pub mod stack;
 pub mod state;
 pub mod wire;

@@ -25,44 +25,61 @@
 //! once the receive side is drained; a reset (or a failed connect) on one leg aborts the
 //! other.
 
-use smoltcp::iface::{Interface, SocketHandle, SocketSet};
+use std::net::SocketAddr;
+
+use smoltcp::iface::{Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
+use smoltcp::wire::IpListenEndpoint;
 
+use crate::sink::FrameSink;
 use crate::wire::{self, FlowKey, Mac};
-use crate::xsk::TxPart;
 
 /// MTU of the IP packets smoltcp emits (Ethernet payload).
 pub const IP_MTU: usize = 1500;
 
+/// A network interface as the engine sees it.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    /// Name.
+    pub name: String,
+    /// Index.
+    pub ifindex: u32,
+    /// Our MAC on it.
+    pub mac: Mac,
+    /// Our IPv4 address on it (ARP sender), if any.
+    pub ipv4: Option<std::net::Ipv4Addr>,
+}
+
 /// A device that receives at most one IP packet (the one being dispatched) and sends
-/// into one AF_XDP socket's TX frames.
-pub struct LegDevice<'a> {
-    /// The IP packet to hand to smoltcp, if any.
-    pub rx: Option<&'a [u8]>,
-    /// Egress socket.
-    pub tx: &'a mut TxPart,
-    /// Our MAC on the egress interface.
-    pub src_mac: Mac,
-    /// Next hop's MAC.
-    pub dst_mac: Mac,
-    /// Frames written (for counters).
-    pub sent: &'a mut u64,
+/// into one port's frame sink behind an Ethernet header for the leg's next hop.
+struct LegDevice<'a, S> {
+    rx: Option<&'a [u8]>,
+    tx: &'a mut S,
+    src_mac: Mac,
+    dst_mac: Mac,
+    counters: &'a mut TxCounters,
+}
+
+/// Frames the stack wrote, and packets it lost for want of a frame.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TxCounters {
+    /// Frames written.
+    pub packets: u64,
     /// Packets smoltcp emitted while no TX frame was free (lost; TCP retransmits).
-    pub no_frame: &'a mut u64,
+    pub no_frame: u64,
 }
 
 /// Receive token: the packet bytes.
-pub struct RxToken<'a>(&'a [u8]);
+struct RxToken<'a>(&'a [u8]);
 
 /// Transmit token: writes one frame.
-pub struct TxToken<'a> {
-    tx: &'a mut TxPart,
+struct TxToken<'a, S> {
+    tx: &'a mut S,
     src_mac: Mac,
     dst_mac: Mac,
-    sent: &'a mut u64,
-    no_frame: &'a mut u64,
+    counters: &'a mut TxCounters,
 }
 
 impl phy::RxToken for RxToken<'_> {
@@ -71,7 +88,7 @@ impl phy::RxToken for RxToken<'_> {
     }
 }
 
-impl phy::TxToken for TxToken<'_> {
+impl<S: FrameSink> phy::TxToken for TxToken<'_, S> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let (src, dst) = (self.src_mac, self.dst_mac);
         let mut f = Some(f);
@@ -83,14 +100,14 @@ impl phy::TxToken for TxToken<'_> {
         });
         match sent {
             Some(r) => {
-                *self.sent += 1;
+                self.counters.packets += 1;
                 r
             }
             None => {
                 // `transmit()` only hands out tokens while a frame is free, but the
                 // token from `receive()` (for an immediate reply) may find none: the
                 // packet is built into scratch space and lost, and TCP retransmits it.
-                *self.no_frame += 1;
+                self.counters.no_frame += 1;
                 let mut scratch = [0u8; IP_MTU];
                 (f.take().expect("not yet called"))(&mut scratch[..len.min(IP_MTU)])
             }
@@ -98,17 +115,17 @@ impl phy::TxToken for TxToken<'_> {
     }
 }
 
-impl phy::Device for LegDevice<'_> {
+impl<S: FrameSink> phy::Device for LegDevice<'_, S> {
     type RxToken<'b>
         = RxToken<'b>
     where
         Self: 'b;
     type TxToken<'b>
-        = TxToken<'b>
+        = TxToken<'b, S>
     where
         Self: 'b;
 
-    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_, S>)> {
         let pkt = self.rx.take()?;
         Some((
             RxToken(pkt),
@@ -116,13 +133,12 @@ impl phy::Device for LegDevice<'_> {
                 tx: self.tx,
                 src_mac: self.src_mac,
                 dst_mac: self.dst_mac,
-                sent: self.sent,
-                no_frame: self.no_frame,
+                counters: self.counters,
             },
         ))
     }
 
-    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_, S>> {
         if !self.tx.has_free() {
             return None;
         }
@@ -130,8 +146,7 @@ impl phy::Device for LegDevice<'_> {
             tx: self.tx,
             src_mac: self.src_mac,
             dst_mac: self.dst_mac,
-            sent: self.sent,
-            no_frame: self.no_frame,
+            counters: self.counters,
         })
     }
 
@@ -147,6 +162,155 @@ impl phy::Device for LegDevice<'_> {
         ck.tcp = Checksum::Tx;
         caps.checksum = ck;
         caps
+    }
+}
+
+/// The engine's side of the network: one smoltcp interface and the ports' frame sinks.
+/// Every leg is polled through here, so the device is built in one place.
+pub struct Net<S> {
+    iface: Interface,
+    specs: Vec<PortSpec>,
+    sinks: Vec<S>,
+    empty: SocketSet<'static>,
+    /// What the stack transmitted.
+    pub tx: TxCounters,
+}
+
+/// A leg could not be opened (smoltcp refused the endpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("smoltcp refused the leg's endpoints")]
+pub struct OpenError;
+
+impl<S: FrameSink> Net<S> {
+    /// A network over `ports` (their specs and sinks, in port-index order).
+    pub fn new(ports: Vec<(PortSpec, S)>, now: Instant) -> Net<S> {
+        let (specs, sinks) = ports.into_iter().unzip();
+        Net {
+            iface: new_interface(now),
+            specs,
+            sinks,
+            empty: SocketSet::new(Vec::new()),
+            tx: TxCounters::default(),
+        }
+    }
+
+    /// The spec of port `port`.
+    pub fn spec(&self, port: usize) -> &PortSpec {
+        &self.specs[port]
+    }
+
+    /// The port of an interface index.
+    pub fn port_of(&self, ifindex: u32) -> Option<usize> {
+        self.specs.iter().position(|s| s.ifindex == ifindex)
+    }
+
+    /// Port `port`'s sink.
+    pub fn sink_mut(&mut self, port: usize) -> &mut S {
+        &mut self.sinks[port]
+    }
+
+    /// Submits every port's queued frames.
+    pub fn flush(&mut self) {
+        for s in &mut self.sinks {
+            s.flush();
+        }
+    }
+
+    /// Whether any port has frames queued but not submitted.
+    pub fn pending(&self) -> bool {
+        self.sinks.iter().any(|s| s.pending() > 0)
+    }
+
+    /// Hands a received IP packet to a leg's socket. The leg learns its next hop from
+    /// the frame when it has none yet.
+    pub fn ingress(&mut self, leg: &mut Leg, ip: &[u8], src_mac: Mac, now: i64) {
+        let dst_mac = *leg.dst_mac.get_or_insert(src_mac);
+        let mut dev = LegDevice {
+            rx: Some(ip),
+            tx: &mut self.sinks[leg.port],
+            src_mac: self.specs[leg.port].mac,
+            dst_mac,
+            counters: &mut self.tx,
+        };
+        self.iface
+            .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut leg.sockets);
+    }
+
+    /// Transmits what a leg's socket has queued (nothing while its next hop is being
+    /// resolved). Returns when smoltcp next wants the leg polled.
+    pub fn egress(&mut self, leg: &mut Leg, now: i64) -> Option<i64> {
+        let dst_mac = leg.dst_mac?;
+        let ts = Instant::from_micros(now);
+        let mut dev = LegDevice {
+            rx: None,
+            tx: &mut self.sinks[leg.port],
+            src_mac: self.specs[leg.port].mac,
+            dst_mac,
+            counters: &mut self.tx,
+        };
+        while self.iface.poll_egress(ts, &mut dev, &mut leg.sockets)
+            == PollResult::SocketStateChanged
+        {}
+        self.iface
+            .poll_at(ts, &leg.sockets)
+            .map(|at| at.total_micros().max(now))
+    }
+
+    /// Lets smoltcp answer a segment no connection owns (it replies with a RST unless
+    /// the segment is one).
+    pub fn reset(&mut self, port: usize, dst_mac: Mac, ip: &[u8], now: i64) {
+        let mut dev = LegDevice {
+            rx: Some(ip),
+            tx: &mut self.sinks[port],
+            src_mac: self.specs[port].mac,
+            dst_mac,
+            counters: &mut self.tx,
+        };
+        self.iface
+            .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut self.empty);
+    }
+
+    /// A leg that answers as `local` to the SYN about to be handed to it (transparent
+    /// termination: `local` is the connection's original destination).
+    pub fn accept(
+        &mut self,
+        buffers: Buffers,
+        port: usize,
+        src_mac: Mac,
+        key: FlowKey,
+    ) -> Result<Leg, OpenError> {
+        let mut leg = Leg::new(buffers, port, Some(src_mac), key);
+        let local = key.dst;
+        leg.socket()
+            .listen(IpListenEndpoint {
+                addr: Some(local.ip().into()),
+                port: local.port(),
+            })
+            .map_err(|_| OpenError)?;
+        Ok(leg)
+    }
+
+    /// A leg connecting from `local` to `remote` through `port` (next hop `dst_mac`,
+    /// `None` while it is being resolved: the SYN leaves once it is known).
+    pub fn connect(
+        &mut self,
+        buffers: Buffers,
+        port: usize,
+        dst_mac: Option<Mac>,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Leg, OpenError> {
+        let key = FlowKey {
+            src: remote,
+            dst: local,
+        };
+        let mut leg = Leg::new(buffers, port, dst_mac, key);
+        let cx = self.iface.context();
+        leg.sockets
+            .get_mut::<tcp::Socket>(leg.handle)
+            .connect(cx, remote, local)
+            .map_err(|_| OpenError)?;
+        Ok(leg)
     }
 }
 
@@ -214,31 +378,40 @@ impl Default for Buffers {
     }
 }
 
-/// One side of a spliced connection.
+/// What we have done to end a leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Nothing: the leg is open as far as we are concerned.
+    Open,
+    /// We sent our FIN (a half-close, see [`pump`]).
+    FinSent,
+    /// We aborted it (a RST left or will leave).
+    Aborted,
+    /// It closed under us (reset by its peer, or its connect failed), and we noticed.
+    PeerReset,
+}
+
+/// One TCP leg: a connection to a pod, a workload or another gateway.
 pub struct Leg {
     /// A set holding exactly this leg's socket (see the module docs).
-    pub sockets: SocketSet<'static>,
-    /// The socket.
-    pub handle: SocketHandle,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
     /// Egress port index.
     pub port: usize,
     /// Next hop; `None` while it is being resolved.
     pub dst_mac: Option<Mac>,
     /// Key of the packets that arrive for this leg.
     pub key: FlowKey,
-    /// We sent our FIN (or aborted) on this leg.
-    pub closed_by_us: bool,
-    /// We sent our FIN on this leg (a half-close, see [`pump`]).
-    fin_sent: bool,
+    ending: Ending,
     /// The peer's FIN was seen on this leg.
     peer_fin_seen: bool,
-    /// A reset of this leg was already passed on to the other leg.
+    /// A reset of this leg was already passed on to the other leg (or was ours).
     reset_seen: bool,
 }
 
 impl Leg {
     /// Creates a leg with a fresh socket.
-    pub fn new(buffers: Buffers, port: usize, dst_mac: Option<Mac>, key: FlowKey) -> Leg {
+    fn new(buffers: Buffers, port: usize, dst_mac: Option<Mac>, key: FlowKey) -> Leg {
         let rx = tcp::SocketBuffer::new(vec![0; buffers.rx]);
         let tx = tcp::SocketBuffer::new(vec![0; buffers.tx]);
         let mut s = tcp::Socket::new(rx, tx);
@@ -251,8 +424,7 @@ impl Leg {
             port,
             dst_mac,
             key,
-            closed_by_us: false,
-            fin_sent: false,
+            ending: Ending::Open,
             peer_fin_seen: false,
             reset_seen: false,
         }
@@ -263,9 +435,99 @@ impl Leg {
         self.sockets.get_mut::<tcp::Socket>(self.handle)
     }
 
+    /// The socket, read-only.
+    pub fn socket_ref(&self) -> &tcp::Socket<'static> {
+        self.sockets.get::<tcp::Socket>(self.handle)
+    }
+
     /// The socket's state.
     pub fn state(&self) -> tcp::State {
-        self.sockets.get::<tcp::Socket>(self.handle).state()
+        self.socket_ref().state()
+    }
+
+    /// What we have done to end the leg.
+    pub fn ending(&self) -> Ending {
+        self.ending
+    }
+
+    /// Whether we ended the leg (FIN or abort) or saw it end under us.
+    pub fn closed_by_us(&self) -> bool {
+        self.ending != Ending::Open
+    }
+
+    /// Sends our FIN. Also turns off delayed ACKs for the rest of the leg's life: a leg
+    /// is freed as soon as it reaches TIME-WAIT (see [`leg_done`]), so the ACK of the
+    /// peer's FIN must leave in the same poll, not 10 ms later from a socket that no
+    /// longer exists. Without this the peer retransmitted its FIN until the key's
+    /// linger expired and was then reset.
+    pub fn close(&mut self) {
+        let s = self.socket();
+        s.set_ack_delay(None);
+        s.close();
+        self.ending = Ending::FinSent;
+    }
+
+    /// Aborts the leg (smoltcp sends one RST).
+    pub fn abort(&mut self) {
+        self.socket().abort();
+        self.ending = Ending::Aborted;
+        self.reset_seen = true;
+    }
+
+    /// Aborts the leg as a failure of its own (an unresolvable next hop): unlike
+    /// [`Leg::abort`], the splice then treats it like a reset from its peer and passes
+    /// it on to the other leg.
+    pub fn fail(&mut self) {
+        self.socket().abort();
+    }
+
+    /// Records that the leg closed under us (a reset from its peer, a failed connect).
+    pub fn mark_peer_reset(&mut self) {
+        if self.ending == Ending::Open {
+            self.ending = Ending::PeerReset;
+        }
+    }
+
+    /// Whether the leg's peer has sent its FIN and we read everything before it.
+    pub fn peer_eof(&self) -> bool {
+        let s = self.socket_ref();
+        peer_finished(s) && s.recv_queue() == 0
+    }
+
+    /// Room left in the send buffer (0 once the leg can no longer send).
+    pub fn send_room(&self) -> usize {
+        let s = self.socket_ref();
+        if s.may_send() {
+            s.send_capacity() - s.send_queue()
+        } else {
+            0
+        }
+    }
+
+    /// Drops whatever the peer sent that nobody can carry any more (as after
+    /// `shutdown(SHUT_RD)`), so its window stays open and its FIN is accepted.
+    pub fn discard_received(&mut self) {
+        let s = self.socket();
+        while s.can_recv() {
+            if s.recv(|b| (b.len(), ())).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// A one-line description for `stats` (addresses and TCP state).
+    pub fn describe(&self) -> String {
+        let mark = match (self.dst_mac, self.ending) {
+            (None, _) => ", resolving",
+            (_, Ending::Open) => "",
+            (_, _) => ", closed",
+        };
+        format!(
+            "{} -> {} [{:?}{mark}]",
+            self.key.src,
+            self.key.dst,
+            self.state()
+        )
     }
 }
 
@@ -307,15 +569,14 @@ fn peer_finished(s: &tcp::Socket<'static>) -> bool {
 pub fn pump(legs: &mut [Leg; 2]) -> Pumped {
     let mut out = Pumped::default();
     let [l0, l1] = legs;
-    let (h0, h1) = (l0.handle, l1.handle);
     {
-        let s0 = l0.sockets.get_mut::<tcp::Socket>(h0);
-        let s1 = l1.sockets.get_mut::<tcp::Socket>(h1);
+        let s0 = l0.sockets.get_mut::<tcp::Socket>(l0.handle);
+        let s1 = l1.sockets.get_mut::<tcp::Socket>(l1.handle);
         out.down_to_up = move_bytes(s0, s1);
         out.up_to_down = move_bytes(s1, s0);
     }
     for l in [&mut *l0, &mut *l1] {
-        if peer_finished(l.sockets.get::<tcp::Socket>(l.handle)) {
+        if peer_finished(l.socket_ref()) {
             l.peer_fin_seen = true;
         }
     }
@@ -340,31 +601,29 @@ fn propagate_reset(a: &mut Leg, b: &mut Leg) -> bool {
     if a.reset_seen || a.state() != tcp::State::Closed {
         return false;
     }
-    let half_closed_by_us = a.fin_sent && !a.peer_fin_seen;
-    if a.closed_by_us && !half_closed_by_us {
+    let half_closed_by_us = a.ending == Ending::FinSent && !a.peer_fin_seen;
+    if a.closed_by_us() && !half_closed_by_us {
         return false;
     }
     a.reset_seen = true;
-    a.closed_by_us = true;
+    a.mark_peer_reset();
     // Also when we already sent our FIN on `b`: the half-closed direction is still open
-    // until `b` finishes, and its peer must learn of the reset.
+    // until `b` finishes, and its peer must learn of the reset. Our abort, not a reset
+    // from `b`'s peer: nothing to pass back.
     if !leg_done(b) {
-        b.socket().abort();
-        b.closed_by_us = true;
-        // Our abort, not a reset from `b`'s peer: nothing to pass back.
-        b.reset_seen = true;
+        b.abort();
     }
     true
 }
 
 /// Whether a leg has nothing left to send: TIME-WAIT (the ACK of the peer's FIN left
-/// in the same poll, see [`close`]), or CLOSED once smoltcp has forgotten the peer.
+/// in the same poll, see [`Leg::close`]), or CLOSED once smoltcp has forgotten the peer.
 /// An aborted socket keeps its peer until its one RST has been transmitted; with the
 /// TX ring full that waits for the next poll, and freeing the leg earlier lost the
 /// RST: the peer kept a connection the gateway had already forgotten. A leg with no
 /// next hop can send nothing, so it is done as soon as it is CLOSED.
 pub fn leg_done(l: &Leg) -> bool {
-    let s = l.sockets.get::<tcp::Socket>(l.handle);
+    let s = l.socket_ref();
     match s.state() {
         tcp::State::TimeWait => true,
         tcp::State::Closed => s.remote_endpoint().is_none() || l.dst_mac.is_none(),
@@ -373,25 +632,9 @@ pub fn leg_done(l: &Leg) -> bool {
 }
 
 fn propagate_fin(a: &mut Leg, b: &mut Leg) {
-    let a_done = {
-        let s = a.sockets.get::<tcp::Socket>(a.handle);
-        peer_finished(s) && s.recv_queue() == 0
-    };
-    if a_done && !b.closed_by_us && b.socket().may_send() {
-        close(b.socket());
-        b.closed_by_us = true;
-        b.fin_sent = true;
+    if a.peer_eof() && !b.closed_by_us() && b.socket_ref().may_send() {
+        b.close();
     }
-}
-
-/// Sends our FIN on `s`. Also turns off delayed ACKs for the rest of its life: a leg
-/// is freed as soon as it reaches TIME-WAIT (see [`finished`]), so the ACK of the
-/// peer's FIN must leave in the same poll, not 10 ms later from a socket that no
-/// longer exists. Without this the peer retransmitted its FIN until the key's linger
-/// expired and was then reset.
-pub fn close(s: &mut tcp::Socket<'static>) {
-    s.set_ack_delay(None);
-    s.close();
 }
 
 /// Whether both legs are finished (closed or in TIME-WAIT) so the connection can be
@@ -403,7 +646,7 @@ pub fn finished(legs: &[Leg; 2]) -> bool {
 }
 
 /// Whether exactly one leg is finished: the connection is half-dead and lives only
-/// until the other leg's peer closes (bounded by the worker, see `HALF_DEAD_US`).
+/// until the other leg's peer closes (bounded by the engine's half-dead limit).
 pub fn half_finished(legs: &[Leg; 2]) -> bool {
     leg_done(&legs[0]) != leg_done(&legs[1])
 }
@@ -412,9 +655,7 @@ pub fn half_finished(legs: &[Leg; 2]) -> bool {
 pub fn abort(legs: &mut [Leg; 2]) {
     for l in legs {
         if !leg_done(l) {
-            l.socket().abort();
-            l.closed_by_us = true;
-            l.reset_seen = true;
+            l.abort();
         }
     }
 }

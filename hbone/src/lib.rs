@@ -52,5 +52,6 @@ pub use conn::{
 };
 pub use identity::{SpiffeId, SpiffeIdError};
 /// rustls' configuration types, so users need not depend on rustls to name them.
+pub use rustls::pki_types::CertificateDer;
 pub use rustls::{ClientConfig, ServerConfig};
 pub use tls::{client_config, server_config, IdentityError, TlsConfigError};

@@ -1,0 +1,461 @@
+//! The engine of one worker: everything between a received frame and the frames it
+//! causes, without the rings. The run-to-completion loop ([`crate::worker`]) feeds it
+//! RX frames and drives its timers; tests feed it frames from scripted peers and read
+//! what it writes from in-memory sinks ([`crate::sink::MemSink`]).
+//!
+//! # Objects
+//!
+//! Every connection-like thing is an [`Object`] in one arena with generational keys
+//! ([`ObjKey`], slotmap): a plain TCP connection ([`plain`]), an HBONE stream
+//! connection or an HBONE tunnel ([`crate::proxy`]). The flow table maps a segment's
+//! 4-tuple to (object, leg); timers and neighbour waits hold keys too, so an event for a
+//! freed object finds nothing instead of a new object that reused its slot.
+//!
+//! There is one dispatch on the kind of object: [`Engine::service`]. Everything that
+//! happens to an object (a segment, a timer, a resolved next hop, a tunnel event) ends
+//! in it, and it ends in [`Engine::egress`], which transmits and reschedules every kind
+//! the same way.
+//!
+//! # Rooms
+//!
+//! - [`flows`]: the flow table, the linger set, local port selection.
+//! - [`timers`]: per-object timers.
+//! - [`neigh`]: next-hop resolution (ARP) and the objects waiting for a MAC.
+//! - [`plain`]: plain TCP connections (two spliced legs).
+//! - [`crate::proxy`]: HBONE (outbound, inbound, pool, tunnel, stream).
+
+pub mod flows;
+pub mod neigh;
+pub mod plain;
+pub mod timers;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crossbeam::queue::ArrayQueue;
+use slotmap::SlotMap;
+use smoltcp::time::Instant;
+use tracing::{debug, warn};
+use xdpmesh_shm::Tables;
+
+use crate::identity::IdentityStore;
+use crate::metrics::Local;
+use crate::proxy::{self, HboneLimits, Identities, Pool, Stream, Tunnel};
+use crate::sink::FrameSink;
+use crate::stack::{Buffers, Leg, Net};
+use crate::state::Index;
+use crate::wire::{self, Mac, TcpFrame};
+use flows::{Flows, Owner};
+use neigh::{Neigh, Resolver};
+use plain::Conn;
+use timers::Timers;
+
+pub use crate::stack::PortSpec;
+
+slotmap::new_key_type! {
+    /// A generational key of an [`Object`]: a freed object's key never names another.
+    pub struct ObjKey;
+}
+
+/// A connection-like thing the engine owns.
+pub(crate) enum Object {
+    /// A plain TCP connection: two spliced legs.
+    Plain(Conn),
+    /// A TCP leg spliced to one HBONE stream.
+    Stream(Stream),
+    /// A TCP leg carrying an HBONE tunnel.
+    Tunnel(Tunnel),
+}
+
+impl Object {
+    /// The object's TCP legs (two for a plain connection, one otherwise).
+    pub(crate) fn legs_mut(&mut self) -> &mut [Leg] {
+        match self {
+            Object::Plain(c) => c.legs_mut(),
+            Object::Stream(s) => std::slice::from_mut(s.leg_mut()),
+            Object::Tunnel(t) => std::slice::from_mut(t.leg_mut()),
+        }
+    }
+
+    /// The leg that goes out through a next hop the engine resolves (the second leg of
+    /// a plain connection, the only leg otherwise).
+    fn resolving_leg(&mut self) -> &mut Leg {
+        let legs = self.legs_mut();
+        let last = legs.len() - 1;
+        &mut legs[last]
+    }
+
+    /// A deadline of the object's own (half-dead limit, idle limit), besides its legs'.
+    fn deadline(&self, limits: &HboneLimits) -> Option<i64> {
+        match self {
+            Object::Plain(c) => c.deadline(),
+            Object::Stream(s) => s.deadline(),
+            Object::Tunnel(t) => t.deadline(limits),
+        }
+    }
+}
+
+/// A frame handed from one worker to the flow's owner.
+#[derive(Debug)]
+pub struct Handover {
+    port: usize,
+    bytes: Vec<u8>,
+}
+
+/// Capacity of each worker's handover queue (frames).
+pub const HANDOVER_QUEUE: usize = 4096;
+
+/// A connection with one leg finished is aborted if the other leg's peer has not
+/// closed after this long (Linux's `tcp_fin_timeout` for orphaned FIN-WAIT-2).
+pub const HALF_DEAD_US: i64 = 60_000_000;
+
+/// How an engine is set up.
+pub struct EngineConfig {
+    /// Worker index (= RX queue).
+    pub id: u32,
+    /// Number of workers.
+    pub workers: u32,
+    /// Socket buffers.
+    pub buffers: Buffers,
+    /// HBONE pool limits.
+    pub hbone: HboneLimits,
+    /// Next-hop resolver.
+    pub resolver: Resolver,
+    /// Every worker's handover inbox, indexed by worker (empty with one worker).
+    pub inboxes: Vec<Arc<ArrayQueue<Handover>>>,
+}
+
+/// One worker's engine, generic over where it writes frames.
+pub struct Engine<S> {
+    pub(crate) id: u32,
+    owner: Owner,
+    pub(crate) net: Net<S>,
+    pub(crate) index: Index,
+    pub(crate) objects: SlotMap<ObjKey, Object>,
+    pub(crate) flows: Flows,
+    pub(crate) timers: Timers,
+    pub(crate) neigh: Neigh,
+    pub(crate) pool: Pool,
+    pub(crate) ids: Identities,
+    pub(crate) hbone: HboneLimits,
+    pub(crate) buffers: Buffers,
+    /// Tunnels that stream connections wrote into, pumped once per loop iteration.
+    dirty_tunnels: Vec<ObjKey>,
+    inboxes: Vec<Arc<ArrayQueue<Handover>>>,
+    pub(crate) rng: u64,
+    pub(crate) stats: Local,
+}
+
+impl<S: FrameSink> Engine<S> {
+    /// An engine over `ports` (each interface's spec and frame sink, in port order).
+    pub fn new(cfg: EngineConfig, ports: Vec<(PortSpec, S)>, now: i64) -> Engine<S> {
+        let owner = Owner {
+            id: cfg.id,
+            workers: cfg.workers,
+        };
+        let pid = std::process::id();
+        Engine {
+            id: cfg.id,
+            owner,
+            net: Net::new(ports, Instant::from_micros(now)),
+            index: Index::default(),
+            objects: SlotMap::with_key(),
+            flows: Flows::new(owner, pid as u16),
+            timers: Timers::default(),
+            neigh: Neigh::new(cfg.resolver),
+            pool: Pool::default(),
+            ids: Identities::default(),
+            hbone: cfg.hbone,
+            buffers: cfg.buffers,
+            dirty_tunnels: Vec::new(),
+            inboxes: cfg.inboxes,
+            rng: 0x2545_f491_4f6c_dd1d ^ (u64::from(pid) << 16) ^ u64::from(cfg.id),
+            stats: Local::default(),
+        }
+    }
+
+    /// Puts a table generation in force (for new connections; live ones keep going).
+    pub fn set_tables(&mut self, generation: u64, tables: Tables) {
+        self.index = Index::build(generation, tables);
+        self.stats.table_generation = generation;
+    }
+
+    /// Counts a table generation that failed validation (the one in force stays).
+    pub fn table_rejected(&mut self) {
+        self.stats.table_errors += 1;
+    }
+
+    /// The generation in force (0: none yet).
+    pub fn generation(&self) -> u64 {
+        self.index.generation
+    }
+
+    /// Puts a new set of workload identities in force (for new handshakes).
+    pub fn set_identities(&mut self, ids: Arc<IdentityStore>) {
+        self.ids.replace(ids);
+    }
+
+    /// Port `port`'s frame sink (tests read what the engine sent from it).
+    pub fn sink_mut(&mut self, port: usize) -> &mut S {
+        self.net.sink_mut(port)
+    }
+
+    /// Handles one received frame on `port`. `from_rx`: it came from the port's own RX
+    /// ring, so it may belong to another worker and be handed over; handed-over frames
+    /// are not checked again.
+    pub fn on_frame(&mut self, port: usize, frame: &[u8], now: i64, from_rx: bool) {
+        self.stats.rx_packets += 1;
+        self.stats.rx_bytes += frame.len() as u64;
+        let t = match wire::parse_tcp_frame(frame) {
+            Ok(t) => t,
+            Err(reason) => {
+                self.stats.rx_dropped[reason.index()] += 1;
+                return;
+            }
+        };
+        if from_rx && !self.owner.owns(&t.key) {
+            self.hand_over(port, frame, &t);
+            return;
+        }
+        let ip = &frame[t.ip_offset..t.ip_offset + t.ip_len];
+        match self.flows.get(&t.key) {
+            Some((obj, which)) => {
+                if let Some(o) = self.objects.get_mut(obj) {
+                    self.net
+                        .ingress(&mut o.legs_mut()[usize::from(which)], ip, t.src_mac, now);
+                }
+                self.service(obj, now);
+            }
+            None if t.flags.syn && !t.flags.ack => self.accept(port, &t, ip, now),
+            None if self.flows.lingering(&t.key) => {
+                self.stats.late_segments += 1;
+                debug!(worker = self.id, src = %t.key.src, dst = %t.key.dst, flags = ?t.flags, port = %self.net.spec(port).name, "late segment of a freed connection: dropped");
+            }
+            None => {
+                self.stats.no_flow_resets += 1;
+                debug!(worker = self.id, src = %t.key.src, dst = %t.key.dst, flags = ?t.flags, port = %self.net.spec(port).name, "segment for no connection: answered with a reset");
+                self.net.reset(port, t.src_mac, ip, now);
+            }
+        }
+    }
+
+    fn hand_over(&mut self, port: usize, frame: &[u8], t: &TcpFrame) {
+        let owner = t.key.owner_hash() % self.owner.workers;
+        let h = Handover {
+            port,
+            bytes: frame.to_vec(),
+        };
+        match self.inboxes.get(owner as usize).map(|q| q.push(h)) {
+            Some(Ok(())) => self.stats.handover_out += 1,
+            _ => self.stats.handover_dropped += 1,
+        }
+    }
+
+    /// Handles the frames other workers handed over to this one. Returns how many.
+    pub fn drain_inbox(&mut self, now: i64) -> usize {
+        let Some(inbox) = self.inboxes.get(self.id as usize).cloned() else {
+            return 0;
+        };
+        let mut n = 0;
+        while let Some(h) = inbox.pop() {
+            self.stats.handover_in += 1;
+            self.on_frame(h.port, &h.bytes, now, false);
+            n += 1;
+        }
+        n
+    }
+
+    /// A SYN for no connection: a new connection, of the kind its destination asks for.
+    fn accept(&mut self, port: usize, t: &TcpFrame, ip: &[u8], now: i64) {
+        let target = t.key.dst;
+        let Some(dst) = self.index.get(&target.ip()).copied() else {
+            // Not a mesh destination: XDP diverts only mesh traffic, so this is a table
+            // race or a stray segment. Refuse it rather than guess a route.
+            self.stats.no_route += 1;
+            self.net.reset(port, t.src_mac, ip, now);
+            return;
+        };
+        if dst.local && target.port() == proxy::HBONE_PORT {
+            self.accept_inbound_hbone(port, t, ip, now);
+            return;
+        }
+        let Some(up_port) = self.net.port_of(dst.route.ifindex) else {
+            self.stats.no_route += 1;
+            debug!(worker = self.id, %target, ifindex = dst.route.ifindex, "no interface for the route to the destination");
+            self.net.reset(port, t.src_mac, ip, now);
+            return;
+        };
+        if dst.local {
+            // Plain TCP to a workload served here: no authenticated identity, so only
+            // policies without `from` can allow it (as Istio treats plaintext).
+            if let Err(denied) = self.index.authorize(dst.workload, target.port(), None) {
+                self.stats.policy_denied += 1;
+                let workload = self.index.workload_name(dst.workload);
+                warn!(target: "access", src = %t.key.src, dst = %target, %workload, reason = %denied, "connection refused (reset): authorization policy");
+                self.net.reset(port, t.src_mac, ip, now);
+                return;
+            }
+        }
+        if !dst.local && dst.protocol == xdpmesh_shm::Protocol::Hbone {
+            self.accept_outbound_hbone(port, t, ip, now, up_port);
+        } else {
+            self.accept_plain(port, t, ip, now, dst, up_port);
+        }
+    }
+
+    /// Inserts a new object whose legs are routed by the flow table.
+    pub(crate) fn insert(&mut self, object: Object) -> ObjKey {
+        let key = self.objects.insert(object);
+        let o = &mut self.objects[key];
+        for (which, leg) in o.legs_mut().iter().enumerate() {
+            self.flows.insert(leg.key, key, which as u8);
+        }
+        key
+    }
+
+    /// Hands the first segment (a SYN) to a new object's leg 0 and services it.
+    pub(crate) fn start(&mut self, key: ObjKey, ip: &[u8], src_mac: Mac, now: i64) {
+        if let Some(o) = self.objects.get_mut(key) {
+            self.net.ingress(&mut o.legs_mut()[0], ip, src_mac, now);
+        }
+        self.service(key, now);
+    }
+
+    /// The one dispatch on the kind of object: moves its bytes, advances its state,
+    /// transmits, and frees it once it is over.
+    pub(crate) fn service(&mut self, key: ObjKey, now: i64) {
+        match self.objects.get(key) {
+            Some(Object::Plain(_)) => self.service_plain(key, now),
+            Some(Object::Stream(_)) => self.service_stream(key, now),
+            Some(Object::Tunnel(_)) => self.pump_tunnel(key, now),
+            None => {}
+        }
+    }
+
+    /// Transmits what an object's legs have queued and schedules its next service: the
+    /// earliest of its legs' smoltcp timers and its own deadline.
+    pub(crate) fn egress(&mut self, key: ObjKey, now: i64) {
+        let Some(o) = self.objects.get_mut(key) else {
+            return;
+        };
+        let mut next = o.deadline(&self.hbone);
+        for leg in o.legs_mut() {
+            if let Some(at) = self.net.egress(leg, now) {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        if let Some(at) = next {
+            self.timers.schedule(key, at);
+        }
+    }
+
+    /// Frees an object: its keys linger, its timer and neighbour wait are dropped.
+    pub(crate) fn free(&mut self, key: ObjKey, now: i64) -> Option<Object> {
+        let mut o = self.objects.remove(key)?;
+        for leg in o.legs_mut() {
+            self.flows.forget(leg.key, now);
+        }
+        self.timers.forget(key);
+        self.neigh.forget(key);
+        Some(o)
+    }
+
+    /// Asks for a tunnel to be pumped later in this loop iteration (after the stream
+    /// that wrote into it is done with its own work).
+    pub(crate) fn pump_tunnel_later(&mut self, tid: ObjKey) {
+        if self.objects.contains_key(tid) && !self.dirty_tunnels.contains(&tid) {
+            self.dirty_tunnels.push(tid);
+        }
+    }
+
+    /// Everything of a loop iteration that is not RX: due timers, tunnels written into,
+    /// the linger set, waiting next hops; then the TX sinks are flushed. Returns how
+    /// many objects it serviced.
+    pub fn poll(&mut self, now: i64) -> usize {
+        let mut due = Vec::new();
+        self.timers.due(now, &mut due);
+        let mut work = due.len();
+        for key in due {
+            self.service(key, now);
+        }
+        let dirty = std::mem::take(&mut self.dirty_tunnels);
+        work += dirty.len();
+        for tid in dirty {
+            self.pump_tunnel(tid, now);
+        }
+        self.flows.expire(now);
+        self.resolve_pending(now);
+        self.net.flush();
+        work
+    }
+
+    /// When the engine next needs [`Engine::poll`] without new frames: now (frames
+    /// still queued), at its earliest timer or next-hop pass, or never.
+    pub fn next_wake(&self, now: i64) -> Option<i64> {
+        if self.net.pending() || !self.dirty_tunnels.is_empty() {
+            return Some(now);
+        }
+        [self.timers.next(), self.neigh.next_pass()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The counters, with the live figures brought up to date.
+    pub fn counters(&mut self) -> &Local {
+        let (mut conns, mut tunnels) = (0, 0);
+        for o in self.objects.values() {
+            match o {
+                Object::Tunnel(_) => tunnels += 1,
+                Object::Plain(_) | Object::Stream(_) => conns += 1,
+            }
+        }
+        self.stats.live_connections = conns;
+        self.stats.hbone_tunnels_live = tunnels;
+        self.stats.tx_packets = self.net.tx.packets;
+        self.stats.tx_no_frame = self.net.tx.no_frame;
+        &self.stats
+    }
+
+    /// Up to `n` live connections with their legs' TCP states, for `stats`.
+    pub fn live_sample(&self, n: usize, now: i64) -> Vec<String> {
+        self.objects
+            .values()
+            .filter_map(|o| match o {
+                Object::Plain(c) => Some(c.describe(now)),
+                Object::Stream(s) => Some(s.describe()),
+                Object::Tunnel(_) => None,
+            })
+            .take(n)
+            .collect()
+    }
+
+    /// Live flow-table keys (legs).
+    pub fn live_keys(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Orderly stop: resets every connection and tunnel so no peer waits for a timeout.
+    pub fn shutdown(&mut self, now: i64) {
+        let keys: Vec<ObjKey> = self.objects.keys().collect();
+        for &key in &keys {
+            if let Some(o) = self.objects.get_mut(key) {
+                for leg in o.legs_mut() {
+                    leg.abort();
+                }
+            }
+        }
+        for key in keys {
+            self.service(key, now);
+        }
+        self.net.flush();
+    }
+
+    /// The address's workload name, for logs ("" when unknown).
+    pub(crate) fn workload_of(&self, ip: IpAddr) -> String {
+        self.index
+            .get(&ip)
+            .map(|a| self.index.workload_name(a.workload))
+            .unwrap_or_default()
+    }
+}

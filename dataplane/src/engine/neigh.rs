@@ -1,0 +1,163 @@
+//! Next-hop resolution: the neighbour cache, ARP requests, and the objects whose leg
+//! waits for a next hop's MAC (RFC 826).
+//!
+//! A MAC comes from the cache, else from the resolver (the XDP program's ARP snoop map,
+//! then the kernel's table), else an ARP request goes out and the object waits: its leg
+//! sends nothing until the MAC is known, then it is serviced. A next hop that does not
+//! answer within [`RESOLVE_TIMEOUT_US`] fails the leg like a refused connect. Waiting
+//! entries hold generational keys: one whose object was freed resolves nothing, so a
+//! new object in the same slot can never be given a stale next hop.
+
+use std::net::IpAddr;
+
+use ahash::AHashMap;
+use tracing::warn;
+
+use super::{Engine, ObjKey};
+use crate::sink::FrameSink;
+use crate::wire::{self, Mac};
+
+/// Give up resolving a next hop after this long.
+pub const RESOLVE_TIMEOUT_US: i64 = 3_000_000;
+/// Re-send an ARP request this often while resolving.
+pub const RESOLVE_RETRY_US: i64 = 200_000;
+/// Waiting objects are looked at most this often.
+const RESOLVE_PASS_US: i64 = 1_000;
+
+/// Looks up a next hop's MAC outside the engine (XDP's ARP snoop map, the kernel's
+/// table): `(ifindex, next hop) → MAC`.
+pub type Resolver = Box<dyn FnMut(u32, IpAddr) -> Option<Mac> + Send>;
+
+struct Waiting {
+    obj: ObjKey,
+    port: usize,
+    nexthop: IpAddr,
+    started: i64,
+    last_request: i64,
+}
+
+/// The neighbour cache and the objects waiting for a MAC.
+pub(crate) struct Neigh {
+    cache: AHashMap<(usize, IpAddr), Mac>,
+    waiting: Vec<Waiting>,
+    resolver: Resolver,
+    last_pass: i64,
+}
+
+impl Neigh {
+    pub(crate) fn new(resolver: Resolver) -> Neigh {
+        Neigh {
+            cache: AHashMap::new(),
+            waiting: Vec::new(),
+            resolver,
+            last_pass: i64::MIN,
+        }
+    }
+
+    /// The MAC of `ip` on `port` (interface `ifindex`), if known or resolvable now.
+    fn lookup(&mut self, port: usize, ifindex: u32, ip: IpAddr) -> Option<Mac> {
+        if let Some(m) = self.cache.get(&(port, ip)) {
+            return Some(*m);
+        }
+        let m = (self.resolver)(ifindex, ip)?;
+        self.cache.insert((port, ip), m);
+        Some(m)
+    }
+
+    /// When waiting objects are next looked at, if any wait.
+    pub(crate) fn next_pass(&self) -> Option<i64> {
+        if self.waiting.is_empty() {
+            None
+        } else {
+            Some(self.last_pass.saturating_add(RESOLVE_PASS_US))
+        }
+    }
+
+    /// Drops a freed object's wait (keeps the list short; a stale entry would resolve
+    /// nothing anyway, see the module docs).
+    pub(crate) fn forget(&mut self, obj: ObjKey) {
+        if !self.waiting.is_empty() {
+            self.waiting.retain(|w| w.obj != obj);
+        }
+    }
+}
+
+impl<S: FrameSink> Engine<S> {
+    /// The MAC of next hop `ip` on `port`, if known or resolvable now.
+    pub(crate) fn lookup_neighbor(&mut self, port: usize, ip: IpAddr) -> Option<Mac> {
+        let ifindex = self.net.spec(port).ifindex;
+        self.neigh.lookup(port, ifindex, ip)
+    }
+
+    fn send_arp(&mut self, port: usize, target: IpAddr) {
+        let spec = self.net.spec(port);
+        let (IpAddr::V4(target), Some(src_ip)) = (target, spec.ipv4) else {
+            return;
+        };
+        let mac = spec.mac;
+        let mut buf = [0u8; wire::ARP_FRAME_LEN];
+        wire::write_arp_request(&mut buf, mac, src_ip, target);
+        let sent = self
+            .net
+            .sink_mut(port)
+            .send(buf.len(), |f| f.copy_from_slice(&buf));
+        if sent.is_some() {
+            self.stats.neighbor_requests += 1;
+        }
+    }
+
+    /// Parks an object whose leg's next hop is unknown; an ARP request goes out now.
+    pub(crate) fn wait_for_neighbor(
+        &mut self,
+        obj: ObjKey,
+        port: usize,
+        nexthop: IpAddr,
+        now: i64,
+    ) {
+        self.send_arp(port, nexthop);
+        self.neigh.waiting.push(Waiting {
+            obj,
+            port,
+            nexthop,
+            started: now,
+            last_request: now,
+        });
+    }
+
+    /// Gives resolved next hops to their legs (and services them), fails the legs whose
+    /// next hop did not answer in time, repeats ARP requests. At most every
+    /// millisecond.
+    pub(crate) fn resolve_pending(&mut self, now: i64) {
+        if self.neigh.waiting.is_empty()
+            || now.saturating_sub(self.neigh.last_pass) < RESOLVE_PASS_US
+        {
+            return;
+        }
+        self.neigh.last_pass = now;
+        for mut w in std::mem::take(&mut self.neigh.waiting) {
+            if !self.objects.contains_key(w.obj) {
+                continue;
+            }
+            if let Some(mac) = self.lookup_neighbor(w.port, w.nexthop) {
+                if let Some(o) = self.objects.get_mut(w.obj) {
+                    o.resolving_leg().dst_mac = Some(mac);
+                }
+                self.service(w.obj, now);
+            } else if now - w.started > RESOLVE_TIMEOUT_US {
+                self.stats.neighbor_timeouts += 1;
+                warn!(worker = self.id, nexthop = %w.nexthop, port = %self.net.spec(w.port).name, "next hop did not answer ARP; resetting the connection");
+                // Like a failed connect: the leg closes and the other side is reset.
+                if let Some(o) = self.objects.get_mut(w.obj) {
+                    o.resolving_leg().fail();
+                }
+                self.service(w.obj, now);
+            } else {
+                if now - w.last_request >= RESOLVE_RETRY_US {
+                    w.last_request = now;
+                    self.send_arp(w.port, w.nexthop);
+                }
+                self.neigh.waiting.push(w);
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Plain TCP connections: the pod's leg (leg 0, we answer as its destination) spliced
+//! to a leg we open to the destination from the client's own address (leg 1), either
+//! to a workload served here or towards the gateway that serves it. See
+//! [`crate::stack`] for the splice (half-close, reset propagation).
+
+use std::net::SocketAddr;
+
+use tracing::info;
+
+use super::flows::PortRange;
+use super::{Engine, ObjKey, Object, HALF_DEAD_US};
+use crate::sink::FrameSink;
+use crate::stack::{self, Leg};
+use crate::state::AddrInfo;
+use crate::wire::TcpFrame;
+
+/// A plain TCP connection.
+pub(crate) struct Conn {
+    legs: [Leg; 2],
+    /// Since when one leg has finished and the other has not.
+    half_dead_since: Option<i64>,
+    started: i64,
+    /// Bytes moved leg 0 → leg 1, leg 1 → leg 0.
+    bytes: [u64; 2],
+}
+
+impl Conn {
+    pub(crate) fn legs_mut(&mut self) -> &mut [Leg] {
+        &mut self.legs
+    }
+
+    pub(crate) fn deadline(&self) -> Option<i64> {
+        self.half_dead_since.map(|s| s + HALF_DEAD_US)
+    }
+
+    pub(crate) fn describe(&self, now: i64) -> String {
+        let [l0, l1] = &self.legs;
+        format!(
+            "{} | {} age {} ms, moved {}/{} B",
+            l0.describe(),
+            l1.describe(),
+            (now - self.started) / 1000,
+            self.bytes[0],
+            self.bytes[1],
+        )
+    }
+}
+
+impl<S: FrameSink> Engine<S> {
+    /// Terminates the pod's connection and opens the second leg to `dst`.
+    pub(super) fn accept_plain(
+        &mut self,
+        port: usize,
+        t: &TcpFrame,
+        ip: &[u8],
+        now: i64,
+        dst: AddrInfo,
+        up_port: usize,
+    ) {
+        let (client, target) = (t.key.src, t.key.dst);
+        let range = if dst.local {
+            PortRange::Delivery
+        } else {
+            PortRange::Outbound
+        };
+        let Some(local_port) = self.flows.pick_port(target, client.ip(), range) else {
+            self.stats.upstream_failures += 1;
+            self.net.reset(port, t.src_mac, ip, now);
+            return;
+        };
+        let nexthop = dst.route.via.unwrap_or(target.ip());
+        let up_mac = self.lookup_neighbor(up_port, nexthop);
+        let local = SocketAddr::new(client.ip(), local_port);
+        let legs = self
+            .net
+            .accept(self.buffers, port, t.src_mac, t.key)
+            .and_then(|l0| {
+                let l1 = self
+                    .net
+                    .connect(self.buffers, up_port, up_mac, target, local)?;
+                Ok([l0, l1])
+            });
+        let Ok(legs) = legs else {
+            self.stats.upstream_failures += 1;
+            self.net.reset(port, t.src_mac, ip, now);
+            return;
+        };
+        let cid = self.insert(Object::Plain(Conn {
+            legs,
+            half_dead_since: None,
+            started: now,
+            bytes: [0, 0],
+        }));
+        self.stats.opened_connections += 1;
+        if up_mac.is_none() {
+            self.wait_for_neighbor(cid, up_port, nexthop, now);
+        }
+        self.start(cid, ip, t.src_mac, now);
+    }
+
+    /// Splices, transmits and reschedules one connection; frees it when both legs end.
+    pub(super) fn service_plain(&mut self, cid: ObjKey, now: i64) {
+        let Some(Object::Plain(conn)) = self.objects.get_mut(cid) else {
+            return;
+        };
+        let pumped = stack::pump(&mut conn.legs);
+        conn.bytes[0] += pumped.down_to_up as u64;
+        conn.bytes[1] += pumped.up_to_down as u64;
+        self.stats.bytes_downstream_to_upstream += pumped.down_to_up as u64;
+        self.stats.bytes_upstream_to_downstream += pumped.up_to_down as u64;
+        if pumped.reset {
+            self.stats.reset_connections += 1;
+        }
+        if stack::half_finished(&conn.legs) {
+            let since = *conn.half_dead_since.get_or_insert(now);
+            if now - since >= HALF_DEAD_US {
+                stack::abort(&mut conn.legs);
+            }
+        }
+        // After egress: an aborted leg is done only once its RST has left.
+        self.egress(cid, now);
+        let finished =
+            matches!(self.objects.get(cid), Some(Object::Plain(c)) if stack::finished(&c.legs));
+        if finished {
+            if let Some(Object::Plain(conn)) = self.free(cid, now) {
+                self.log_plain(&conn, now);
+            }
+        }
+    }
+
+    fn log_plain(&mut self, conn: &Conn, now: i64) {
+        self.stats.closed_connections += 1;
+        let (client, server) = (conn.legs[0].key.src, conn.legs[0].key.dst);
+        info!(
+            target: "access",
+            src_addr = %client, src_workload = %self.workload_of(client.ip()),
+            dst_addr = %server, dst_workload = %self.workload_of(server.ip()),
+            bytes_sent = conn.bytes[0], bytes_recv = conn.bytes[1],
+            duration_ms = (now - conn.started) / 1000,
+            "connection complete"
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! The source gateway's side of HBONE: a pod's connection to an HBONE workload served
+//! elsewhere is terminated here and carried as a CONNECT stream on a pooled tunnel to
+//! the workload's own address, port 15008.
+
+use tracing::warn;
+use xdpmesh_hbone::ConnectHeaders;
+
+use super::stream::{Direction, Stream};
+use super::tunnel::Side;
+use crate::engine::{Engine, Object};
+use crate::sink::FrameSink;
+use crate::wire::TcpFrame;
+
+impl<S: FrameSink> Engine<S> {
+    /// Terminates the pod's connection and opens a stream on a pooled tunnel.
+    pub(crate) fn accept_outbound_hbone(
+        &mut self,
+        port: usize,
+        t: &TcpFrame,
+        ip: &[u8],
+        now: i64,
+        up_port: usize,
+    ) {
+        let (client, target) = (t.key.src, t.key.dst);
+        let refuse = |e: &mut Self, reason: &str| {
+            warn!(%client, %target, %reason, "HBONE: connection refused (reset)");
+            e.stats.hbone_refused += 1;
+            e.net.reset(port, t.src_mac, ip, now);
+        };
+        let (Some(src_id), Some(dst_id)) =
+            (self.identity_of(client.ip()), self.identity_of(target.ip()))
+        else {
+            return refuse(self, "source or destination has no identity in the tables");
+        };
+        let tid = match self.pooled_tunnel(&src_id, &dst_id, client.ip(), target.ip(), up_port, now)
+        {
+            Ok(tid) => tid,
+            Err(reason) => return refuse(self, &format!("no tunnel: {reason}")),
+        };
+        let baggage = self
+            .index
+            .get(&client.ip())
+            .and_then(|a| self.index.tables.workloads.get(a.workload as usize))
+            .map(|w| {
+                format!(
+                    "k8s.cluster.name=Kubernetes,k8s.namespace.name={},k8s.pod.name={}",
+                    w.namespace, w.name
+                )
+            });
+        let headers = ConnectHeaders {
+            forwarded_for: client,
+            forwarded_host: None,
+            baggage,
+            traceparent: self.traceparent(),
+        };
+        let Ok(leg) = self.net.accept(self.buffers, port, t.src_mac, t.key) else {
+            return refuse(self, "smoltcp refused the pod's endpoints");
+        };
+        let Some(Object::Tunnel(tunnel)) = self.objects.get_mut(tid) else {
+            return refuse(self, "the pooled tunnel is gone");
+        };
+        let Side::Client { conn, .. } = &mut tunnel.side else {
+            return refuse(self, "pooled tunnels are clients");
+        };
+        let stream = match conn.open_stream(target, &headers) {
+            Ok(s) => s,
+            Err(e) => return refuse(self, &format!("opening a stream failed: {e}")),
+        };
+        let st = Stream::new(
+            leg,
+            tid,
+            stream,
+            Direction::Outbound,
+            target,
+            dst_id.to_string(),
+            now,
+        );
+        let hid = self.insert(Object::Stream(st));
+        if let Some(Object::Tunnel(tunnel)) = self.objects.get_mut(tid) {
+            tunnel.add_stream(stream, hid);
+        }
+        self.stats.opened_connections += 1;
+        self.stats.hbone_streams += 1;
+        self.start(hid, ip, t.src_mac, now);
+        self.pump_tunnel(tid, now);
+    }
+}

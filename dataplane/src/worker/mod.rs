@@ -1,0 +1,177 @@
+//! The run-to-completion loop of one worker (one per RX queue, pinned to a core),
+//! driving an [`Engine`] over the worker's AF_XDP sockets.
+//!
+//! Each iteration: check the table generation (one acquire load) and the identities;
+//! for every interface, take a batch from the AF_XDP RX ring and hand each frame to the
+//! engine; then the frames other workers handed over; then the engine's timers, tunnels
+//! and waiting next hops, and the TX rings are flushed. Nothing on this path takes a
+//! lock. When nothing happened the worker sleeps in `ppoll` until its next timer.
+//!
+//! Flow ownership: the worker that owns a flow is `hash(4-tuple as received) % workers`.
+//! A worker that receives another's packet hands the frame over through a lock-free
+//! queue (counted: `handover_out`/`handover_in`). For the connections it opens, a worker
+//! picks the local port so that the replies hash to itself, so only the first leg's
+//! packets can need a handover (on NICs whose RSS could be steered the same way, none).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam::queue::ArrayQueue;
+use tracing::{debug, info, warn};
+use xdpmesh_shm::WorkerSlot;
+
+use crate::engine::{Engine, EngineConfig, Handover};
+use crate::identity::IdentityStore;
+use crate::metrics::Shared;
+use crate::xsk::{self, RxPart, TxPart};
+
+pub use crate::engine::neigh::Resolver;
+pub use crate::engine::{PortSpec, HANDOVER_QUEUE};
+pub use crate::proxy::{HboneLimits, HBONE_PORT};
+
+/// How a worker is set up.
+pub struct WorkerSetup {
+    /// Worker index (= RX queue).
+    pub id: u32,
+    /// Number of workers.
+    pub workers: u32,
+    /// Interfaces, with this worker's sockets on its queue.
+    pub ports: Vec<(PortSpec, RxPart, TxPart)>,
+    /// Socket buffers.
+    pub buffers: crate::stack::Buffers,
+    /// Spin instead of sleeping in poll().
+    pub busy_poll: bool,
+    /// Table slot.
+    pub shm: WorkerSlot,
+    /// Own inbox and everyone's inboxes (indexed by worker).
+    pub inboxes: Vec<Arc<ArrayQueue<Handover>>>,
+    /// Next-hop resolver.
+    pub resolver: Resolver,
+    /// Shared counters.
+    pub shared: Arc<Shared>,
+    /// Stop flag.
+    pub stop: Arc<AtomicBool>,
+    /// Identity updates from the main thread (HBONE certificates).
+    pub identities: crossbeam::channel::Receiver<Arc<IdentityStore>>,
+    /// HBONE pool limits.
+    pub hbone: HboneLimits,
+}
+
+/// Counters are published every 100 ms under load, and within 10 ms of going idle (so
+/// a reader sees the final figures soon after traffic stops).
+const PUBLISH_US: i64 = 100_000;
+const PUBLISH_IDLE_US: i64 = 10_000;
+/// The live sample formats addresses and states, which cost a quarter of the worker's
+/// time when it ran on every idle iteration: at most every 250 ms.
+const SAMPLE_US: i64 = 250_000;
+/// Handed-over frames do not wake the poll: the sleep is capped with several workers.
+const SLEEP_CAP_US: [i64; 2] = [10_000, 1_000];
+
+/// Runs a worker until the stop flag is set.
+pub fn run(setup: WorkerSetup) {
+    let WorkerSetup {
+        id,
+        workers,
+        ports,
+        buffers,
+        busy_poll,
+        mut shm,
+        inboxes,
+        resolver,
+        shared,
+        stop,
+        identities,
+        hbone,
+    } = setup;
+    let epoch = std::time::Instant::now();
+    let now = || epoch.elapsed().as_micros() as i64;
+    let mut rxs = Vec::new();
+    let mut txs = Vec::new();
+    for (spec, rx, tx) in ports {
+        rxs.push(rx);
+        txs.push((spec, tx));
+    }
+    let cfg = EngineConfig {
+        id,
+        workers,
+        buffers,
+        hbone,
+        resolver,
+        inboxes,
+    };
+    let mut e = Engine::new(cfg, txs, now());
+    let mut last_publish = 0i64;
+    let mut last_sample = 0i64;
+    let mut loops = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        loops += 1;
+        let t = now();
+        if shm.changed().is_some() {
+            reload_tables(&mut e, &mut shm, id);
+        }
+        if let Ok(ids) = identities.try_recv() {
+            debug!(
+                worker = id,
+                identities = ids.len(),
+                generation = ids.generation,
+                "identities loaded"
+            );
+            e.set_identities(ids);
+        }
+        let mut work = 0;
+        for (p, rx) in rxs.iter_mut().enumerate() {
+            work += rx.recv(|frame| e.on_frame(p, frame, t, true));
+        }
+        work += e.drain_inbox(t);
+        work += e.poll(t);
+        let since = t - last_publish;
+        if since >= PUBLISH_US || (work == 0 && since >= PUBLISH_IDLE_US) {
+            last_publish = t;
+            let stats = e.counters();
+            let mut stats = stats.clone();
+            stats.loop_iterations = loops;
+            shared.publish(&stats);
+            if t - last_sample >= SAMPLE_US {
+                last_sample = t;
+                if let Ok(mut sample) = shared.live_sample.lock() {
+                    *sample = e.live_sample(16, t);
+                }
+            }
+        }
+        if work == 0 && !busy_poll {
+            let t = now();
+            let cap = SLEEP_CAP_US[usize::from(workers > 1)];
+            let timeout_us = e.next_wake(t).map_or(cap, |at| (at - t).clamp(0, cap));
+            if timeout_us > 0 {
+                let refs: Vec<&RxPart> = rxs.iter().collect();
+                xsk::wait_readable(&refs, timeout_us);
+            }
+        } else if work == 0 {
+            std::hint::spin_loop();
+        }
+    }
+    e.shutdown(now());
+    let mut stats = e.counters().clone();
+    stats.loop_iterations = loops;
+    shared.publish(&stats);
+    info!(worker = id, "worker stopped");
+}
+
+fn reload_tables<S: crate::sink::FrameSink>(e: &mut Engine<S>, shm: &mut WorkerSlot, id: u32) {
+    match shm.load() {
+        Ok(Some((g, t))) => {
+            e.set_tables(g, t);
+            shm.ack(g);
+            debug!(worker = id, generation = g, "tables loaded");
+        }
+        Ok(None) => {}
+        Err(err) => {
+            // Keep the tables in force; acknowledge so the writer is not blocked.
+            e.table_rejected();
+            warn!(worker = id, %err, "rejected a table generation; keeping generation {}", e.generation());
+            if let Some(g) = shm.changed() {
+                shm.ack(g);
+            }
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Plain TCP connections through two engines.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use smoltcp::socket::tcp::State;
+use xdpmesh_dataplane::stack::Buffers;
+use xdpmesh_dataplane::wire;
+use xdpmesh_shm::{Address, Protocol, Route, Workload};
+
+use crate::support::*;
+
+fn server_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(SERVER_IP), 80)
+}
+
+/// Counters both gateways must show after `n` clean connections.
+fn assert_clean(w: &mut World, n: u64) {
+    for (name, e) in [("a", &mut w.a), ("b", &mut w.b)] {
+        let c = e.counters().clone();
+        assert_eq!(
+            (
+                c.opened_connections,
+                c.closed_connections,
+                c.live_connections
+            ),
+            (n, n, 0),
+            "gateway {name}: {}",
+            summary(&c)
+        );
+        assert_eq!(c.reset_connections, 0, "gateway {name}: {}", summary(&c));
+        assert_eq!(c.no_flow_resets, 0, "gateway {name}: {}", summary(&c));
+        assert_eq!(e.live_keys(), 0, "gateway {name}: flow table empty");
+    }
+    assert_eq!((w.client.misaddressed, w.server.misaddressed), (0, 0));
+}
+
+#[test]
+fn splice_is_byte_exact_both_ways_with_a_slow_reader() {
+    let mut w = World::new(Opts::default());
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), 40_001);
+    let up = pattern(1 << 20, 1);
+    let down = pattern(300_000, 2);
+    let (mut up_sent, mut down_sent) = (0, 0);
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    let mut next_read = 0;
+    w.run_until("1 MiB up to a slow reader, 300 kB down", 60_000_000, |w| {
+        send_some(w.client.tcp(cli), &up, &mut up_sent);
+        // The server reads 8 KiB per millisecond: the windows, not the buffers, must
+        // absorb the difference.
+        if w.now >= next_read {
+            next_read = w.now + 1_000;
+            recv_some(w.server.tcp(srv), &mut at_server, 8192);
+        }
+        if w.server.tcp(srv).state() == State::Established {
+            send_some(w.server.tcp(srv), &down, &mut down_sent);
+        }
+        recv_some(w.client.tcp(cli), &mut at_client, usize::MAX);
+        at_server.len() == up.len() && at_client.len() == down.len()
+    });
+    assert!(at_server == up, "upstream bytes differ");
+    assert!(at_client == down, "downstream bytes differ");
+    assert_eq!(w.a.counters().bytes_downstream_to_upstream, up.len() as u64);
+    assert_eq!(
+        w.b.counters().bytes_upstream_to_downstream,
+        down.len() as u64
+    );
+    w.client.tcp(cli).close();
+    w.server.tcp(srv).close();
+    w.run_until("both closed", 5_000_000, |w| {
+        w.a.counters().live_connections == 0 && w.b.counters().live_connections == 0
+    });
+    assert_clean(&mut w, 1);
+}
+
+#[test]
+fn client_half_close_reaches_the_server_and_the_reply_still_flows() {
+    let mut w = World::new(Opts::default());
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), 40_002);
+    w.run_until("established", 1_000_000, |w| {
+        w.client.tcp(cli).state() == State::Established
+            && w.server.tcp(srv).state() == State::Established
+    });
+    w.client.tcp(cli).send_slice(b"request").unwrap();
+    w.client.tcp(cli).close();
+    let mut got = Vec::new();
+    w.run_until("request and FIN at the server", 1_000_000, |w| {
+        recv_some(w.server.tcp(srv), &mut got, usize::MAX);
+        w.server.tcp(srv).state() == State::CloseWait
+    });
+    assert_eq!(got, b"request");
+    // The other direction is still open.
+    w.server.tcp(srv).send_slice(b"response").unwrap();
+    w.server.tcp(srv).close();
+    let mut reply = Vec::new();
+    w.run_until("response and FIN at the client", 1_000_000, |w| {
+        recv_some(w.client.tcp(cli), &mut reply, usize::MAX);
+        matches!(w.client.tcp(cli).state(), State::TimeWait | State::Closed)
+            && w.a.counters().live_connections == 0
+            && w.b.counters().live_connections == 0
+    });
+    assert_eq!(reply, b"response");
+    assert_eq!(
+        w.client.tcp(cli).state(),
+        State::TimeWait,
+        "a graceful close"
+    );
+    assert_clean(&mut w, 1);
+}
+
+#[test]
+fn server_half_close_reaches_the_client_and_the_client_still_sends() {
+    let mut w = World::new(Opts::default());
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), 40_003);
+    w.run_until("established", 1_000_000, |w| {
+        w.server.tcp(srv).state() == State::Established
+    });
+    w.server.tcp(srv).send_slice(b"banner").unwrap();
+    w.server.tcp(srv).close();
+    let mut got = Vec::new();
+    w.run_until("banner and FIN at the client", 1_000_000, |w| {
+        recv_some(w.client.tcp(cli), &mut got, usize::MAX);
+        w.client.tcp(cli).state() == State::CloseWait
+    });
+    assert_eq!(got, b"banner");
+    w.run_until("the server's FIN acknowledged", 1_000_000, |w| {
+        w.server.tcp(srv).state() == State::FinWait2
+    });
+    w.client.tcp(cli).send_slice(b"bye").unwrap();
+    w.client.tcp(cli).close();
+    let mut at_server = Vec::new();
+    w.run_until("bye at the server, all closed", 1_000_000, |w| {
+        recv_some(w.server.tcp(srv), &mut at_server, usize::MAX);
+        w.a.counters().live_connections == 0 && w.b.counters().live_connections == 0
+    });
+    assert_eq!(at_server, b"bye");
+    assert_clean(&mut w, 1);
+}
+
+#[test]
+fn a_reset_answering_our_half_close_reaches_the_client_at_once() {
+    let mut w = World::new(Opts::default());
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), 40_004);
+    w.run_until("established", 1_000_000, |w| {
+        w.server.tcp(srv).state() == State::Established
+    });
+    // 100 bytes and a half-close; the server closes without reading them: its kernel
+    // (here its stack) answers with a reset.
+    w.client.tcp(cli).send_slice(&[7; 100]).unwrap();
+    w.client.tcp(cli).close();
+    w.run_until("data and FIN at the server", 1_000_000, |w| {
+        w.server.tcp(srv).state() == State::CloseWait
+    });
+    w.server.tcp(srv).abort();
+    let start = w.now;
+    w.run_until("reset at the client", 1_000_000, |w| {
+        w.client.tcp(cli).state() == State::Closed
+    });
+    assert!(w.now - start < 50_000, "took {} µs", w.now - start);
+    w.run_until("freed", 1_000_000, |w| {
+        w.a.counters().live_connections == 0 && w.b.counters().live_connections == 0
+    });
+    for e in [&mut w.a, &mut w.b] {
+        let c = e.counters();
+        assert_eq!(
+            (c.reset_connections, c.closed_connections),
+            (1, 1),
+            "{}",
+            summary(c)
+        );
+    }
+}
+
+#[test]
+fn a_refused_connect_resets_the_client() {
+    let mut w = World::new(Opts::default());
+    // No listener: the server's stack answers the SYN with a reset.
+    let cli = w.client.connect(server_addr(), 40_005);
+    let mut ever_established = false;
+    w.run_until("reset at the client", 1_000_000, |w| {
+        ever_established |= w.client.tcp(cli).state() == State::Established;
+        w.client.tcp(cli).state() == State::Closed
+    });
+    // Gateway a answers the SYN itself (it terminates TCP), so the client sees an
+    // established connection that is then reset, as with any transparent proxy.
+    assert!(ever_established);
+    w.run_until("freed", 1_000_000, |w| {
+        w.a.counters().live_connections == 0 && w.b.counters().live_connections == 0
+    });
+    for e in [&mut w.a, &mut w.b] {
+        let c = e.counters();
+        assert_eq!(
+            (
+                c.opened_connections,
+                c.closed_connections,
+                c.reset_connections
+            ),
+            (1, 1, 1),
+            "{}",
+            summary(c)
+        );
+    }
+}
+
+#[test]
+fn a_half_dead_connection_is_aborted_after_the_limit() {
+    let mut w = World::new(Opts::default());
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), 40_006);
+    w.run_until("established", 1_000_000, |w| {
+        w.server.tcp(srv).state() == State::Established
+    });
+    // The server half-closes; the client answers with its own FIN, which gateway b
+    // passes on to a server that has vanished meanwhile: b's leg to the server waits
+    // in LAST-ACK for an ACK that never comes, while its leg towards a is done.
+    w.server.tcp(srv).close();
+    w.run_until("FIN at the client", 1_000_000, |w| {
+        w.client.tcp(cli).state() == State::CloseWait
+    });
+    w.server.gone = true;
+    w.client.tcp(cli).close();
+    w.run_until("client done", 1_000_000, |w| {
+        matches!(w.client.tcp(cli).state(), State::Closed | State::TimeWait)
+            && w.a.counters().live_connections == 0
+    });
+    let start = w.now;
+    w.run_for(59_000_000);
+    assert_eq!(w.b.counters().live_connections, 1, "still within the limit");
+    w.run_until("aborted at the half-dead limit", 3_000_000, |w| {
+        w.b.counters().live_connections == 0
+    });
+    let took = w.now - start;
+    assert!(
+        (59_000_000..62_000_000).contains(&took),
+        "freed {took} µs after the client's side ended"
+    );
+    assert_eq!(w.b.counters().closed_connections, 1);
+}
+
+#[test]
+fn late_segments_are_dropped_while_the_key_lingers_then_reset() {
+    let mut w = World::new(Opts::default());
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), 40_007);
+    w.client.keep_log = true;
+    w.run_until("established", 1_000_000, |w| {
+        w.server.tcp(srv).state() == State::Established
+    });
+    w.client.tcp(cli).close();
+    w.server.tcp(srv).close();
+    w.run_until("closed", 1_000_000, |w| {
+        w.a.counters().live_connections == 0 && w.b.counters().live_connections == 0
+    });
+    // The client's last segment (its ACK of our FIN), delivered again.
+    let last = w.client.log.last().cloned().unwrap();
+    let t = wire::parse_tcp_frame(&last).unwrap();
+    assert!(t.flags.ack && !t.flags.syn && !t.flags.rst);
+    w.a.on_frame(POD0, &last, w.now, true);
+    assert_eq!(w.a.counters().late_segments, 1);
+    assert_eq!(w.a.counters().no_flow_resets, 0);
+    w.a.poll(w.now);
+    assert!(w.a.sink_mut(POD0).take().is_empty(), "dropped silently");
+    // After the linger, the same segment is answered with a reset.
+    let later = w.now + 2_000_000;
+    w.a.poll(later);
+    w.a.on_frame(POD0, &last, later, true);
+    w.a.poll(later);
+    assert_eq!(w.a.counters().no_flow_resets, 1);
+    let out = w.a.sink_mut(POD0).take();
+    assert_eq!(out.len(), 1);
+    let rst = wire::parse_tcp_frame(&out[0]).unwrap();
+    assert!(rst.flags.rst, "{:?}", rst.flags);
+    assert_eq!(rst.key, t.key.reversed());
+    assert_eq!(&out[0][0..6], &CLIENT_MAC);
+}
+
+/// A freed object's wait for a next hop must not resolve onto the object that reuses
+/// its slot: a tunnel that waited for an unanswered ARP is closed at its idle limit,
+/// and a new tunnel towards another next hop takes its place. When the first next hop
+/// finally resolves, the new tunnel's frames must still go to its own next hop.
+#[test]
+fn a_stale_neighbour_wait_never_reaches_a_new_object() {
+    let other_ip = Ipv4Addr::new(198, 18, 3, 2);
+    let other_hop = Ipv4Addr::new(198, 18, 0, 3);
+    let other_mac = [2, 0, 0, 0, 0, 3];
+    let mut w = World::new(Opts {
+        protocol: Protocol::Hbone,
+        hbone: xdpmesh_dataplane::proxy::HboneLimits {
+            stream_cap: 100,
+            idle_timeout_us: 100_000,
+        },
+        ..Default::default()
+    });
+    let mut t = tables(0, Protocol::Hbone, Vec::new());
+    t.workloads.push(Workload {
+        name: "other".into(),
+        namespace: "default".into(),
+        service_account: "server".into(),
+        node: 1,
+        protocol: Protocol::Hbone,
+    });
+    t.addresses.push(Address {
+        addr: IpAddr::V4(other_ip),
+        workload: 2,
+        route: Route {
+            ifindex: UP0_IFINDEX,
+            via: Some(IpAddr::V4(other_hop)),
+        },
+    });
+    w.a.set_tables(2, t);
+    {
+        let mut n = w.a_neigh.lock().unwrap();
+        n.remove(&(UP0_IFINDEX, IpAddr::V4(B_UP_IP)));
+        n.insert((UP0_IFINDEX, IpAddr::V4(other_hop)), other_mac);
+    }
+    w.log_wire = true;
+    // 1. A connection to the server: its tunnel waits for gateway b's MAC.
+    let c1 = w.client.connect(server_addr(), 40_008);
+    w.run_until("pod leg established", 1_000_000, |w| {
+        w.client.tcp(c1).state() == State::Established
+    });
+    let arp: Vec<Vec<u8>> = w
+        .wire_log
+        .iter()
+        .filter(|(from_a, f)| *from_a && f[12..14] == [0x08, 0x06])
+        .map(|(_, f)| f.clone())
+        .collect();
+    let mut want = [0u8; wire::ARP_FRAME_LEN];
+    wire::write_arp_request(&mut want, A_UP_MAC, A_UP_IP, B_UP_IP);
+    assert_eq!(
+        arp.first().map(Vec::as_slice),
+        Some(&want[..]),
+        "ARP who-has 198.18.0.2"
+    );
+    assert_eq!(w.a.counters().neighbor_requests, 1);
+    // 2. The client gives up; the idle tunnel is closed and freed.
+    w.client.tcp(c1).abort();
+    w.run_until("tunnel freed", 2_000_000, |w| {
+        w.a.counters().hbone_tunnels_closed == 1
+    });
+    assert_eq!(w.a.counters().hbone_tunnels_live, 0);
+    // 3. A new tunnel, towards the other next hop (known).
+    w.wire_log.clear();
+    let c2 = w
+        .client
+        .connect(SocketAddr::new(IpAddr::V4(other_ip), 80), 40_009);
+    w.run_until("second tunnel opened", 1_000_000, |w| {
+        w.a.counters().hbone_tunnels_opened == 2
+    });
+    // 4. Gateway b's MAC becomes known; the stale wait must resolve nothing.
+    w.a_neigh
+        .lock()
+        .unwrap()
+        .insert((UP0_IFINDEX, IpAddr::V4(B_UP_IP)), B_UP_MAC);
+    w.run_for(3_500_000);
+    let _ = c2;
+    let syns: Vec<&Vec<u8>> = w
+        .wire_log
+        .iter()
+        .filter(|(from_a, f)| *from_a && f[12..14] == [0x08, 0x00])
+        .map(|(_, f)| f)
+        .collect();
+    assert!(
+        syns.len() >= 2,
+        "the SYN and its retransmissions: {}",
+        syns.len()
+    );
+    for f in syns {
+        let t = wire::parse_tcp_frame(f).unwrap();
+        assert_eq!(t.key.src.ip(), IpAddr::V4(CLIENT_IP));
+        assert_eq!(t.key.dst, SocketAddr::new(IpAddr::V4(other_ip), 15008));
+        assert_eq!(&f[0..6], &other_mac, "sent to the stale next hop's MAC");
+    }
+    assert_eq!(w.a.counters().neighbor_timeouts, 0);
+}
+
+#[test]
+fn buffers_bound_what_a_connection_holds() {
+    // With 4 KiB socket buffers a 256 KiB transfer still completes byte-exact: the
+    // splice moves only what fits.
+    let mut w = World::new(Opts {
+        buffers: Buffers { rx: 4096, tx: 4096 },
+        ..Default::default()
+    });
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), 40_010);
+    let up = pattern(256 * 1024, 9);
+    let mut sent = 0;
+    let mut got = Vec::new();
+    w.run_until("256 KiB through 4 KiB buffers", 30_000_000, |w| {
+        send_some(w.client.tcp(cli), &up, &mut sent);
+        recv_some(w.server.tcp(srv), &mut got, usize::MAX);
+        got.len() == up.len()
+    });
+    assert!(got == up);
+}

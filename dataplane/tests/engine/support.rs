@@ -1,0 +1,566 @@
+//! An in-process test bed: two engines wired to each other over their `up0` ports and
+//! to two scripted pods (smoltcp hosts) over their `pod0` ports, on a simulated clock.
+//! No root, no kernel, milliseconds per test; every frame can be inspected.
+//!
+//! ```text
+//!  client 198.18.1.2 ── pod0 [engine a] up0 ══ up0 [engine b] pod0 ── 198.18.2.2 server
+//!                     198.18.1.1   198.18.0.1    198.18.0.2   198.18.2.1
+//! ```
+//!
+//! The pods are smoltcp interfaces, not kernel sockets (the namespace tests in
+//! `tests/` use real kernel peers); they stand in for them here so that the engine's
+//! state machines can be driven and observed exactly.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
+use xdpmesh_dataplane::engine::{Engine, EngineConfig, PortSpec};
+use xdpmesh_dataplane::identity::IdentityStore;
+use xdpmesh_dataplane::metrics::Local;
+use xdpmesh_dataplane::proxy::HboneLimits;
+use xdpmesh_dataplane::sink::MemSink;
+use xdpmesh_dataplane::stack::Buffers;
+use xdpmesh_dataplane::wire::{self, Mac};
+use xdpmesh_hbone::identity::SpiffeId;
+use xdpmesh_hbone::{Ca, Validity};
+use xdpmesh_shm::{Address, Node, Policy, Protocol, Route, Tables, Workload};
+
+pub const POD0: usize = 0;
+pub const UP0: usize = 1;
+pub const POD0_IFINDEX: u32 = 11;
+pub const UP0_IFINDEX: u32 = 12;
+
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const A_POD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const A_UP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const B_UP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const B_POD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+
+pub const CLIENT_MAC: Mac = [2, 0, 0, 0, 1, 2];
+pub const A_POD_MAC: Mac = [2, 0, 0, 0, 1, 1];
+pub const A_UP_MAC: Mac = [2, 0, 0, 0, 0, 1];
+pub const B_UP_MAC: Mac = [2, 0, 0, 0, 0, 2];
+pub const B_POD_MAC: Mac = [2, 0, 0, 0, 2, 1];
+pub const SERVER_MAC: Mac = [2, 0, 0, 0, 2, 2];
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// Next hops an engine's resolver knows: `(ifindex, ip) → MAC`; tests remove entries
+/// to make a next hop unresolvable.
+pub type Neighbors = Arc<Mutex<HashMap<(u32, IpAddr), Mac>>>;
+
+/// How a world is set up.
+pub struct Opts {
+    /// Protocol of both workloads.
+    pub protocol: Protocol,
+    /// Policies (both gateways get them; the destination enforces them).
+    pub policies: Vec<Policy>,
+    /// HBONE pool limits (both engines).
+    pub hbone: HboneLimits,
+    /// Socket buffers (both engines).
+    pub buffers: Buffers,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            protocol: Protocol::Tcp,
+            policies: Vec::new(),
+            hbone: HboneLimits::default(),
+            buffers: Buffers::default(),
+        }
+    }
+}
+
+/// The tables of gateway `local` (0 = a, 1 = b).
+pub fn tables(local: u32, protocol: Protocol, policies: Vec<Policy>) -> Tables {
+    // A workload served here is on pod0; one served by the other gateway is reached
+    // through up0 via that gateway.
+    let route = |served_here: bool, gateway: Ipv4Addr| Route {
+        ifindex: if served_here {
+            POD0_IFINDEX
+        } else {
+            UP0_IFINDEX
+        },
+        via: (!served_here).then_some(IpAddr::V4(gateway)),
+    };
+    let workload = |name: &str, node: u32| Workload {
+        name: name.into(),
+        namespace: "default".into(),
+        service_account: name.into(),
+        node,
+        protocol,
+    };
+    Tables {
+        trust_domain: TRUST_DOMAIN.into(),
+        local_node: Some(local),
+        nodes: vec![
+            Node {
+                name: "node-a".into(),
+                gateway: Some(IpAddr::V4(A_UP_IP)),
+            },
+            Node {
+                name: "node-b".into(),
+                gateway: Some(IpAddr::V4(B_UP_IP)),
+            },
+        ],
+        workloads: vec![workload("client", 0), workload("server", 1)],
+        addresses: vec![
+            Address {
+                addr: IpAddr::V4(CLIENT_IP),
+                workload: 0,
+                route: route(local == 0, A_UP_IP),
+            },
+            Address {
+                addr: IpAddr::V4(SERVER_IP),
+                workload: 1,
+                route: route(local == 1, B_UP_IP),
+            },
+        ],
+        policies,
+        ..Default::default()
+    }
+}
+
+pub fn spiffe(sa: &str) -> SpiffeId {
+    format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{sa}")
+        .parse()
+        .unwrap()
+}
+
+fn engine(
+    id_: u32,
+    neigh: &Neighbors,
+    pod: (Ipv4Addr, Mac),
+    up: (Ipv4Addr, Mac),
+    opts: &Opts,
+) -> Engine<MemSink> {
+    let n = neigh.clone();
+    let cfg = EngineConfig {
+        id: 0,
+        workers: 1,
+        buffers: opts.buffers,
+        hbone: opts.hbone,
+        resolver: Box::new(move |ifindex, ip| n.lock().unwrap().get(&(ifindex, ip)).copied()),
+        inboxes: Vec::new(),
+    };
+    let spec = |name: &str, ifindex, (ip, mac): (Ipv4Addr, Mac)| PortSpec {
+        name: format!("{name}{id_}"),
+        ifindex,
+        mac,
+        ipv4: Some(ip),
+    };
+    Engine::new(
+        cfg,
+        vec![
+            (spec("pod", POD0_IFINDEX, pod), MemSink::default()),
+            (spec("up", UP0_IFINDEX, up), MemSink::default()),
+        ],
+        0,
+    )
+}
+
+/// A smoltcp TCP host standing in for a pod: one IPv4 address, a default route via its
+/// gateway, Ethernet framing added and checked here.
+pub struct Host {
+    iface: Interface,
+    dev: Queue,
+    pub sockets: SocketSet<'static>,
+    ip: Ipv4Addr,
+    mac: Mac,
+    gw_mac: Mac,
+    /// Frames that arrived for another MAC (must stay 0).
+    pub misaddressed: u64,
+    /// Every frame the host sent, when `keep_log` is set.
+    pub log: Vec<Vec<u8>>,
+    pub keep_log: bool,
+    /// The host is gone: it neither sends nor receives.
+    pub gone: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+}
+
+struct QRx(Vec<u8>);
+struct QTx<'a>(&'a mut Vec<Vec<u8>>);
+
+impl phy::RxToken for QRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for QTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0; len];
+        let r = f(&mut buf);
+        self.0.push(buf);
+        r
+    }
+}
+
+impl phy::Device for Queue {
+    type RxToken<'a> = QRx;
+    type TxToken<'a> = QTx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(QRx, QTx<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((QRx(p), QTx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<QTx<'_>> {
+        Some(QTx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ip;
+        c.max_transmission_unit = 1500;
+        c
+    }
+}
+
+impl Host {
+    fn new(ip: Ipv4Addr, gw: Ipv4Addr, mac: Mac, gw_mac: Mac) -> Host {
+        let mut dev = Queue::default();
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = u64::from(u32::from(ip));
+        let mut iface = Interface::new(cfg, &mut dev, Instant::from_micros(0));
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::Ipv4(ip), 24)).unwrap();
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(gw)
+            .unwrap();
+        Host {
+            iface,
+            dev,
+            sockets: SocketSet::new(Vec::new()),
+            ip,
+            mac,
+            gw_mac,
+            misaddressed: 0,
+            log: Vec::new(),
+            keep_log: false,
+            gone: false,
+        }
+    }
+
+    fn socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; rx]),
+            tcp::SocketBuffer::new(vec![0; tx]),
+        );
+        s.set_nagle_enabled(false);
+        s
+    }
+
+    /// A socket connecting from our `port` to `dst`.
+    pub fn connect(&mut self, dst: SocketAddr, port: u16) -> SocketHandle {
+        let mut s = Self::socket(256 * 1024, 256 * 1024);
+        s.connect(self.iface.context(), dst, (IpAddress::Ipv4(self.ip), port))
+            .unwrap();
+        self.sockets.add(s)
+    }
+
+    /// A socket listening on our `port` (one connection per listening socket).
+    pub fn listen(&mut self, port: u16) -> SocketHandle {
+        let mut s = Self::socket(256 * 1024, 256 * 1024);
+        s.listen(port).unwrap();
+        self.sockets.add(s)
+    }
+
+    pub fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    fn poll(&mut self, now: i64) {
+        self.iface
+            .poll(Instant::from_micros(now), &mut self.dev, &mut self.sockets);
+    }
+
+    fn poll_at(&mut self, now: i64) -> Option<i64> {
+        self.iface
+            .poll_at(Instant::from_micros(now), &self.sockets)
+            .map(|t| t.total_micros())
+    }
+
+    /// Frames the host sent, with their Ethernet headers.
+    fn take_frames(&mut self) -> Vec<Vec<u8>> {
+        if self.gone {
+            self.dev.tx.clear();
+        }
+        let frames: Vec<Vec<u8>> = self
+            .dev
+            .tx
+            .drain(..)
+            .map(|ip| {
+                let mut f = vec![0; wire::ETH_HEADER_LEN + ip.len()];
+                wire::write_eth_header(&mut f, self.gw_mac, self.mac, false);
+                f[wire::ETH_HEADER_LEN..].copy_from_slice(&ip);
+                f
+            })
+            .collect();
+        if self.keep_log {
+            self.log.extend(frames.iter().cloned());
+        }
+        frames
+    }
+
+    fn deliver(&mut self, frame: &[u8]) {
+        if self.gone {
+            return;
+        }
+        if frame[0..6] != self.mac || frame.len() < wire::ETH_HEADER_LEN {
+            self.misaddressed += 1;
+            return;
+        }
+        self.dev
+            .rx
+            .push_back(frame[wire::ETH_HEADER_LEN..].to_vec());
+    }
+}
+
+/// Two gateways, two pods, one clock.
+pub struct World {
+    /// Simulated time, µs.
+    pub now: i64,
+    pub a: Engine<MemSink>,
+    pub b: Engine<MemSink>,
+    pub client: Host,
+    pub server: Host,
+    /// Gateway a's resolver entries (tests make next hops unresolvable here).
+    pub a_neigh: Neighbors,
+    /// Every frame that crossed the wire between the gateways: (from a, frame).
+    pub wire_log: Vec<(bool, Vec<u8>)>,
+    /// Keep `wire_log` (off by default: bulk tests move many frames).
+    pub log_wire: bool,
+    /// The wire between the gateways is cut: frames on it are lost.
+    pub cut: bool,
+}
+
+impl World {
+    pub fn new(opts: Opts) -> World {
+        let a_neigh: Neighbors = Default::default();
+        let b_neigh: Neighbors = Default::default();
+        {
+            let mut a = a_neigh.lock().unwrap();
+            a.insert((POD0_IFINDEX, IpAddr::V4(CLIENT_IP)), CLIENT_MAC);
+            a.insert((UP0_IFINDEX, IpAddr::V4(B_UP_IP)), B_UP_MAC);
+            let mut b = b_neigh.lock().unwrap();
+            b.insert((POD0_IFINDEX, IpAddr::V4(SERVER_IP)), SERVER_MAC);
+            b.insert((UP0_IFINDEX, IpAddr::V4(A_UP_IP)), A_UP_MAC);
+        }
+        let mut a = engine(
+            0,
+            &a_neigh,
+            (A_POD_IP, A_POD_MAC),
+            (A_UP_IP, A_UP_MAC),
+            &opts,
+        );
+        let mut b = engine(
+            1,
+            &b_neigh,
+            (B_POD_IP, B_POD_MAC),
+            (B_UP_IP, B_UP_MAC),
+            &opts,
+        );
+        a.set_tables(1, tables(0, opts.protocol, opts.policies.clone()));
+        b.set_tables(1, tables(1, opts.protocol, opts.policies.clone()));
+        if opts.protocol == Protocol::Hbone {
+            let ca = Ca::generate(TRUST_DOMAIN).unwrap();
+            let issue = |sa: &str| {
+                let id = spiffe(sa);
+                let cert = ca
+                    .issue(
+                        &id,
+                        Validity::for_duration(std::time::Duration::from_secs(3600)),
+                    )
+                    .unwrap();
+                (id, cert)
+            };
+            let roots = vec![ca.root_der()];
+            a.set_identities(Arc::new(IdentityStore::from_parts(
+                1,
+                TRUST_DOMAIN,
+                roots.clone(),
+                [issue("client")],
+            )));
+            b.set_identities(Arc::new(IdentityStore::from_parts(
+                1,
+                TRUST_DOMAIN,
+                roots,
+                [issue("server")],
+            )));
+        }
+        World {
+            now: 0,
+            a,
+            b,
+            client: Host::new(CLIENT_IP, A_POD_IP, CLIENT_MAC, A_POD_MAC),
+            server: Host::new(SERVER_IP, B_POD_IP, SERVER_MAC, B_POD_MAC),
+            a_neigh,
+            wire_log: Vec::new(),
+            log_wire: false,
+            cut: false,
+        }
+    }
+
+    /// Moves every frame one hop and polls everything once. Returns the frames moved.
+    pub fn step(&mut self) -> usize {
+        let now = self.now;
+        let mut moved = 0;
+        self.client.poll(now);
+        self.server.poll(now);
+        for f in self.client.take_frames() {
+            self.a.on_frame(POD0, &f, now, true);
+            moved += 1;
+        }
+        for f in self.server.take_frames() {
+            self.b.on_frame(POD0, &f, now, true);
+            moved += 1;
+        }
+        for f in self.a.sink_mut(POD0).take() {
+            self.client.deliver(&f);
+            moved += 1;
+        }
+        for f in self.b.sink_mut(POD0).take() {
+            self.server.deliver(&f);
+            moved += 1;
+        }
+        for (from_a, f) in self
+            .a
+            .sink_mut(UP0)
+            .take()
+            .into_iter()
+            .map(|f| (true, f))
+            .chain(self.b.sink_mut(UP0).take().into_iter().map(|f| (false, f)))
+        {
+            moved += 1;
+            if !self.cut {
+                // Frames addressed to a MAC the other gateway does not own (an ARP
+                // request is broadcast) are not for its dataplane.
+                let to = if from_a { B_UP_MAC } else { A_UP_MAC };
+                if f[0..6] == to {
+                    if from_a {
+                        self.b.on_frame(UP0, &f, now, true);
+                    } else {
+                        self.a.on_frame(UP0, &f, now, true);
+                    }
+                }
+            }
+            if self.log_wire {
+                self.wire_log.push((from_a, f));
+            }
+        }
+        self.a.poll(now);
+        self.b.poll(now);
+        moved
+    }
+
+    /// Steps until nothing moves, advancing the clock: a little per busy step, to the
+    /// next timer when idle (never more than `max_jump` µs at once).
+    fn advance(&mut self, moved: usize, max_jump: i64) {
+        if moved > 0 {
+            self.now += 10;
+            return;
+        }
+        let now = self.now;
+        let next = [
+            self.a.next_wake(now),
+            self.b.next_wake(now),
+            self.client.poll_at(now),
+            self.server.poll_at(now),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + max_jump);
+        self.now = next.clamp(now + 1, now + max_jump);
+    }
+
+    /// Steps until `cond` holds; panics with `what` after `max_us` of simulated time.
+    pub fn run_until(&mut self, what: &str, max_us: i64, mut cond: impl FnMut(&mut World) -> bool) {
+        let deadline = self.now + max_us;
+        loop {
+            if cond(self) {
+                return;
+            }
+            assert!(
+                self.now <= deadline,
+                "{what}: not reached after {} ms (a: {}, b: {})",
+                max_us / 1000,
+                summary(self.a.counters()),
+                summary(self.b.counters())
+            );
+            let moved = self.step();
+            self.advance(moved, 10_000);
+        }
+    }
+
+    /// Runs for `us` of simulated time.
+    pub fn run_for(&mut self, us: i64) {
+        let end = self.now + us;
+        while self.now < end {
+            let moved = self.step();
+            self.advance(moved, (end - self.now).max(1));
+        }
+    }
+}
+
+/// The counters a failed wait prints.
+pub fn summary(c: &Local) -> String {
+    format!(
+        "live {} opened {} closed {} reset {} refused {} tunnels {}/{}/{} no_flow {} late {}",
+        c.live_connections,
+        c.opened_connections,
+        c.closed_connections,
+        c.reset_connections,
+        c.hbone_refused,
+        c.hbone_tunnels_opened,
+        c.hbone_tunnels_accepted,
+        c.hbone_tunnels_closed,
+        c.no_flow_resets,
+        c.late_segments
+    )
+}
+
+/// A deterministic byte pattern (position-dependent, so shifts and drops show).
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8 ^ seed)
+        .collect()
+}
+
+/// Sends what fits of `data[*sent..]`.
+pub fn send_some(s: &mut tcp::Socket<'static>, data: &[u8], sent: &mut usize) {
+    if *sent < data.len() && s.can_send() {
+        *sent += s.send_slice(&data[*sent..]).unwrap_or(0);
+    }
+}
+
+/// Receives up to `max` bytes into `into`.
+pub fn recv_some(s: &mut tcp::Socket<'static>, into: &mut Vec<u8>, max: usize) {
+    let mut left = max;
+    while left > 0 && s.can_recv() {
+        let n = s
+            .recv(|b| {
+                let n = b.len().min(left);
+                into.extend_from_slice(&b[..n]);
+                (n, n)
+            })
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        left -= n;
+    }
+}
