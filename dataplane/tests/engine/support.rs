@@ -236,10 +236,7 @@ impl Host {
         iface.update_ip_addrs(|a| {
             a.push(IpCidr::new(IpAddress::Ipv4(ip), 24)).unwrap();
         });
-        iface
-            .routes_mut()
-            .add_default_ipv4_route(gw)
-            .unwrap();
+        iface.routes_mut().add_default_ipv4_route(gw).unwrap();
         Host {
             iface,
             dev,
