@@ -1,11 +1,13 @@
 //! HBONE through two engines: real mutual TLS 1.3 and HTTP/2 between them (certificates
 //! from an in-process CA), plain TCP to the pods.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use smoltcp::socket::tcp::State;
 use xdpmesh_dataplane::proxy::HboneLimits;
-use xdpmesh_shm::{Policy, PolicyAction, Protocol};
+use xdpmesh_dataplane::wire;
+use xdpmesh_hbone::{ConnectHeaders, Event, HboneClientConn, StatusCode, Validity};
+use xdpmesh_shm::{Address, Policy, PolicyAction, Protocol, Route, Workload};
 
 use crate::support::*;
 
@@ -257,4 +259,182 @@ fn streams_fill_pooled_tunnels_up_to_the_cap_and_idle_tunnels_close() {
     assert_eq!(w.b.counters().hbone_tunnels_closed, 3);
     assert_eq!(w.a.counters().hbone_tunnel_failures, 0);
     assert_eq!(w.b.counters().hbone_tunnel_failures, 0);
+}
+
+/// A scripted HBONE client in gateway a's place sends a CONNECT whose authority is
+/// not the address the tunnel was accepted on: gateway b answers 400 and opens nothing.
+#[test]
+fn a_connect_to_another_address_than_the_tunnels_gets_400() {
+    let mut w = hbone(HboneLimits::default(), Vec::new());
+    let srv = w.server.listen(80);
+    let mut peer = Host::new(CLIENT_IP, B_UP_IP, A_UP_MAC, B_UP_MAC);
+    let sock = peer.connect(SocketAddr::new(IpAddr::V4(SERVER_IP), 15008), 43_000);
+    w.up_peer = Some(peer);
+    let ca = w.ca.as_ref().unwrap();
+    let cert = ca
+        .issue(
+            &spiffe("client"),
+            Validity::for_duration(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let cfg =
+        xdpmesh_hbone::client_config(&cert, &[ca.root_der()], vec![spiffe("server")]).unwrap();
+    let mut conn = HboneClientConn::new(cfg, IpAddr::V4(SERVER_IP)).unwrap();
+    let headers = ConnectHeaders {
+        forwarded_for: SocketAddr::new(IpAddr::V4(CLIENT_IP), 43_001),
+        forwarded_host: None,
+        baggage: None,
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+    };
+    let mut answers = Vec::new();
+    let mut out = Vec::new();
+    w.run_until("an answer to the CONNECT", 5_000_000, |w| {
+        let s = w.up_peer.as_mut().unwrap().tcp(sock);
+        while s.can_recv() {
+            let n = s
+                .recv(|b| {
+                    let n = conn.feed_ciphertext(b).unwrap();
+                    (n, n)
+                })
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+        }
+        while let Some(ev) = conn.poll_event() {
+            match ev {
+                Event::Connected => {
+                    let wrong = SocketAddr::new("198.18.2.99".parse().unwrap(), 80);
+                    conn.open_stream(wrong, &headers).unwrap();
+                }
+                Event::Refused(_, status) => answers.push(status),
+                _ => {}
+            }
+        }
+        if out.is_empty() {
+            conn.take_ciphertext(&mut out);
+        }
+        if s.can_send() && !out.is_empty() {
+            let n = s.send_slice(&out).unwrap();
+            out.drain(..n);
+        }
+        !answers.is_empty()
+    });
+    assert_eq!(answers, vec![StatusCode::BAD_REQUEST]);
+    let b = w.b.counters();
+    assert_eq!(
+        (
+            b.hbone_tunnels_accepted,
+            b.hbone_refused,
+            b.opened_connections
+        ),
+        (1, 1, 0),
+        "{}",
+        summary(b)
+    );
+    assert_eq!(
+        w.server.tcp(srv).state(),
+        State::Listen,
+        "nothing reached the server"
+    );
+}
+
+/// A freed object's wait for a next hop must not resolve onto the object that reuses
+/// its slot: a tunnel that waited for an unanswered ARP is closed at its idle limit,
+/// and a new tunnel towards another next hop takes its place. When the first next hop
+/// finally resolves, the new tunnel's frames must still go to its own next hop.
+#[test]
+fn a_stale_neighbour_wait_never_reaches_a_new_object() {
+    let other_ip = Ipv4Addr::new(198, 18, 3, 2);
+    let other_hop = Ipv4Addr::new(198, 18, 0, 3);
+    let other_mac = [2, 0, 0, 0, 0, 3];
+    let mut w = World::new(Opts {
+        protocol: Protocol::Hbone,
+        hbone: HboneLimits {
+            stream_cap: 100,
+            idle_timeout_us: 100_000,
+        },
+        ..Default::default()
+    });
+    let mut t = tables(0, Protocol::Hbone, Vec::new());
+    t.workloads.push(Workload {
+        name: "other".into(),
+        namespace: "default".into(),
+        service_account: "server".into(),
+        node: 1,
+        protocol: Protocol::Hbone,
+    });
+    t.addresses.push(Address {
+        addr: IpAddr::V4(other_ip),
+        workload: 2,
+        route: Route {
+            ifindex: UP0_IFINDEX,
+            via: Some(IpAddr::V4(other_hop)),
+        },
+    });
+    w.a.set_tables(2, t);
+    {
+        let mut n = w.a_neigh.lock().unwrap();
+        n.remove(&(UP0_IFINDEX, IpAddr::V4(B_UP_IP)));
+        n.insert((UP0_IFINDEX, IpAddr::V4(other_hop)), other_mac);
+    }
+    w.log_wire = true;
+    // 1. A connection to the server: its tunnel waits for gateway b's MAC.
+    let c1 = w.client.connect(target(80), 40_008);
+    w.run_until("pod leg established", 1_000_000, |w| {
+        w.client.tcp(c1).state() == State::Established
+    });
+    let arp: Vec<Vec<u8>> = w
+        .wire_log
+        .iter()
+        .filter(|(from_a, f)| *from_a && f[12..14] == [0x08, 0x06])
+        .map(|(_, f)| f.clone())
+        .collect();
+    let mut want = [0u8; wire::ARP_FRAME_LEN];
+    wire::write_arp_request(&mut want, A_UP_MAC, A_UP_IP, B_UP_IP);
+    assert_eq!(
+        arp.first().map(Vec::as_slice),
+        Some(&want[..]),
+        "ARP who-has 198.18.0.2"
+    );
+    assert_eq!(w.a.counters().neighbor_requests, 1);
+    // 2. The client gives up; the idle tunnel is closed and freed.
+    w.client.tcp(c1).abort();
+    w.run_until("tunnel freed", 2_000_000, |w| {
+        w.a.counters().hbone_tunnels_closed == 1
+    });
+    assert_eq!(w.a.counters().hbone_tunnels_live, 0);
+    // 3. A new tunnel, towards the other next hop (known).
+    w.wire_log.clear();
+    let c2 = w
+        .client
+        .connect(SocketAddr::new(IpAddr::V4(other_ip), 80), 40_009);
+    w.run_until("second tunnel opened", 1_000_000, |w| {
+        w.a.counters().hbone_tunnels_opened == 2
+    });
+    // 4. Gateway b's MAC becomes known; the stale wait must resolve nothing.
+    w.a_neigh
+        .lock()
+        .unwrap()
+        .insert((UP0_IFINDEX, IpAddr::V4(B_UP_IP)), B_UP_MAC);
+    w.run_for(3_500_000);
+    let _ = c2;
+    let syns: Vec<&Vec<u8>> = w
+        .wire_log
+        .iter()
+        .filter(|(from_a, f)| *from_a && f[12..14] == [0x08, 0x00])
+        .map(|(_, f)| f)
+        .collect();
+    assert!(
+        syns.len() >= 2,
+        "the SYN and its retransmissions: {}",
+        syns.len()
+    );
+    for f in syns {
+        let t = wire::parse_tcp_frame(f).unwrap();
+        assert_eq!(t.key.src.ip(), IpAddr::V4(CLIENT_IP));
+        assert_eq!(t.key.dst, SocketAddr::new(IpAddr::V4(other_ip), 15008));
+        assert_eq!(&f[0..6], &other_mac, "sent to the stale next hop's MAC");
+    }
+    assert_eq!(w.a.counters().neighbor_timeouts, 0);
 }

@@ -1,11 +1,10 @@
 //! Plain TCP connections through two engines.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::socket::tcp::State;
 use xdpmesh_dataplane::stack::Buffers;
 use xdpmesh_dataplane::wire;
-use xdpmesh_shm::{Address, Protocol, Route, Workload};
 
 use crate::support::*;
 
@@ -275,106 +274,6 @@ fn late_segments_are_dropped_while_the_key_lingers_then_reset() {
     assert!(rst.flags.rst, "{:?}", rst.flags);
     assert_eq!(rst.key, t.key.reversed());
     assert_eq!(&out[0][0..6], &CLIENT_MAC);
-}
-
-/// A freed object's wait for a next hop must not resolve onto the object that reuses
-/// its slot: a tunnel that waited for an unanswered ARP is closed at its idle limit,
-/// and a new tunnel towards another next hop takes its place. When the first next hop
-/// finally resolves, the new tunnel's frames must still go to its own next hop.
-#[test]
-fn a_stale_neighbour_wait_never_reaches_a_new_object() {
-    let other_ip = Ipv4Addr::new(198, 18, 3, 2);
-    let other_hop = Ipv4Addr::new(198, 18, 0, 3);
-    let other_mac = [2, 0, 0, 0, 0, 3];
-    let mut w = World::new(Opts {
-        protocol: Protocol::Hbone,
-        hbone: xdpmesh_dataplane::proxy::HboneLimits {
-            stream_cap: 100,
-            idle_timeout_us: 100_000,
-        },
-        ..Default::default()
-    });
-    let mut t = tables(0, Protocol::Hbone, Vec::new());
-    t.workloads.push(Workload {
-        name: "other".into(),
-        namespace: "default".into(),
-        service_account: "server".into(),
-        node: 1,
-        protocol: Protocol::Hbone,
-    });
-    t.addresses.push(Address {
-        addr: IpAddr::V4(other_ip),
-        workload: 2,
-        route: Route {
-            ifindex: UP0_IFINDEX,
-            via: Some(IpAddr::V4(other_hop)),
-        },
-    });
-    w.a.set_tables(2, t);
-    {
-        let mut n = w.a_neigh.lock().unwrap();
-        n.remove(&(UP0_IFINDEX, IpAddr::V4(B_UP_IP)));
-        n.insert((UP0_IFINDEX, IpAddr::V4(other_hop)), other_mac);
-    }
-    w.log_wire = true;
-    // 1. A connection to the server: its tunnel waits for gateway b's MAC.
-    let c1 = w.client.connect(server_addr(), 40_008);
-    w.run_until("pod leg established", 1_000_000, |w| {
-        w.client.tcp(c1).state() == State::Established
-    });
-    let arp: Vec<Vec<u8>> = w
-        .wire_log
-        .iter()
-        .filter(|(from_a, f)| *from_a && f[12..14] == [0x08, 0x06])
-        .map(|(_, f)| f.clone())
-        .collect();
-    let mut want = [0u8; wire::ARP_FRAME_LEN];
-    wire::write_arp_request(&mut want, A_UP_MAC, A_UP_IP, B_UP_IP);
-    assert_eq!(
-        arp.first().map(Vec::as_slice),
-        Some(&want[..]),
-        "ARP who-has 198.18.0.2"
-    );
-    assert_eq!(w.a.counters().neighbor_requests, 1);
-    // 2. The client gives up; the idle tunnel is closed and freed.
-    w.client.tcp(c1).abort();
-    w.run_until("tunnel freed", 2_000_000, |w| {
-        w.a.counters().hbone_tunnels_closed == 1
-    });
-    assert_eq!(w.a.counters().hbone_tunnels_live, 0);
-    // 3. A new tunnel, towards the other next hop (known).
-    w.wire_log.clear();
-    let c2 = w
-        .client
-        .connect(SocketAddr::new(IpAddr::V4(other_ip), 80), 40_009);
-    w.run_until("second tunnel opened", 1_000_000, |w| {
-        w.a.counters().hbone_tunnels_opened == 2
-    });
-    // 4. Gateway b's MAC becomes known; the stale wait must resolve nothing.
-    w.a_neigh
-        .lock()
-        .unwrap()
-        .insert((UP0_IFINDEX, IpAddr::V4(B_UP_IP)), B_UP_MAC);
-    w.run_for(3_500_000);
-    let _ = c2;
-    let syns: Vec<&Vec<u8>> = w
-        .wire_log
-        .iter()
-        .filter(|(from_a, f)| *from_a && f[12..14] == [0x08, 0x00])
-        .map(|(_, f)| f)
-        .collect();
-    assert!(
-        syns.len() >= 2,
-        "the SYN and its retransmissions: {}",
-        syns.len()
-    );
-    for f in syns {
-        let t = wire::parse_tcp_frame(f).unwrap();
-        assert_eq!(t.key.src.ip(), IpAddr::V4(CLIENT_IP));
-        assert_eq!(t.key.dst, SocketAddr::new(IpAddr::V4(other_ip), 15008));
-        assert_eq!(&f[0..6], &other_mac, "sent to the stale next hop's MAC");
-    }
-    assert_eq!(w.a.counters().neighbor_timeouts, 0);
 }
 
 #[test]

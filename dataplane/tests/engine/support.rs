@@ -228,7 +228,8 @@ impl phy::Device for Queue {
 }
 
 impl Host {
-    fn new(ip: Ipv4Addr, gw: Ipv4Addr, mac: Mac, gw_mac: Mac) -> Host {
+    /// A host at `ip` (MAC `mac`) whose default route goes to `gw` (MAC `gw_mac`).
+    pub fn new(ip: Ipv4Addr, gw: Ipv4Addr, mac: Mac, gw_mac: Mac) -> Host {
         let mut dev = Queue::default();
         let mut cfg = Config::new(HardwareAddress::Ip);
         cfg.random_seed = u64::from(u32::from(ip));
@@ -342,6 +343,11 @@ pub struct World {
     pub log_wire: bool,
     /// The wire between the gateways is cut: frames on it are lost.
     pub cut: bool,
+    /// A scripted host in gateway a's place on gateway b's `up0` (gateway a then
+    /// neither sends to nor hears from b).
+    pub up_peer: Option<Host>,
+    /// The mesh CA (HBONE worlds).
+    pub ca: Option<Ca>,
 }
 
 impl World {
@@ -372,6 +378,7 @@ impl World {
         );
         a.set_tables(1, tables(0, opts.protocol, opts.policies.clone()));
         b.set_tables(1, tables(1, opts.protocol, opts.policies.clone()));
+        let mut mesh_ca = None;
         if opts.protocol == Protocol::Hbone {
             let ca = Ca::generate(TRUST_DOMAIN).unwrap();
             let issue = |sa: &str| {
@@ -397,6 +404,7 @@ impl World {
                 roots,
                 [issue("server")],
             )));
+            mesh_ca = Some(ca);
         }
         World {
             now: 0,
@@ -408,6 +416,8 @@ impl World {
             wire_log: Vec::new(),
             log_wire: false,
             cut: false,
+            up_peer: None,
+            ca: mesh_ca,
         }
     }
 
@@ -432,6 +442,17 @@ impl World {
         for f in self.b.sink_mut(POD0).take() {
             self.server.deliver(&f);
             moved += 1;
+        }
+        if let Some(peer) = self.up_peer.as_mut() {
+            peer.poll(now);
+            for f in peer.take_frames() {
+                self.b.on_frame(UP0, &f, now, true);
+                moved += 1;
+            }
+            for f in self.b.sink_mut(UP0).take() {
+                peer.deliver(&f);
+                moved += 1;
+            }
         }
         for (from_a, f) in self
             .a
@@ -476,6 +497,7 @@ impl World {
             self.b.next_wake(now),
             self.client.poll_at(now),
             self.server.poll_at(now),
+            self.up_peer.as_mut().and_then(|p| p.poll_at(now)),
         ]
         .into_iter()
         .flatten()
