@@ -7,6 +7,10 @@ echo is byte-exact. Prints one JSON line:
 
 `bytes` counts bytes echoed back correctly (sent == received). Exit status 1 if any
 connection failed.
+
+With --all-open no connection sends a byte before every connection is open (or failed
+to open): all N are open at the same moment, so a gateway multiplexing them sees N
+concurrent streams (the HBONE pool test counts its tunnels from that).
 """
 
 import argparse
@@ -23,10 +27,29 @@ def pattern(conn_id, size):
     return (head + body)[:size]
 
 
-async def one(conn_id, host, port, size, timeout):
+class Barrier:
+    """Releases its waiters once `n` connections arrived (opened or failed to open)."""
+
+    def __init__(self, n):
+        self.left = n
+        self.event = asyncio.Event()
+
+    def arrive(self):
+        self.left -= 1
+        if self.left <= 0:
+            self.event.set()
+
+
+async def one(conn_id, host, port, size, timeout, barrier):
     payload = pattern(conn_id, size)
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    finally:
+        if barrier is not None:
+            barrier.arrive()
+    try:
+        if barrier is not None:
+            await asyncio.wait_for(barrier.event.wait(), timeout)
 
         async def send():
             view = memoryview(payload)
@@ -64,11 +87,14 @@ async def main():
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--bytes", type=int, default=65536)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--all-open", action="store_true",
+                        help="send only once every connection is open")
     args = parser.parse_args()
+    barrier = Barrier(args.connections) if args.all_open else None
 
     started = time.monotonic()
     results = await asyncio.gather(
-        *(one(i, args.host, args.port, args.bytes, args.timeout) for i in range(args.connections)),
+        *(one(i, args.host, args.port, args.bytes, args.timeout, barrier) for i in range(args.connections)),
         return_exceptions=True,
     )
     seconds = time.monotonic() - started

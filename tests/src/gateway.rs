@@ -340,6 +340,39 @@ impl Topology {
         }
     }
 
+    /// Polls a gateway's stats until `check` accepts a snapshot written at least 500 ms
+    /// after this call (stats.json is rewritten every 200 ms from counters the workers
+    /// publish every 100 ms, so an older snapshot may predate what the caller just did),
+    /// and returns that snapshot. `check` says what is still missing (`Err(why)`).
+    /// After `timeout` fails with the last `why` and the last snapshot seen.
+    ///
+    /// Use this instead of a fixed sleep before exact counter assertions.
+    pub fn wait_for_stats(
+        &self,
+        node: Node,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> Result<(), String>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let start = stat(&self.gateway_stats(node)?, &["uptime_ms"]);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.gateway_stats(node)?;
+            let fresh = stat(&s, &["uptime_ms"]) >= start + 500;
+            let verdict = if fresh {
+                check(&s)
+            } else {
+                Err("no snapshot 500 ms newer than the call yet".into())
+            };
+            match verdict {
+                Ok(()) => return Ok(s),
+                Err(why) if Instant::now() >= deadline => {
+                    bail!("{node:?}: stats did not settle within {timeout:?}: {why}\nlast snapshot: {s:#}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
     /// Sends SIGHUP to a gateway's control process (it rereads its config file) and
     /// waits until the dataplane reports a table generation newer than before, i.e.
     /// every worker runs on the reloaded tables. Fails with the control log's tail

@@ -473,26 +473,51 @@ impl Topology {
         connections: u32,
         bytes: u64,
     ) -> anyhow::Result<EchoResult> {
+        self.echo_client(node, host, port, connections, bytes, false)
+    }
+
+    /// [`Self::run_echo_client`] with `--all-open`: no connection sends before all
+    /// `connections` are open, so they are all open at the same moment.
+    pub fn run_echo_client_all_open(
+        &self,
+        node: Node,
+        host: Ipv4Addr,
+        port: u16,
+        connections: u32,
+        bytes: u64,
+    ) -> anyhow::Result<EchoResult> {
+        self.echo_client(node, host, port, connections, bytes, true)
+    }
+
+    fn echo_client(
+        &self,
+        node: Node,
+        host: Ipv4Addr,
+        port: u16,
+        connections: u32,
+        bytes: u64,
+        all_open: bool,
+    ) -> anyhow::Result<EchoResult> {
         let script = self.peer_script("echo_client.py")?;
         let host_s = host.to_string();
         let port_s = port.to_string();
         let conns_s = connections.to_string();
         let bytes_s = bytes.to_string();
-        let mut cmd = self.cmd(
-            node,
-            python(),
-            [
-                script.as_os_str(),
-                "--host".as_ref(),
-                host_s.as_ref(),
-                "--port".as_ref(),
-                port_s.as_ref(),
-                "--connections".as_ref(),
-                conns_s.as_ref(),
-                "--bytes".as_ref(),
-                bytes_s.as_ref(),
-            ],
-        );
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            script.as_os_str(),
+            "--host".as_ref(),
+            host_s.as_ref(),
+            "--port".as_ref(),
+            port_s.as_ref(),
+            "--connections".as_ref(),
+            conns_s.as_ref(),
+            "--bytes".as_ref(),
+            bytes_s.as_ref(),
+        ];
+        if all_open {
+            args.push("--all-open".as_ref());
+        }
+        let mut cmd = self.cmd(node, python(), args);
         let out = run_with_timeout(&mut cmd, self.registry_ref(), Duration::from_secs(180))
             .context("running echo_client.py")?;
         let stdout = String::from_utf8_lossy(&out.stdout);

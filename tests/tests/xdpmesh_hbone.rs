@@ -169,6 +169,11 @@ fn test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire() {
     }
 }
 
+/// Concurrent pod connections of the pool test, and the dataplane's default
+/// `--hbone-stream-cap` (streams per pooled tunnel), which the topology does not change.
+const STREAMS: u64 = 1000;
+const STREAM_CAP: u64 = 100;
+
 #[test]
 fn test_hbone_1000_concurrent_streams_share_ten_connections() {
     if !require_root("test_hbone_1000_concurrent_streams_share_ten_connections") {
@@ -176,32 +181,48 @@ fn test_hbone_1000_concurrent_streams_share_ten_connections() {
     }
     let topo = hbone_topology("hecho");
     let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    // All 1000 pod connections are open at once before any sends (`--all-open`), so
+    // gateway A holds 1000 concurrent streams: the pool fills a tunnel to its cap before
+    // it opens the next, and the tunnel count is exact, not a bound that early-finishing
+    // connections could satisfy with fewer.
     let r = topo
-        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 1000, 64 * 1024)
+        .run_echo_client_all_open(
+            Node::Client,
+            SERVER_ADDR,
+            ECHO_PORT,
+            STREAMS as u32,
+            64 * 1024,
+        )
         .unwrap();
-    if r.ok != 1000 {
+    if r.ok != STREAMS {
         let a = topo.gateway_stats(Node::GatewayA).unwrap();
         let b = topo.gateway_stats(Node::GatewayB).unwrap();
         panic!(
-            "{} of 1000 failed: {:?}\nA: {a:#}\nB: {b:#}",
+            "{} of {STREAMS} failed: {:?}\nA: {a:#}\nB: {b:#}",
             r.failed, r.errors
         );
     }
-    assert_eq!(r.bytes, 1000 * 64 * 1024);
+    assert_eq!(r.bytes, STREAMS * 64 * 1024);
     let [a, b] = topo.wait_gateways_idle(Duration::from_secs(20));
     let idle_at = std::time::Instant::now();
-    // ceil(1000 / 100 streams per connection): no connection storm.
+    // Exactly ceil(1000 / 100 streams per connection) = 10 tunnels: no connection storm,
+    // and no tunnel left short of its cap while another one opened.
     let tunnels = counter(&a, &["totals", "hbone_tunnels_opened"]);
-    assert!((1..=10).contains(&tunnels), "{tunnels} tunnels: {a:#}");
+    assert_eq!(tunnels, STREAMS.div_ceil(STREAM_CAP), "tunnels: {a:#}");
     assert_eq!(
         counter(&b, &["totals", "hbone_tunnels_accepted"]),
         tunnels,
         "{b:#}"
     );
-    assert_eq!(counter(&a, &["totals", "hbone_streams"]), 1000, "{a:#}");
-    assert_eq!(counter(&b, &["totals", "hbone_streams"]), 1000, "{b:#}");
+    assert_eq!(counter(&a, &["totals", "hbone_streams"]), STREAMS, "{a:#}");
+    assert_eq!(counter(&b, &["totals", "hbone_streams"]), STREAMS, "{b:#}");
     for s in [&a, &b] {
-        assert_eq!(counter(s, &["totals", "closed_connections"]), 1000, "{s:#}");
+        assert_eq!(
+            counter(s, &["totals", "closed_connections"]),
+            STREAMS,
+            "{s:#}"
+        );
+        assert_eq!(counter(s, &["totals", "hbone_tunnel_failures"]), 0, "{s:#}");
         assert_eq!(counter(s, &["totals", "hbone_refused"]), 0, "{s:#}");
     }
     topo.assert_no_stray_resets(idle_at);

@@ -1,7 +1,8 @@
 //! Loads `xdpmesh_divert` through the real kernel verifier and checks every
 //! verdict with `BPF_PROG_TEST_RUN`: the XDP action and the exact counter
 //! deltas. Needs root (CAP_BPF, CAP_NET_ADMIN) and a bpffs at /sys/fs/bpf;
-//! without root each test says loudly that it skipped.
+//! without root each test says loudly that it skipped (or fails, with
+//! `XDPMESH_REQUIRE_ROOT=1`, as in CI).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -18,25 +19,12 @@ use xdpmesh_xdp::{
 
 // ---------------------------------------------------------------- harness
 
-fn is_root() -> bool {
-    // Effective uid from /proc: no unsafe, no extra dependency.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
+/// Skips (loudly, on the real stderr) without root, or fails when CI's
+/// `XDPMESH_REQUIRE_ROOT=1` is set: the workspace's one root gate
+/// ([`xdpmesh_netns::require_root`]), named after the calling test.
 macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!(
-                "SKIPPED: needs root ({} loads BPF through the kernel verifier)",
-                module_path!()
-            );
+    ($test:literal) => {
+        if !xdpmesh_netns::require_root(concat!("verifier::", $test)) {
             return;
         }
     };
@@ -287,7 +275,7 @@ fn lo_ifindex() -> u32 {
 
 #[test]
 fn l2_verdicts_and_arp_snooping() {
-    require_root!();
+    require_root!("l2_verdicts_and_arp_snooping");
     let f = Fixture::new();
     let lo = lo_ifindex();
 
@@ -363,7 +351,7 @@ fn l2_verdicts_and_arp_snooping() {
 
 #[test]
 fn ipv4_verdicts() {
-    require_root!();
+    require_root!("ipv4_verdicts");
     let f = Fixture::new();
     let seg = tcp(5, 0);
 
@@ -579,7 +567,7 @@ fn ipv4_verdicts() {
 
 #[test]
 fn ipv6_verdicts_and_ndp_snooping() {
-    require_root!();
+    require_root!("ipv6_verdicts_and_ndp_snooping");
     let f = Fixture::new();
     let seg = tcp(5, 0);
 
@@ -751,7 +739,7 @@ fn ipv6_verdicts_and_ndp_snooping() {
 /// `pass_no_socket` here: no interface has a port, let alone a socket.
 #[test]
 fn mesh_rule() {
-    require_root!();
+    require_root!("mesh_rule");
     let f = Fixture::new();
     let seg = tcp(5, 0);
     let mesh = Reason::PassNoSocket;
@@ -870,7 +858,7 @@ fn mesh_rule() {
 /// AF_XDP socket, which the dataplane's namespace tests cover.)
 #[test]
 fn ports_and_socket_slots() {
-    require_root!();
+    require_root!("ports_and_socket_slots");
     let f = Fixture::new();
     let lo = lo_ifindex();
     let ctx = Some(TestRunCtx {
@@ -964,7 +952,7 @@ fn ports_and_socket_slots() {
 
 #[test]
 fn disabled_passes_everything() {
-    require_root!();
+    require_root!("disabled_passes_everything");
     let f = Fixture::new();
     f.prog.set_enabled(false).unwrap();
     assert!(!f.prog.maps().enabled().unwrap());
@@ -1005,7 +993,7 @@ fn disabled_passes_everything() {
 
 #[test]
 fn fresh_maps_start_disabled() {
-    require_root!();
+    require_root!("fresh_maps_start_disabled");
     let pins = PinDir::new();
     let prog = XdpProgram::load(pins.path()).unwrap();
     let frame = V4::tcp(LOCAL4, REMOTE4).frame(&tcp(5, 0));
@@ -1019,7 +1007,7 @@ fn fresh_maps_start_disabled() {
 
 #[test]
 fn pinned_maps_are_shared_and_synced() {
-    require_root!();
+    require_root!("pinned_maps_are_shared_and_synced");
     let pins = PinDir::new();
 
     let err = PinnedMaps::open(pins.path()).unwrap_err();
@@ -1122,7 +1110,7 @@ fn pinned_maps_are_shared_and_synced() {
 
 #[test]
 fn load_refuses_pin_dir_off_bpffs() {
-    require_root!();
+    require_root!("load_refuses_pin_dir_off_bpffs");
     let dir = std::env::temp_dir().join(format!("xdpmesh-test-notbpf-{}", std::process::id()));
     let err = XdpProgram::load(&dir).unwrap_err();
     assert!(matches!(err, XdpError::NotBpffs { .. }), "{err}");
@@ -1134,7 +1122,7 @@ fn load_refuses_pin_dir_off_bpffs() {
 
 #[test]
 fn attach_modes_replace_and_detach() {
-    require_root!();
+    require_root!("attach_modes_replace_and_detach");
     let pins = PinDir::new();
     let prog = XdpProgram::load(pins.path()).unwrap();
 
