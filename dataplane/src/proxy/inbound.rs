@@ -135,12 +135,7 @@ impl<S: FrameSink> Engine<S> {
             peer.clone(),
             now,
         );
-        let hid = self.insert(Object::Stream(st));
-        if let Some(Object::Tunnel(tunnel)) = self.objects.get_mut(tid) {
-            tunnel.add_stream(req.stream, hid);
-        }
-        self.stats.opened_connections += 1;
-        self.stats.hbone_streams += 1;
+        let hid = self.insert_stream(st);
         debug!(%peer, %target, %forwarded, "HBONE request accepted; connecting to the workload");
         if mac.is_none() {
             self.wait_for_neighbor(hid, up_port, nexthop, now);

@@ -75,12 +75,7 @@ impl<S: FrameSink> Engine<S> {
             dst_id.to_string(),
             now,
         );
-        let hid = self.insert(Object::Stream(st));
-        if let Some(Object::Tunnel(tunnel)) = self.objects.get_mut(tid) {
-            tunnel.add_stream(stream, hid);
-        }
-        self.stats.opened_connections += 1;
-        self.stats.hbone_streams += 1;
+        let hid = self.insert_stream(st);
         self.start(hid, ip, t.src_mac, now);
         self.pump_tunnel(tid, now);
     }

@@ -282,6 +282,18 @@ fn end_tcp(st: &mut Stream, readable: usize, now: i64) {
 }
 
 impl<S: FrameSink> Engine<S> {
+    /// Inserts a new stream connection and routes its stream's events to it.
+    pub(crate) fn insert_stream(&mut self, st: Stream) -> ObjKey {
+        let (tid, id) = (st.tunnel, st.id);
+        let hid = self.insert(Object::Stream(st));
+        if let Some(Object::Tunnel(tunnel)) = self.objects.get_mut(tid) {
+            tunnel.add_stream(id, hid);
+        }
+        self.stats.opened_connections += 1;
+        self.stats.hbone_streams += 1;
+        hid
+    }
+
     /// Splices a stream connection's TCP leg with its stream; propagates half-close and
     /// resets; frees the connection once both are over.
     pub(crate) fn service_stream(&mut self, hid: ObjKey, now: i64) {

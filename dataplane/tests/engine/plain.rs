@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
 use xdpmesh_dataplane::stack::Buffers;
 use xdpmesh_dataplane::wire;
@@ -10,6 +11,18 @@ use crate::support::*;
 
 fn server_addr() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(SERVER_IP), 80)
+}
+
+/// A connection from the client's port `port` to the server's port 80, established
+/// at both ends.
+fn established(w: &mut World, port: u16) -> (SocketHandle, SocketHandle) {
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), port);
+    w.run_until("established", 1_000_000, |w| {
+        w.client.tcp(cli).state() == State::Established
+            && w.server.tcp(srv).state() == State::Established
+    });
+    (cli, srv)
 }
 
 /// Counters both gateways must show after `n` clean connections.
@@ -75,12 +88,7 @@ fn splice_is_byte_exact_both_ways_with_a_slow_reader() {
 #[test]
 fn client_half_close_reaches_the_server_and_the_reply_still_flows() {
     let mut w = World::new(Opts::default());
-    let srv = w.server.listen(80);
-    let cli = w.client.connect(server_addr(), 40_002);
-    w.run_until("established", 1_000_000, |w| {
-        w.client.tcp(cli).state() == State::Established
-            && w.server.tcp(srv).state() == State::Established
-    });
+    let (cli, srv) = established(&mut w, 40_002);
     w.client.tcp(cli).send_slice(b"request").unwrap();
     w.client.tcp(cli).close();
     let mut got = Vec::new();
@@ -111,11 +119,7 @@ fn client_half_close_reaches_the_server_and_the_reply_still_flows() {
 #[test]
 fn server_half_close_reaches_the_client_and_the_client_still_sends() {
     let mut w = World::new(Opts::default());
-    let srv = w.server.listen(80);
-    let cli = w.client.connect(server_addr(), 40_003);
-    w.run_until("established", 1_000_000, |w| {
-        w.server.tcp(srv).state() == State::Established
-    });
+    let (cli, srv) = established(&mut w, 40_003);
     w.server.tcp(srv).send_slice(b"banner").unwrap();
     w.server.tcp(srv).close();
     let mut got = Vec::new();
@@ -141,11 +145,7 @@ fn server_half_close_reaches_the_client_and_the_client_still_sends() {
 #[test]
 fn a_reset_answering_our_half_close_reaches_the_client_at_once() {
     let mut w = World::new(Opts::default());
-    let srv = w.server.listen(80);
-    let cli = w.client.connect(server_addr(), 40_004);
-    w.run_until("established", 1_000_000, |w| {
-        w.server.tcp(srv).state() == State::Established
-    });
+    let (cli, srv) = established(&mut w, 40_004);
     // 100 bytes and a half-close; the server closes without reading them: its kernel
     // (here its stack) answers with a reset.
     w.client.tcp(cli).send_slice(&[7; 100]).unwrap();
@@ -207,11 +207,7 @@ fn a_refused_connect_resets_the_client() {
 #[test]
 fn a_half_dead_connection_is_aborted_after_the_limit() {
     let mut w = World::new(Opts::default());
-    let srv = w.server.listen(80);
-    let cli = w.client.connect(server_addr(), 40_006);
-    w.run_until("established", 1_000_000, |w| {
-        w.server.tcp(srv).state() == State::Established
-    });
+    let (cli, srv) = established(&mut w, 40_006);
     // The server half-closes; the client answers with its own FIN, which gateway b
     // passes on to a server that has vanished meanwhile: b's leg to the server waits
     // in LAST-ACK for an ACK that never comes, while its leg towards a is done.
@@ -242,12 +238,8 @@ fn a_half_dead_connection_is_aborted_after_the_limit() {
 #[test]
 fn late_segments_are_dropped_while_the_key_lingers_then_reset() {
     let mut w = World::new(Opts::default());
-    let srv = w.server.listen(80);
-    let cli = w.client.connect(server_addr(), 40_007);
+    let (cli, srv) = established(&mut w, 40_007);
     w.client.keep_log = true;
-    w.run_until("established", 1_000_000, |w| {
-        w.server.tcp(srv).state() == State::Established
-    });
     w.client.tcp(cli).close();
     w.server.tcp(srv).close();
     w.run_until("closed", 1_000_000, |w| {
