@@ -95,6 +95,22 @@ impl Object {
     }
 }
 
+/// Live objects by kind.
+#[derive(Debug, Default, Clone, Copy)]
+struct Live {
+    connections: u64,
+    tunnels: u64,
+}
+
+impl Live {
+    fn count(&mut self, o: &Object) -> &mut u64 {
+        match o {
+            Object::Tunnel(_) => &mut self.tunnels,
+            Object::Plain(_) | Object::Stream(_) => &mut self.connections,
+        }
+    }
+}
+
 /// A frame handed from one worker to the flow's owner.
 #[derive(Debug)]
 pub struct Handover {
@@ -141,6 +157,10 @@ pub struct Engine<S> {
     pub(crate) buffers: Buffers,
     /// Tunnels that stream connections wrote into, pumped once per loop iteration.
     dirty_tunnels: Vec<ObjKey>,
+    /// Objects whose timer is due (kept to reuse its allocation).
+    due: Vec<ObjKey>,
+    /// Live connections (plain and stream) and tunnels, kept as objects come and go.
+    live: Live,
     inboxes: Vec<Arc<ArrayQueue<Handover>>>,
     pub(crate) rng: u64,
     pub(crate) stats: Local,
@@ -168,6 +188,8 @@ impl<S: FrameSink> Engine<S> {
             hbone: cfg.hbone,
             buffers: cfg.buffers,
             dirty_tunnels: Vec::new(),
+            due: Vec::new(),
+            live: Live::default(),
             inboxes: cfg.inboxes,
             rng: 0x2545_f491_4f6c_dd1d ^ (u64::from(pid) << 16) ^ u64::from(cfg.id),
             stats: Local::default(),
@@ -305,6 +327,7 @@ impl<S: FrameSink> Engine<S> {
 
     /// Inserts a new object whose legs are routed by the flow table.
     pub(crate) fn insert(&mut self, object: Object) -> ObjKey {
+        *self.live.count(&object) += 1;
         let key = self.objects.insert(object);
         let o = &mut self.objects[key];
         for (which, leg) in o.legs_mut().iter().enumerate() {
@@ -352,6 +375,7 @@ impl<S: FrameSink> Engine<S> {
     /// Frees an object: its keys linger, its timer and neighbour wait are dropped.
     pub(crate) fn free(&mut self, key: ObjKey, now: i64) -> Option<Object> {
         let mut o = self.objects.remove(key)?;
+        *self.live.count(&o) -= 1;
         for leg in o.legs_mut() {
             self.flows.forget(leg.key, now);
         }
@@ -372,12 +396,13 @@ impl<S: FrameSink> Engine<S> {
     /// the linger set, waiting next hops; then the TX sinks are flushed. Returns how
     /// many objects it serviced.
     pub fn poll(&mut self, now: i64) -> usize {
-        let mut due = Vec::new();
+        let mut due = std::mem::take(&mut self.due);
         self.timers.due(now, &mut due);
         let mut work = due.len();
-        for key in due {
+        for key in due.drain(..) {
             self.service(key, now);
         }
+        self.due = due;
         let dirty = std::mem::take(&mut self.dirty_tunnels);
         work += dirty.len();
         for tid in dirty {
@@ -403,15 +428,8 @@ impl<S: FrameSink> Engine<S> {
 
     /// The counters, with the live figures brought up to date.
     pub fn counters(&mut self) -> &Local {
-        let (mut conns, mut tunnels) = (0, 0);
-        for o in self.objects.values() {
-            match o {
-                Object::Tunnel(_) => tunnels += 1,
-                Object::Plain(_) | Object::Stream(_) => conns += 1,
-            }
-        }
-        self.stats.live_connections = conns;
-        self.stats.hbone_tunnels_live = tunnels;
+        self.stats.live_connections = self.live.connections;
+        self.stats.hbone_tunnels_live = self.live.tunnels;
         self.stats.tx_packets = self.net.tx.packets;
         self.stats.tx_no_frame = self.net.tx.no_frame;
         &self.stats
