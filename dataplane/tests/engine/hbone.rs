@@ -9,7 +9,7 @@ use xdpmesh_dataplane::wire;
 use xdpmesh_hbone::{ConnectHeaders, Event, HboneClientConn, StatusCode, Validity};
 use xdpmesh_shm::{Address, Policy, PolicyAction, Protocol, Route, Workload};
 
-use crate::support::*;
+use xdpmesh_sim::*;
 
 fn hbone(hbone: HboneLimits, policies: Vec<Policy>) -> World {
     World::new(Opts {

@@ -7,7 +7,7 @@ use smoltcp::socket::tcp::State;
 use xdpmesh_dataplane::stack::Buffers;
 use xdpmesh_dataplane::wire;
 
-use crate::support::*;
+use xdpmesh_sim::*;
 
 fn server_addr() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(SERVER_IP), 80)

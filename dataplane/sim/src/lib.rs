@@ -1,4 +1,8 @@
-//! An in-process test bed: two engines wired to each other over their `up0` ports and
+//! xdpmesh-sim: an in-process test bed for the engine, used by the engine transcript
+//! tests (`dataplane/tests/engine/`) and the in-process benchmark
+//! (`benches/src/bin/xdpmesh-engine-bench.rs`).
+//!
+//! Two engines wired to each other over their `up0` ports and
 //! to two scripted pods (smoltcp hosts) over their `pod0` ports, on a simulated clock.
 //! No root, no kernel, milliseconds per test; every frame can be inspected.
 //!
@@ -31,18 +35,29 @@ use xdpmesh_hbone::identity::SpiffeId;
 use xdpmesh_hbone::{Ca, Validity};
 use xdpmesh_shm::{Address, Node, Policy, Protocol, Route, Tables, Workload};
 
+/// Port index of `pod0` on both gateways.
 pub const POD0: usize = 0;
+/// Port index of `up0` on both gateways.
 pub const UP0: usize = 1;
+/// Interface index of `pod0` (the tables' routes name it).
 pub const POD0_IFINDEX: u32 = 11;
+/// Interface index of `up0`.
 pub const UP0_IFINDEX: u32 = 12;
 
+/// The client pod (a mesh workload served by gateway a).
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// Gateway a on `pod0`.
 pub const A_POD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// Gateway a on `up0`.
 pub const A_UP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Gateway b on `up0`.
 pub const B_UP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Gateway b on `pod0`.
 pub const B_POD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+/// The server pod (a mesh workload served by gateway b).
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 
+/// MACs, in the order of the addresses above.
 pub const CLIENT_MAC: Mac = [2, 0, 0, 0, 1, 2];
 pub const A_POD_MAC: Mac = [2, 0, 0, 0, 1, 1];
 pub const A_UP_MAC: Mac = [2, 0, 0, 0, 0, 1];
@@ -50,6 +65,7 @@ pub const B_UP_MAC: Mac = [2, 0, 0, 0, 0, 2];
 pub const B_POD_MAC: Mac = [2, 0, 0, 0, 2, 1];
 pub const SERVER_MAC: Mac = [2, 0, 0, 0, 2, 2];
 
+/// The mesh's trust domain.
 pub const TRUST_DOMAIN: &str = "cluster.local";
 
 /// Next hops an engine's resolver knows: `(ifindex, ip) → MAC`; tests remove entries
@@ -129,6 +145,7 @@ pub fn tables(local: u32, protocol: Protocol, policies: Vec<Policy>) -> Tables {
     }
 }
 
+/// The SPIFFE identity of service account `sa` in namespace `default`.
 pub fn spiffe(sa: &str) -> SpiffeId {
     format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{sa}")
         .parse()
@@ -276,6 +293,7 @@ impl Host {
         self.sockets.add(s)
     }
 
+    /// A socket of this host.
     pub fn tcp(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(h)
     }
@@ -331,9 +349,13 @@ impl Host {
 pub struct World {
     /// Simulated time, µs.
     pub now: i64,
+    /// Gateway a (the client's).
     pub a: Engine<MemSink>,
+    /// Gateway b (the server's).
     pub b: Engine<MemSink>,
+    /// The client pod.
     pub client: Host,
+    /// The server pod.
     pub server: Host,
     /// Gateway a's resolver entries (tests make next hops unresolvable here).
     pub a_neigh: Neighbors,
@@ -351,6 +373,7 @@ pub struct World {
 }
 
 impl World {
+    /// Two gateways with their tables (and identities, for HBONE), two pods, time 0.
     pub fn new(opts: Opts) -> World {
         let a_neigh: Neighbors = Default::default();
         let b_neigh: Neighbors = Default::default();
