@@ -14,13 +14,9 @@ use xdpmesh_shm::{
     Address, Node, Policy, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource,
     Workload,
 };
+use xdpmesh_xdp::abi::{WL_LOCAL, WL_MESH};
 
 use crate::config::{self, MeshConfig};
-
-/// XDP `workloads` flag: captured workload served by this gateway.
-pub const WL_LOCAL: u32 = 1;
-/// XDP `workloads` flag: mesh workload served by another gateway.
-pub const WL_MESH: u32 = 2;
 
 /// Errors building tables.
 #[derive(Debug, thiserror::Error)]
