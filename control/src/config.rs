@@ -971,3 +971,24 @@ impl IndexBuilder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs steps 1 and 2 on `text`; whether step 3 indexed it.
+    fn indexed(text: &str) -> bool {
+        let raw: RawConfig = serde_norway::from_str(text).unwrap();
+        let at = Locator::new(Path::new("inline.yaml"), text);
+        let _ = raw.into_domain(&at);
+        at.index.get().is_some()
+    }
+
+    #[test]
+    fn only_a_refused_file_is_indexed() {
+        assert!(!indexed(EMBEDDED_DEMO), "a valid file is parsed once");
+        let bad = EMBEDDED_DEMO.replacen("name: client", "name: Client", 1);
+        assert_ne!(bad, EMBEDDED_DEMO);
+        assert!(indexed(&bad), "a refusal names a position");
+    }
+}
