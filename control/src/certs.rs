@@ -39,31 +39,8 @@
 //!
 //! ## `manifest.json` (the contract with the dataplane)
 //!
-//! ```json
-//! {
-//!   "generation": 7,
-//!   "trust_domain": "cluster.local",
-//!   "identities": [
-//!     {
-//!       "spiffe": "spiffe://cluster.local/ns/default/sa/client",
-//!       "cert": "default~client.crt",
-//!       "key": "default~client.key"
-//!     }
-//!   ],
-//!   "roots": "roots.pem"
-//! }
-//! ```
-//!
-//! - `generation` (u64): the shared-memory tables generation these identities were
-//!   published with (`xdpmesh-control run` passes the generation it just published);
-//!   it changes on every publication.
-//! - `trust_domain` (string): the config's trust domain; servers accept only peers in it.
-//! - `identities` (array, sorted by `spiffe`, no duplicates): one entry per distinct
-//!   identity of the node's local workloads; `cert` and `key` are file names relative
-//!   to the directory holding the manifest (never paths). May be empty.
-//! - `roots` (string): file name of the trust roots, relative to the same directory.
-//!
-//! No other fields are written; a reader should nevertheless ignore unknown fields.
+//! The format and its checks are [`xdpmesh_hbone::manifest`]'s, shared with the
+//! dataplane that reads it: [`Manifest`], written with [`Manifest::to_json`].
 //!
 //! ## Writing and reading protocol
 //!
@@ -84,7 +61,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::{Deserialize, Serialize};
+pub use xdpmesh_hbone::manifest::{Manifest, ManifestIdentity, MANIFEST_FILE};
 use xdpmesh_hbone::{roots_from_pem, Ca, SpiffeId, Validity, WorkloadCert};
 
 use crate::config::MeshConfig;
@@ -95,8 +72,6 @@ pub const DEFAULT_CA_DIR: &str = "/var/lib/xdpmesh/ca";
 pub const CA_CERT_FILE: &str = "ca.crt";
 /// The CA key's file name in a CA directory.
 pub const CA_KEY_FILE: &str = "ca.key";
-/// The manifest's file name in the identity directory.
-pub const MANIFEST_FILE: &str = "manifest.json";
 /// The trust roots' file name in the identity directory (and in `--identity-dir`).
 pub const ROOTS_FILE: &str = "roots.pem";
 /// Default certificate lifetime.
@@ -112,30 +87,6 @@ pub const CERT_MODE: u32 = 0o644;
 /// The default identity directory of an instance: `/run/xdpmesh/<instance>/identity`.
 pub fn default_identity_out(instance: &str) -> PathBuf {
     PathBuf::from(format!("/run/xdpmesh/{instance}/identity"))
-}
-
-/// `manifest.json` (see the module documentation for the contract).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// The publication's generation.
-    pub generation: u64,
-    /// The config's trust domain.
-    pub trust_domain: String,
-    /// One entry per identity, sorted by SPIFFE ID.
-    pub identities: Vec<ManifestIdentity>,
-    /// The trust roots' file name.
-    pub roots: String,
-}
-
-/// One identity in the manifest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManifestIdentity {
-    /// `spiffe://<td>/ns/<namespace>/sa/<service-account>`.
-    pub spiffe: String,
-    /// Certificate chain file name (PEM, leaf first).
-    pub cert: String,
-    /// Private key file name (PEM).
-    pub key: String,
 }
 
 /// The base file name (without extension) of an identity: `<namespace>~<sa>`.
@@ -395,8 +346,7 @@ pub fn publish_identities(
         identities: entries,
         roots: ROOTS_FILE.to_owned(),
     };
-    let mut json = serde_json::to_vec_pretty(&manifest)?;
-    json.push(b'\n');
+    let json = manifest.to_json()?;
     let manifest_path = out.join(MANIFEST_FILE);
     write_atomic(&manifest_path, &json, CERT_MODE)?;
     sync_dir(out);

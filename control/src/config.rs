@@ -4,24 +4,28 @@
 //! [`MeshConfig::embedded_default`]). Reading it takes three steps, in the way
 //! ztunnel turns xDS and file input into its workload state:
 //!
-//! 1. `serde_yaml` parses the text into the private `Raw*` structs
-//!    (`deny_unknown_fields`). Syntax errors, unknown fields, wrong types and
-//!    bad enum values stop here, with serde_yaml's line and column.
-//! 2. Only when that succeeded, a second pass over the same text with
-//!    `yaml-rust2`'s event parser records where every YAML node starts, keyed
-//!    by its path (`workloads[1].addresses[0]`). serde cannot tell us that,
-//!    and the semantic errors below must point at the offending node.
-//! 3. The raw structs are turned into the domain types ([`MeshConfig`],
+//! 1. `serde_norway` (the maintained fork of the deprecated `serde_yaml`, with
+//!    its messages) parses the text into the private `Raw*` structs
+//!    (`deny_unknown_fields`): the one parse of the file. Syntax errors, unknown
+//!    fields, wrong types and bad enum values stop here, with its line and column.
+//! 2. The raw structs are turned into the domain types ([`MeshConfig`],
 //!    [`Node`], [`Workload`]): defaults are applied here and only here
 //!    ([`DEFAULT_UNKNOWN_SOURCE`], [`DEFAULT_PROTOCOL`]), and everything serde
 //!    cannot check is checked — DNS-1123 names, unicast addresses, ports,
-//!    duplicates and references between workloads and nodes.
+//!    duplicates and references between workloads and nodes. Findings name
+//!    YAML nodes by path (`workloads[1].addresses[0]`), never by position.
+//! 3. Only when step 2 refuses the file, the error's paths (the offending node,
+//!    and the first definition of a duplicate) are turned into lines and columns:
+//!    `yaml-rust2`'s event parser records where every node of the text starts,
+//!    which serde cannot tell. A valid file is parsed once.
 //!
 //! Every error is a [`ConfigError`] that prints as `file:line:column: reason`.
 
+use std::cell::OnceCell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -269,12 +273,8 @@ impl MeshConfig {
 
     /// Parses and validates `text`; `file` names it in errors.
     pub fn from_str_named(text: &str, file: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| serde_error(&e, file))?;
-        let at = Locator {
-            file,
-            index: PositionIndex::build(text),
-        };
-        raw.into_domain(&at)
+        let raw: RawConfig = serde_norway::from_str(text).map_err(|e| serde_error(&e, file))?;
+        raw.into_domain(&Locator::new(file, text))
     }
 
     /// The demo configuration in `testdata/demo.yaml`, compiled in.
@@ -296,16 +296,16 @@ impl MeshConfig {
     }
 }
 
-/// Turns a serde_yaml error into a [`ConfigError`], moving its location out
+/// Turns a serde_norway error into a [`ConfigError`], moving its location out
 /// of the message into the line and column fields.
-fn serde_error(e: &serde_yaml::Error, file: &Path) -> ConfigError {
+fn serde_error(e: &serde_norway::Error, file: &Path) -> ConfigError {
     let message = e.to_string();
     let (line, column, reason) = match e.location() {
         Some(loc) => {
             let suffix = format!(" at line {} column {}", loc.line(), loc.column());
             (loc.line(), loc.column(), message.replacen(&suffix, "", 1))
         }
-        // serde_yaml knows no position (e.g. "more than one document"):
+        // serde_norway knows no position (e.g. "more than one document"):
         // point at the start of the file.
         None => (1, 1, message),
     };
@@ -392,75 +392,39 @@ impl RawConfig {
         let mut book = AddressBook::default();
 
         let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
-        let mut node_lines: HashMap<String, usize> = HashMap::new();
+        let mut node_names = FirstSeen::default();
         for (i, raw) in self.nodes.into_iter().enumerate() {
             let node = raw.into_domain(&format!("nodes[{i}]"), at, &mut book)?;
             let name_path = format!("nodes[{i}].name");
-            match node_lines.entry(node.name.clone()) {
-                Entry::Occupied(first) => {
-                    return Err(at.error(
-                        &name_path,
-                        format!(
-                            "duplicate node name {:?}: already defined at line {}",
-                            node.name,
-                            first.get()
-                        ),
-                    ));
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(at.line(&name_path));
-                }
-            }
+            node_names.define(node.name.clone(), &name_path, at, || {
+                format!("duplicate node name {:?}", node.name)
+            })?;
             nodes.push(node);
         }
 
         let mut workloads: Vec<Workload> = Vec::with_capacity(self.workloads.len());
-        let mut workload_lines: HashMap<(String, String), usize> = HashMap::new();
+        let mut workload_names = FirstSeen::default();
         for (i, raw) in self.workloads.into_iter().enumerate() {
             let prefix = format!("workloads[{i}]");
             let workload = raw.into_domain(&prefix, at, &nodes, &mut book)?;
             let name_path = format!("{prefix}.name");
             let key = (workload.namespace.clone(), workload.name.clone());
-            match workload_lines.entry(key) {
-                Entry::Occupied(first) => {
-                    return Err(at.error(
-                        &name_path,
-                        format!(
-                            "duplicate workload {}: already defined at line {}",
-                            workload.qualified_name(),
-                            first.get()
-                        ),
-                    ));
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(at.line(&name_path));
-                }
-            }
+            workload_names.define(key, &name_path, at, || {
+                format!("duplicate workload {}", workload.qualified_name())
+            })?;
             workloads.push(workload);
         }
 
         let mut policies: Vec<Policy> = Vec::with_capacity(self.policies.len());
-        let mut policy_lines: HashMap<(String, String), usize> = HashMap::new();
+        let mut policy_names = FirstSeen::default();
         for (i, raw) in self.policies.into_iter().enumerate() {
             let prefix = format!("policies[{i}]");
             let policy = raw.into_domain(&prefix, at, &trust_domain, &workloads)?;
             let name_path = format!("{prefix}.name");
-            match policy_lines.entry((policy.namespace.clone(), policy.name.clone())) {
-                Entry::Occupied(first) => {
-                    return Err(at.error(
-                        &name_path,
-                        format!(
-                            "duplicate policy {}/{}: already defined at line {}",
-                            policy.namespace,
-                            policy.name,
-                            first.get()
-                        ),
-                    ));
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(at.line(&name_path));
-                }
-            }
+            let key = (policy.namespace.clone(), policy.name.clone());
+            policy_names.define(key, &name_path, at, || {
+                format!("duplicate policy {}/{}", policy.namespace, policy.name)
+            })?;
             policies.push(policy);
         }
 
@@ -675,7 +639,7 @@ fn check_ports(
     any: &str,
     at: &Locator<'_>,
 ) -> Result<(), ConfigError> {
-    let mut port_lines: HashMap<u16, usize> = HashMap::new();
+    let mut seen = FirstSeen::default();
     for (j, &port) in ports.iter().enumerate() {
         let path = format!("{prefix}.ports[{j}]");
         if port == 0 {
@@ -684,19 +648,11 @@ fn check_ports(
                 format!("port 0 is not a valid port: use 1-65535, or {any} to mean any port"),
             ));
         }
-        match port_lines.entry(port) {
-            Entry::Occupied(first) => {
-                return Err(at.error(
-                    &path,
-                    format!(
-                        "duplicate port {port}: already listed at line {}",
-                        first.get()
-                    ),
-                ));
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(at.line(&path));
-            }
+        if let Some(line) = seen.earlier_line(port, &path, at) {
+            return Err(at.error(
+                &path,
+                format!("duplicate port {port}: already listed at line {line}"),
+            ));
         }
     }
     Ok(())
@@ -743,10 +699,51 @@ fn parse_unicast(text: &str) -> Result<IpAddr, String> {
     }
 }
 
-/// Every address seen so far, with who owns it and on which line.
+/// Where each key was first seen, by path: duplicates say "already ... at line N",
+/// and that line is only looked up when there is a duplicate.
+struct FirstSeen<K>(HashMap<K, String>);
+
+impl<K> Default for FirstSeen<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: Eq + Hash> FirstSeen<K> {
+    /// Records `key` at `path`; when it was seen before, the line it was first seen on.
+    fn earlier_line(&mut self, key: K, path: &str, at: &Locator<'_>) -> Option<usize> {
+        match self.0.entry(key) {
+            Entry::Occupied(first) => Some(at.line(first.get())),
+            Entry::Vacant(slot) => {
+                slot.insert(path.to_owned());
+                None
+            }
+        }
+    }
+
+    /// [`earlier_line`](Self::earlier_line) for names that must be unique: a second
+    /// definition is refused at `path` as `<duplicate>: already defined at line N`.
+    fn define(
+        &mut self,
+        key: K,
+        path: &str,
+        at: &Locator<'_>,
+        duplicate: impl FnOnce() -> String,
+    ) -> Result<(), ConfigError> {
+        match self.earlier_line(key, path, at) {
+            Some(line) => Err(at.error(
+                path,
+                format!("{}: already defined at line {line}", duplicate()),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every address seen so far, with who owns it and at which path.
 #[derive(Default)]
 struct AddressBook {
-    owners: HashMap<IpAddr, (String, usize)>,
+    owners: HashMap<IpAddr, (String, String)>,
 }
 
 impl AddressBook {
@@ -759,14 +756,17 @@ impl AddressBook {
     ) -> Result<(), ConfigError> {
         match self.owners.entry(ip) {
             Entry::Occupied(first) => {
-                let (first_owner, first_line) = first.get();
+                let (first_owner, first_path) = first.get();
                 Err(at.error(
                     path,
-                    format!("duplicate address {ip}: already used by {first_owner} at line {first_line}"),
+                    format!(
+                        "duplicate address {ip}: already used by {first_owner} at line {}",
+                        at.line(first_path)
+                    ),
                 ))
             }
             Entry::Vacant(slot) => {
-                slot.insert((owner.to_owned(), at.line(path)));
+                slot.insert((owner.to_owned(), path.to_owned()));
                 Ok(())
             }
         }
@@ -813,15 +813,27 @@ struct Pos {
     column: usize,
 }
 
-/// Turns paths into positions for errors found after serde succeeded.
+/// Turns paths into positions for errors found after serde succeeded. The text
+/// is indexed at the first question, so only a refused file is read twice.
 struct Locator<'a> {
     file: &'a Path,
-    index: PositionIndex,
+    text: &'a str,
+    index: OnceCell<PositionIndex>,
 }
 
-impl Locator<'_> {
+impl<'a> Locator<'a> {
+    fn new(file: &'a Path, text: &'a str) -> Self {
+        Self {
+            file,
+            text,
+            index: OnceCell::new(),
+        }
+    }
+
     fn pos(&self, path: &str) -> Pos {
-        self.index.get(path)
+        self.index
+            .get_or_init(|| PositionIndex::build(self.text))
+            .get(path)
     }
 
     fn line(&self, path: &str) -> usize {
@@ -840,7 +852,7 @@ impl Locator<'_> {
 }
 
 /// The start of every node of the first document, by path: `""` for the
-/// root, `nodes[0]`, `workloads[1].addresses[0]`, as serde_yaml spells paths.
+/// root, `nodes[0]`, `workloads[1].addresses[0]`, as serde_norway spells paths.
 #[derive(Default)]
 struct PositionIndex {
     by_path: HashMap<String, Pos>,
@@ -848,7 +860,7 @@ struct PositionIndex {
 
 impl PositionIndex {
     /// Best effort: a text the event parser stops on early (it only sees
-    /// texts serde_yaml accepted, but the two parsers are not the same)
+    /// texts serde_norway accepted, but the two parsers are not the same)
     /// leaves the rest unindexed, and [`PositionIndex::get`] falls back to
     /// the nearest indexed ancestor.
     fn build(text: &str) -> Self {
@@ -957,5 +969,26 @@ impl IndexBuilder {
                 column: mark.col() + 1,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs steps 1 and 2 on `text`; whether step 3 indexed it.
+    fn indexed(text: &str) -> bool {
+        let raw: RawConfig = serde_norway::from_str(text).unwrap();
+        let at = Locator::new(Path::new("inline.yaml"), text);
+        let _ = raw.into_domain(&at);
+        at.index.get().is_some()
+    }
+
+    #[test]
+    fn only_a_refused_file_is_indexed() {
+        assert!(!indexed(EMBEDDED_DEMO), "a valid file is parsed once");
+        let bad = EMBEDDED_DEMO.replacen("name: client", "name: Client", 1);
+        assert_ne!(bad, EMBEDDED_DEMO);
+        assert!(indexed(&bad), "a refusal names a position");
     }
 }

@@ -9,18 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::process::Command;
 
-use serde_yaml::Value;
+use serde_json::Value;
 use xdpmesh_shm::{
     Address, Node, Policy, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource,
     Workload,
 };
+use xdpmesh_xdp::abi::{WL_LOCAL, WL_MESH};
 
 use crate::config::{self, MeshConfig};
-
-/// XDP `workloads` flag: captured workload served by this gateway.
-pub const WL_LOCAL: u32 = 1;
-/// XDP `workloads` flag: mesh workload served by another gateway.
-pub const WL_MESH: u32 = 2;
 
 /// Errors building tables.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +52,7 @@ impl KernelRoutes {
             .args(["-json", "link", "show", "dev", dev])
             .output()
             .ok()?;
-        let v: Value = serde_yaml::from_slice(&out.stdout).ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         let i = v.get(0)?.get("ifindex")?.as_u64()? as u32;
         self.ifindex.insert(dev.to_owned(), i);
         Some(i)
@@ -72,8 +68,7 @@ impl RouteLookup for KernelRoutes {
         if !out.status.success() {
             return None;
         }
-        // `ip -json` output is JSON, a subset of YAML.
-        let v: Value = serde_yaml::from_slice(&out.stdout).ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
         let r = v.get(0)?;
         let dev = r.get("dev")?.as_str()?.to_owned();
         let via = r

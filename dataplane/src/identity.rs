@@ -1,11 +1,6 @@
 //! Workload identities for HBONE, as published by the control process in its identity
-//! directory (`/run/xdpmesh/<instance>/identity/`, root-only):
-//!
-//! ```json
-//! {"generation": 3, "trust_domain": "cluster.local", "roots": "roots.pem",
-//!  "identities": [{"spiffe": "spiffe://cluster.local/ns/default/sa/client",
-//!                  "cert": "default~client.crt", "key": "default~client.key"}]}
-//! ```
+//! directory (`/run/xdpmesh/<instance>/identity/`, root-only), whose table of contents
+//! is [`Manifest`] (`manifest.json`, the type the control process writes).
 //!
 //! The manifest is renamed into place last, so a reader that follows it sees complete
 //! files. Keys stay in this process's memory (rustls configs); they are never logged.
@@ -14,9 +9,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use xdpmesh_hbone::certs::{roots_from_pem, WorkloadCert};
 use xdpmesh_hbone::identity::SpiffeId;
+use xdpmesh_hbone::manifest::{Manifest, MANIFEST_FILE};
 use xdpmesh_hbone::CertificateDer;
 
 /// Errors loading identities.
@@ -40,21 +35,6 @@ pub enum IdentityError {
     },
 }
 
-#[derive(Deserialize)]
-struct Manifest {
-    generation: u64,
-    trust_domain: String,
-    roots: String,
-    identities: Vec<ManifestIdentity>,
-}
-
-#[derive(Deserialize)]
-struct ManifestIdentity {
-    spiffe: String,
-    cert: String,
-    key: String,
-}
-
 /// The identities of the workloads served by this gateway, and the mesh roots.
 #[derive(Debug)]
 pub struct IdentityStore {
@@ -74,12 +54,12 @@ impl IdentityStore {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|source| IdentityError::Read { path, source })
         };
-        let manifest_path = dir.join("manifest.json");
-        let m: Manifest =
-            serde_json::from_str(&read("manifest.json")?).map_err(|e| IdentityError::Invalid {
-                path: manifest_path.clone(),
+        let m = Manifest::from_json(read(MANIFEST_FILE)?.as_bytes()).map_err(|e| {
+            IdentityError::Invalid {
+                path: dir.join(MANIFEST_FILE),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let roots = roots_from_pem(&read(&m.roots)?).map_err(|e| IdentityError::Invalid {
             path: dir.join(&m.roots),
             reason: e.to_string(),

@@ -37,6 +37,7 @@
 pub mod certs;
 pub mod conn;
 pub mod identity;
+pub mod manifest;
 pub mod tls;
 
 /// The HBONE port: every workload's mTLS HTTP/2 `CONNECT` listener (ztunnel's 15008).
@@ -51,6 +52,7 @@ pub use conn::{
     StatusCode, StreamError, StreamId, TlsInfo,
 };
 pub use identity::{SpiffeId, SpiffeIdError};
+pub use manifest::{Manifest, ManifestError, ManifestIdentity, MANIFEST_FILE};
 /// rustls' configuration types, so users need not depend on rustls to name them.
 pub use rustls::pki_types::CertificateDer;
 pub use rustls::{ClientConfig, ServerConfig};

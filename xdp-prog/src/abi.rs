@@ -2,12 +2,18 @@
 //!
 //! Each record is `#[repr(C)]` with the same fields, explicit padding and a
 //! compile-time size assertion that matches the `_Static_assert` in the header.
-//! Map values cross the syscall boundary as bytes in host order; the
-//! `to_bytes`/`from_bytes` pairs do that conversion without `unsafe`.
+//! Map keys and values cross the syscall boundary as bytes in host order:
+//! zerocopy's derives give every record its bytes ([`IntoBytes::as_bytes`])
+//! and read it back ([`FromBytes::read_from_bytes`], which refuses a slice of
+//! the wrong size), without `unsafe` here. `IntoBytes` only derives for a
+//! layout without implicit padding, so no record can hide an unwritten hole
+//! (the kernel hashes every key byte).
 
 use std::fmt;
 use std::mem::size_of;
 use std::net::{IpAddr, Ipv6Addr};
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `XM_ABI_VERSION`: bump together with `abi.h` whenever a layout changes.
 pub const ABI_VERSION: u32 = 2;
@@ -36,7 +42,21 @@ pub const CFG_ENABLED: u32 = 1;
 /// `struct xm_addr`: an IPv6 address in network byte order; IPv4 addresses
 /// are stored v4-mapped (`::ffff:a.b.c.d`, RFC 4291 section 2.5.5.2).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+)]
 pub struct XmAddr {
     /// Address bytes, network order.
     pub addr: [u8; 16],
@@ -44,9 +64,6 @@ pub struct XmAddr {
 const _: () = assert!(size_of::<XmAddr>() == 16);
 
 impl XmAddr {
-    /// Size of the encoded key.
-    pub const SIZE: usize = 16;
-
     /// The address this key stands for; v4-mapped keys come back as IPv4.
     pub fn ip(&self) -> IpAddr {
         Ipv6Addr::from(self.addr).to_canonical()
@@ -65,7 +82,9 @@ impl From<IpAddr> for XmAddr {
 
 /// `struct xm_workload`: value of the `workloads` map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct XmWorkload {
     /// `XM_WL_*` flags.
     pub flags: u32,
@@ -74,25 +93,9 @@ pub struct XmWorkload {
 const _: () = assert!(size_of::<XmWorkload>() == 8);
 
 impl XmWorkload {
-    /// Size of the encoded value.
-    pub const SIZE: usize = 8;
-
     /// A record with the given flags and zeroed padding.
     pub const fn new(flags: u32) -> Self {
         Self { flags, _pad: 0 }
-    }
-
-    /// Host-order encoding as the kernel stores it.
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-        let mut b = [0; Self::SIZE];
-        b[0..4].copy_from_slice(&self.flags.to_ne_bytes());
-        b
-    }
-
-    /// Decodes a map value; `None` when `b` has the wrong size.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
-        Some(Self::new(u32::from_ne_bytes(b[0..4].try_into().ok()?)))
     }
 }
 
@@ -104,7 +107,9 @@ pub const fn xsk_slot(port: u32, queue: u32) -> u32 {
 
 /// `struct xm_port`: value of the `ports` map (key: `u32` ingress ifindex).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct XmPort {
     /// The interface's port number, below [`MAX_PORTS`]: its block of
     /// [`MAX_QUEUES`] slots in `xsks`.
@@ -114,31 +119,17 @@ pub struct XmPort {
 const _: () = assert!(size_of::<XmPort>() == 8);
 
 impl XmPort {
-    /// Size of the encoded value.
-    pub const SIZE: usize = 8;
-
     /// A record for port `slot` with zeroed padding.
     pub const fn new(slot: u32) -> Self {
         Self { slot, _pad: 0 }
-    }
-
-    /// Host-order encoding as the kernel stores it.
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-        let mut b = [0; Self::SIZE];
-        b[0..4].copy_from_slice(&self.slot.to_ne_bytes());
-        b
-    }
-
-    /// Decodes a map value; `None` when `b` has the wrong size.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
-        Some(Self::new(u32::from_ne_bytes(b[0..4].try_into().ok()?)))
     }
 }
 
 /// `struct xm_config`: the single value of the `config` array.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct XmConfig {
     /// `XM_CFG_*` flags.
     pub flags: u32,
@@ -147,31 +138,17 @@ pub struct XmConfig {
 const _: () = assert!(size_of::<XmConfig>() == 8);
 
 impl XmConfig {
-    /// Size of the encoded value.
-    pub const SIZE: usize = 8;
-
     /// A record with the given flags and zeroed padding.
     pub const fn new(flags: u32) -> Self {
         Self { flags, _pad: 0 }
-    }
-
-    /// Host-order encoding as the kernel stores it.
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-        let mut b = [0; Self::SIZE];
-        b[0..4].copy_from_slice(&self.flags.to_ne_bytes());
-        b
-    }
-
-    /// Decodes a map value; `None` when `b` has the wrong size.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
-        Some(Self::new(u32::from_ne_bytes(b[0..4].try_into().ok()?)))
     }
 }
 
 /// `struct xm_counter`: one CPU's slot of the per-CPU `counters` array.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct XmCounter {
     /// Frames.
     pub packets: u64,
@@ -180,23 +157,11 @@ pub struct XmCounter {
 }
 const _: () = assert!(size_of::<XmCounter>() == 16);
 
-impl XmCounter {
-    /// Size of the encoded value.
-    pub const SIZE: usize = 16;
-
-    /// Decodes one CPU's value; `None` when `b` has the wrong size.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
-        Some(Self {
-            packets: u64::from_ne_bytes(b[0..8].try_into().ok()?),
-            bytes: u64::from_ne_bytes(b[8..16].try_into().ok()?),
-        })
-    }
-}
-
 /// `struct xm_neigh_key`: key of the `neighbors` map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct XmNeighKey {
     /// Interface the ARP/NDP message arrived on (`xdp_md.ingress_ifindex`).
     pub ifindex: u32,
@@ -206,9 +171,6 @@ pub struct XmNeighKey {
 const _: () = assert!(size_of::<XmNeighKey>() == 20);
 
 impl XmNeighKey {
-    /// Size of the encoded key.
-    pub const SIZE: usize = 20;
-
     /// The key for `addr` seen on `ifindex`.
     pub fn new(ifindex: u32, addr: IpAddr) -> Self {
         Self {
@@ -216,28 +178,13 @@ impl XmNeighKey {
             addr: XmAddr::from(addr).addr,
         }
     }
-
-    /// Host-order encoding as the kernel stores it.
-    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
-        let mut b = [0; Self::SIZE];
-        b[0..4].copy_from_slice(&self.ifindex.to_ne_bytes());
-        b[4..20].copy_from_slice(&self.addr);
-        b
-    }
-
-    /// Decodes a map key; `None` when `b` has the wrong size.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
-        Some(Self {
-            ifindex: u32::from_ne_bytes(b[0..4].try_into().ok()?),
-            addr: b[4..20].try_into().ok()?,
-        })
-    }
 }
 
 /// `struct xm_neigh`: value of the `neighbors` map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct XmNeigh {
     /// The neighbour's MAC address.
     pub mac: [u8; 6],
@@ -248,9 +195,6 @@ pub struct XmNeigh {
 const _: () = assert!(size_of::<XmNeigh>() == 16);
 
 impl XmNeigh {
-    /// Size of the encoded value.
-    pub const SIZE: usize = 16;
-
     /// A record with zeroed padding.
     pub const fn new(mac: [u8; 6], updated_ns: u64) -> Self {
         Self {
@@ -258,15 +202,6 @@ impl XmNeigh {
             _pad: 0,
             updated_ns,
         }
-    }
-
-    /// Decodes a map value; `None` when `b` has the wrong size.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        let b: &[u8; Self::SIZE] = b.try_into().ok()?;
-        Some(Self::new(
-            b[0..6].try_into().ok()?,
-            u64::from_ne_bytes(b[8..16].try_into().ok()?),
-        ))
     }
 }
 
@@ -443,14 +378,32 @@ mod tests {
     }
 
     #[test]
-    fn abi_sizes() {
-        assert_eq!(size_of::<XmAddr>(), XmAddr::SIZE);
-        assert_eq!(size_of::<XmWorkload>(), XmWorkload::SIZE);
-        assert_eq!(size_of::<XmPort>(), XmPort::SIZE);
-        assert_eq!(size_of::<XmConfig>(), XmConfig::SIZE);
-        assert_eq!(size_of::<XmCounter>(), XmCounter::SIZE);
-        assert_eq!(size_of::<XmNeighKey>(), XmNeighKey::SIZE);
-        assert_eq!(size_of::<XmNeigh>(), XmNeigh::SIZE);
+    fn header_sizes_match() {
+        // Every `_Static_assert(sizeof(struct xm_*) == N, ...)` in abi.h against the
+        // Rust mirror (whose own `const` assertion pins the same N at compile time).
+        let header = include_str!("bpf/abi.h");
+        let rust = [
+            ("xm_addr", size_of::<XmAddr>()),
+            ("xm_workload", size_of::<XmWorkload>()),
+            ("xm_port", size_of::<XmPort>()),
+            ("xm_config", size_of::<XmConfig>()),
+            ("xm_counter", size_of::<XmCounter>()),
+            ("xm_neigh_key", size_of::<XmNeighKey>()),
+            ("xm_neigh", size_of::<XmNeigh>()),
+        ];
+        let asserted: Vec<&str> = header
+            .lines()
+            .filter(|l| l.starts_with("_Static_assert(sizeof(struct "))
+            .collect();
+        assert_eq!(asserted.len(), rust.len(), "a record without a Rust mirror");
+        for (name, size) in rust {
+            let line = format!("_Static_assert(sizeof(struct {name}) == {size}, \"{name} ABI\");");
+            assert!(asserted.contains(&line.as_str()), "abi.h lacks `{line}`");
+            assert!(
+                header.contains(&format!("struct {name} {{\n")),
+                "abi.h lacks struct {name}"
+            );
+        }
     }
 
     #[test]
@@ -466,41 +419,52 @@ mod tests {
         assert_eq!(XmAddr::from(v6).ip(), v6);
     }
 
+    /// The parts, concatenated.
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
     #[test]
     fn record_encodings() {
-        let w = XmWorkload::new(WL_LOCAL);
-        assert_eq!(XmWorkload::from_bytes(&w.to_bytes()), Some(w));
-        assert_eq!(XmWorkload::from_bytes(&[0; 7]), None);
+        // Exact host-order bytes, padding zeroed, as the XDP program reads them.
+        let w = XmWorkload::new(WL_LOCAL | WL_MESH);
+        assert_eq!(w.as_bytes(), cat(&[&3u32.to_ne_bytes(), &[0; 4]]));
+        assert_eq!(XmWorkload::read_from_bytes(w.as_bytes()).ok(), Some(w));
+        assert!(XmWorkload::read_from_bytes(&[0; 7]).is_err());
         let p = XmPort::new(3);
-        assert_eq!(&p.to_bytes()[0..4], &3u32.to_ne_bytes());
-        assert_eq!(&p.to_bytes()[4..8], &[0; 4]);
-        assert_eq!(XmPort::from_bytes(&p.to_bytes()), Some(p));
-        assert_eq!(XmPort::from_bytes(&[0; 9]), None);
+        assert_eq!(p.as_bytes(), cat(&[&3u32.to_ne_bytes(), &[0; 4]]));
+        assert_eq!(XmPort::read_from_bytes(p.as_bytes()).ok(), Some(p));
+        assert!(XmPort::read_from_bytes(&[0; 9]).is_err());
         assert_eq!(xsk_slot(0, 5), 5);
         assert_eq!(
             xsk_slot(MAX_PORTS - 1, MAX_QUEUES - 1),
             MAX_PORTS * MAX_QUEUES - 1
         );
         let c = XmConfig::new(CFG_ENABLED);
-        assert_eq!(XmConfig::from_bytes(&c.to_bytes()), Some(c));
+        assert_eq!(c.as_bytes(), cat(&[&1u32.to_ne_bytes(), &[0; 4]]));
+        assert_eq!(XmConfig::read_from_bytes(c.as_bytes()).ok(), Some(c));
+        let a = XmAddr::from(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(a.as_bytes(), &a.addr);
+        assert_eq!(XmAddr::read_from_bytes(&a.addr).ok(), Some(a));
         let k = XmNeighKey::new(7, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
-        let b = k.to_bytes();
-        assert_eq!(&b[0..4], &7u32.to_ne_bytes());
-        assert_eq!(XmNeighKey::from_bytes(&b), Some(k));
+        assert_eq!(k.as_bytes(), cat(&[&7u32.to_ne_bytes(), &a.addr]));
+        assert_eq!(XmNeighKey::read_from_bytes(k.as_bytes()).ok(), Some(k));
+        assert!(XmNeighKey::read_from_bytes(&[0; 16]).is_err());
+        let n = XmNeigh::new([0xa5; 6], 42);
+        assert_eq!(
+            n.as_bytes(),
+            cat(&[&[0xa5; 6], &[0; 2], &42u64.to_ne_bytes()])
+        );
         let mut v = [0xa5u8; 16];
         v[8..16].copy_from_slice(&42u64.to_ne_bytes());
-        let n = XmNeigh::from_bytes(&v).unwrap();
-        assert_eq!(n.mac, [0xa5; 6]);
-        assert_eq!(n.updated_ns, 42);
-        let mut cb = [0u8; 16];
-        cb[0..8].copy_from_slice(&3u64.to_ne_bytes());
-        cb[8..16].copy_from_slice(&180u64.to_ne_bytes());
-        assert_eq!(
-            XmCounter::from_bytes(&cb),
-            Some(XmCounter {
-                packets: 3,
-                bytes: 180
-            })
-        );
+        let read = XmNeigh::read_from_bytes(&v).unwrap();
+        assert_eq!((read.mac, read.updated_ns), ([0xa5; 6], 42));
+        let cb = cat(&[&3u64.to_ne_bytes(), &180u64.to_ne_bytes()]);
+        let counter = XmCounter {
+            packets: 3,
+            bytes: 180,
+        };
+        assert_eq!(counter.as_bytes(), cb);
+        assert_eq!(XmCounter::read_from_bytes(&cb).ok(), Some(counter));
     }
 }

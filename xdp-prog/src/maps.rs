@@ -8,6 +8,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle, MapType};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::abi::{
     xsk_slot, XmAddr, XmConfig, XmCounter, XmNeigh, XmNeighKey, XmPort, XmWorkload, CFG_ENABLED,
@@ -37,30 +38,53 @@ pub const MAP_NAMES: [&str; 6] = [
     MAP_NEIGHBORS,
 ];
 
+/// The size of a key or value type, as the kernel reports it.
+const fn size<T>() -> u32 {
+    size_of::<T>() as u32
+}
+
 /// What each map must look like: (name, type, key size, value size, max entries).
 const EXPECTED: [(&str, MapType, u32, u32, u32); 6] = [
-    (MAP_XSKS, MapType::Xskmap, 4, 4, MAX_PORTS * MAX_QUEUES),
-    (MAP_PORTS, MapType::Hash, 4, XmPort::SIZE as u32, MAX_PORTS),
+    (
+        MAP_XSKS,
+        MapType::Xskmap,
+        size::<u32>(),
+        size::<u32>(),
+        MAX_PORTS * MAX_QUEUES,
+    ),
+    (
+        MAP_PORTS,
+        MapType::Hash,
+        size::<u32>(),
+        size::<XmPort>(),
+        MAX_PORTS,
+    ),
     (
         MAP_WORKLOADS,
         MapType::Hash,
-        XmAddr::SIZE as u32,
-        XmWorkload::SIZE as u32,
+        size::<XmAddr>(),
+        size::<XmWorkload>(),
         MAX_WORKLOADS,
     ),
-    (MAP_CONFIG, MapType::Array, 4, XmConfig::SIZE as u32, 1),
+    (
+        MAP_CONFIG,
+        MapType::Array,
+        size::<u32>(),
+        size::<XmConfig>(),
+        1,
+    ),
     (
         MAP_COUNTERS,
         MapType::PercpuArray,
-        4,
-        XmCounter::SIZE as u32,
+        size::<u32>(),
+        size::<XmCounter>(),
         Reason::COUNT as u32,
     ),
     (
         MAP_NEIGHBORS,
         MapType::LruHash,
-        XmNeighKey::SIZE as u32,
-        XmNeigh::SIZE as u32,
+        size::<XmNeighKey>(),
+        size::<XmNeigh>(),
         MAX_NEIGHBORS,
     ),
 ];
@@ -154,6 +178,15 @@ pub struct PinnedMaps {
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
     move |source| XdpError::Map { map, op, source }
+}
+
+/// Reads a key or value of `map` as a `T`; [`XdpError::BadValue`] when the
+/// kernel handed back a slice of another size.
+fn decode<T: FromBytes>(map: &'static str, bytes: &[u8]) -> Result<T, XdpError> {
+    T::read_from_bytes(bytes).map_err(|_| XdpError::BadValue {
+        map,
+        len: bytes.len(),
+    })
 }
 
 impl PinnedMaps {
@@ -267,7 +300,7 @@ impl PinnedMaps {
         self.ports
             .update(
                 &ifindex.to_ne_bytes(),
-                &XmPort::new(port).to_bytes(),
+                XmPort::new(port).as_bytes(),
                 MapFlags::ANY,
             )
             .map_err(map_err(MAP_PORTS, "assigning a port"))
@@ -292,13 +325,9 @@ impl PinnedMaps {
             else {
                 continue;
             };
-            let bad = |len| XdpError::BadValue {
-                map: MAP_PORTS,
-                len,
-            };
-            let ifindex: [u8; 4] = key.as_slice().try_into().map_err(|_| bad(key.len()))?;
-            let port = XmPort::from_bytes(&v).ok_or(bad(v.len()))?;
-            out.insert(u32::from_ne_bytes(ifindex), port.slot);
+            let ifindex: u32 = decode(MAP_PORTS, &key)?;
+            let port: XmPort = decode(MAP_PORTS, &v)?;
+            out.insert(ifindex, port.slot);
         }
         Ok(out)
     }
@@ -308,7 +337,7 @@ impl PinnedMaps {
     pub fn set_enabled(&self, on: bool) -> Result<(), XdpError> {
         let cfg = XmConfig::new(if on { CFG_ENABLED } else { 0 });
         self.config
-            .update(&0u32.to_ne_bytes(), &cfg.to_bytes(), MapFlags::ANY)
+            .update(&0u32.to_ne_bytes(), cfg.as_bytes(), MapFlags::ANY)
             .map_err(map_err(MAP_CONFIG, "writing the configuration"))
     }
 
@@ -319,13 +348,7 @@ impl PinnedMaps {
             .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
             .map_err(map_err(MAP_CONFIG, "reading the configuration"))?;
         Ok(match v {
-            Some(b) => {
-                let cfg = XmConfig::from_bytes(&b).ok_or(XdpError::BadValue {
-                    map: MAP_CONFIG,
-                    len: b.len(),
-                })?;
-                cfg.flags & CFG_ENABLED != 0
-            }
+            Some(b) => decode::<XmConfig>(MAP_CONFIG, &b)?.flags & CFG_ENABLED != 0,
             None => false,
         })
     }
@@ -341,10 +364,7 @@ impl PinnedMaps {
                 .unwrap_or_default();
             let slot = &mut out.per_reason[r as usize];
             for v in per_cpu {
-                let c = XmCounter::from_bytes(&v).ok_or(XdpError::BadValue {
-                    map: MAP_COUNTERS,
-                    len: v.len(),
-                })?;
+                let c: XmCounter = decode(MAP_COUNTERS, &v)?;
                 slot.packets = slot.packets.wrapping_add(c.packets);
                 slot.bytes = slot.bytes.wrapping_add(c.bytes);
             }
@@ -364,16 +384,9 @@ impl PinnedMaps {
             else {
                 continue;
             };
-            let addr: [u8; XmAddr::SIZE] =
-                key.as_slice().try_into().map_err(|_| XdpError::BadValue {
-                    map: MAP_WORKLOADS,
-                    len: key.len(),
-                })?;
-            let wl = XmWorkload::from_bytes(&v).ok_or(XdpError::BadValue {
-                map: MAP_WORKLOADS,
-                len: v.len(),
-            })?;
-            out.insert(XmAddr { addr }.ip(), wl.flags);
+            let addr: XmAddr = decode(MAP_WORKLOADS, &key)?;
+            let wl: XmWorkload = decode(MAP_WORKLOADS, &v)?;
+            out.insert(addr.ip(), wl.flags);
         }
         Ok(out)
     }
@@ -404,7 +417,7 @@ impl PinnedMaps {
         let have = self.workloads()?;
         let mut stats = SyncStats::default();
         for ip in have.keys().filter(|ip| !wanted.contains_key(ip)) {
-            match self.workloads.delete(&XmAddr::from(*ip).addr) {
+            match self.workloads.delete(XmAddr::from(*ip).as_bytes()) {
                 Err(e) if e.kind() != ErrorKind::NotFound => {
                     return Err(map_err(MAP_WORKLOADS, "deleting a stale workload")(e));
                 }
@@ -422,8 +435,8 @@ impl PinnedMaps {
             }
             self.workloads
                 .update(
-                    &XmAddr::from(*ip).addr,
-                    &XmWorkload::new(*flags).to_bytes(),
+                    XmAddr::from(*ip).as_bytes(),
+                    XmWorkload::new(*flags).as_bytes(),
                     MapFlags::ANY,
                 )
                 .map_err(map_err(MAP_WORKLOADS, "writing a workload"))?;
@@ -433,20 +446,13 @@ impl PinnedMaps {
 
     /// The MAC address last snooped for `addr` on interface `ifindex`.
     pub fn lookup_neighbor(&self, ifindex: u32, addr: IpAddr) -> Result<Option<[u8; 6]>, XdpError> {
-        let key = XmNeighKey::new(ifindex, addr).to_bytes();
+        let key = XmNeighKey::new(ifindex, addr);
         let v = self
             .neighbors
-            .lookup(&key, MapFlags::ANY)
+            .lookup(key.as_bytes(), MapFlags::ANY)
             .map_err(map_err(MAP_NEIGHBORS, "looking up a neighbour"))?;
-        v.map(|b| {
-            XmNeigh::from_bytes(&b)
-                .map(|n| n.mac)
-                .ok_or(XdpError::BadValue {
-                    map: MAP_NEIGHBORS,
-                    len: b.len(),
-                })
-        })
-        .transpose()
+        v.map(|b| decode::<XmNeigh>(MAP_NEIGHBORS, &b).map(|n| n.mac))
+            .transpose()
     }
 
     /// Every snooped neighbour (for `doctor` and debugging; not for the
@@ -461,12 +467,8 @@ impl PinnedMaps {
             else {
                 continue;
             };
-            let bad = |len| XdpError::BadValue {
-                map: MAP_NEIGHBORS,
-                len,
-            };
-            let k = XmNeighKey::from_bytes(&key).ok_or(bad(key.len()))?;
-            let n = XmNeigh::from_bytes(&v).ok_or(bad(v.len()))?;
+            let k: XmNeighKey = decode(MAP_NEIGHBORS, &key)?;
+            let n: XmNeigh = decode(MAP_NEIGHBORS, &v)?;
             out.push(Neighbor {
                 ifindex: k.ifindex,
                 addr: XmAddr { addr: k.addr }.ip(),
