@@ -396,7 +396,7 @@ impl IdentityWatch {
     }
 
     fn poll(&mut self) -> Option<IdentityStore> {
-        let mtime = std::fs::metadata(self.dir.join("manifest.json"))
+        let mtime = std::fs::metadata(self.dir.join(xdpmesh_hbone::MANIFEST_FILE))
             .and_then(|m| m.modified())
             .ok()?;
         if self.seen == Some(mtime) {
