@@ -596,7 +596,7 @@ fn spiffe_round_trip(s: &str, id: &xdpmesh_hbone::SpiffeId) {
 ///
 /// * `MeshConfig::from_str_named` never panics, on any text.
 /// * Every error names the file and a position inside the text: it prints as
-///   `fuzz.yaml:<line>:<column>: <reason>` with `1 <= line <= lines + 1`, `column >= 1`
+///   `fuzz.yaml:<line>:<column>: <reason>` with `1 <= line <= line breaks + 1` (YAML's breaks: CR, LF, CRLF, NEL, LS, PS), `column >= 1`
 ///   and a non-empty reason.
 /// * A configuration that parses builds the tables of each of its nodes
 ///   (`tables::build`, routes unknown), and those tables round-trip through the shared
@@ -610,12 +610,25 @@ pub fn config(data: &[u8]) {
     match MeshConfig::from_str_named(text, file) {
         Err(e) => {
             assert_eq!(e.file, file);
-            let lines = text.lines().count().max(1);
+            // YAML's own line breaks (CR, LF, CRLF, NEL, LS, PS): a position at the very
+            // end is on line breaks + 1.
+            let mut breaks = 0;
+            let mut it = text.chars().peekable();
+            while let Some(ch) = it.next() {
+                match ch {
+                    '\r' => {
+                        it.next_if_eq(&'\n');
+                        breaks += 1;
+                    }
+                    '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => breaks += 1,
+                    _ => {}
+                }
+            }
             assert!(
-                e.line >= 1 && e.line <= lines + 1,
+                e.line >= 1 && e.line <= breaks + 1,
                 "line {} outside 1..={} in {e}",
                 e.line,
-                lines + 1
+                breaks + 1
             );
             assert!(e.column >= 1, "column 0 in {e}");
             assert!(!e.reason.is_empty(), "empty reason");
