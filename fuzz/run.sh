@@ -40,7 +40,7 @@ build_afl() {
 
 case "${1:-}" in
 smoke)
-    # The replay test plus wire.rs' own unit tests (compiled here through #[path]).
+    # The replay test, and the library's own unit tests.
     cargo test --locked -j"$JOBS" --lib --test replay
     ;;
 fuzz)

@@ -26,6 +26,9 @@ pub mod proxy;
 pub mod sink;
 pub mod stack;
 pub mod state;
-pub mod wire;
 pub mod worker;
 pub mod xsk;
+
+/// Frame classification (its own crate, `dataplane/wire`, so the fuzz targets build it
+/// without the AF_XDP and BPF libraries).
+pub use xdpmesh_wire as wire;

@@ -16,15 +16,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-/// The dataplane's frame classifier, compiled from its own source file.
-///
-/// Why not a path dependency on `xdpmesh-dataplane`: that crate links AF_XDP (xsk-rs and
-/// its C libxdp/libbpf build), jemalloc and the rest of the worker, none of which
-/// `wire.rs` uses (it needs only smoltcp); building them twice (plain and AFL-
-/// instrumented) would cost minutes for nothing. `#[path]` compiles the very same file,
-/// so every change to `dataplane/src/wire.rs` is fuzzed (its unit tests run here too).
-#[path = "../../dataplane/src/wire.rs"]
-pub mod wire_src;
+/// The dataplane's frame classifier (its own crate, so no AF_XDP or BPF library is
+/// built here).
+pub use xdpmesh_wire as wire_src;
 
 // ---------------------------------------------------------------------------------------
 // A tiny cursor over the fuzz input, for the structured halves of the targets.
@@ -371,24 +365,16 @@ fn tables_from(c: &mut Cursor) -> (u64, xdpmesh_shm::Tables) {
 
 /// The server's `:authority` parsing, as h2 and `hbone::conn::server` do it: h2 turns
 /// the `:authority` pseudo-header of a CONNECT into a `Uri` with only an authority
-/// (`uri::Authority::from_maybe_shared`, `Uri::from_parts`), and the server parses
-/// `uri.authority()` as a `SocketAddr`. A copy of the private
-/// `hbone::conn::server::parse_authority`, which is not exported.
+/// (`uri::Authority::from_maybe_shared`, `Uri::from_parts`), and the server parses it
+/// with `hbone::conn::parse_authority`.
 pub fn parse_connect_authority(
     raw: &[u8],
 ) -> Option<Result<SocketAddr, xdpmesh_hbone::conn::BadAuthority>> {
-    use xdpmesh_hbone::conn::BadAuthority;
     let authority = http::uri::Authority::try_from(raw).ok()?;
     let mut parts = http::uri::Parts::default();
     parts.authority = Some(authority);
     let uri = http::Uri::from_parts(parts).ok()?;
-    Some(match uri.authority() {
-        None => Err(BadAuthority(uri.to_string())),
-        Some(a) => a
-            .as_str()
-            .parse::<SocketAddr>()
-            .map_err(|_| BadAuthority(a.as_str().to_owned())),
-    })
+    Some(xdpmesh_hbone::conn::parse_authority(&uri))
 }
 
 /// `connect`: the CONNECT request of HBONE.

@@ -63,7 +63,9 @@ pub use client::{ConnectHeaders, HboneClientConn, OpenStreamError};
 pub use common::HboneConn;
 pub use h2::Reason;
 pub use http::{HeaderMap, Method, StatusCode};
-pub use server::{validate_request, BadAuthority, HboneServerConn, Request, RequestError};
+pub use server::{
+    parse_authority, validate_request, BadAuthority, HboneServerConn, Request, RequestError,
+};
 
 /// Ports a CONNECT may never target (ztunnel: outbound capture, inbound plaintext, HBONE).
 pub const RESERVED_PORTS: [u16; 3] = [15001, 15006, crate::HBONE_PORT];

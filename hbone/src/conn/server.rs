@@ -101,7 +101,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn parse_authority(uri: &http::Uri) -> Result<SocketAddr, BadAuthority> {
+/// The `ip:port` of a CONNECT target (IPv6 as `[ip]:port`); anything else (a host
+/// name, no port, a path) is a [`BadAuthority`].
+pub fn parse_authority(uri: &http::Uri) -> Result<SocketAddr, BadAuthority> {
     let Some(a) = uri.authority() else {
         return Err(BadAuthority(uri.to_string()));
     };
