@@ -5,8 +5,8 @@
 # makes each of those a failure instead ("XDPMESH_REQUIRE_ROOT=1: <test> needs root but
 # runs as uid N"), so a run cannot pass by skipping; unset, empty or 0 is off.
 #
-#   sudo scripts/test.sh
-#   sudo XDPMESH_REQUIRE_ROOT=1 scripts/test.sh     # as CI
+#   bash scripts/test.sh                            # as root
+#   XDPMESH_REQUIRE_ROOT=1 bash scripts/test.sh     # as root, as CI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,7 @@ else
 fi
 
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
 # The namespace tests spawn these binaries (cargo does not build them for another
 # crate's tests).
@@ -27,3 +28,6 @@ cargo build -p xdpmesh-control -p xdpmesh-dataplane
 # cores, one at a time (two at once made HBONE tests flaky under load: see the note
 # in issue 3). XDPMESH_TEST_THREADS=2 runs two.
 cargo test --workspace -- --test-threads "${XDPMESH_TEST_THREADS:-1}"
+# The fuzz targets (fuzz/, its own workspace) over their committed corpora: every
+# target's assertions on every seed, no AFL needed (fuzz/README.md).
+CARGO_TARGET_DIR="$PWD/target/fuzz" FUZZ_JOBS="${FUZZ_JOBS:-2}" bash fuzz/run.sh smoke
