@@ -143,23 +143,10 @@ impl Stream {
     }
 }
 
-/// Whether the peer of `s` has sent its FIN and everything before it was read.
-fn tcp_eof(s: &tcp::Socket<'static>) -> bool {
-    matches!(
-        s.state(),
-        tcp::State::CloseWait | tcp::State::LastAck | tcp::State::Closing | tcp::State::TimeWait
-    ) && s.recv_queue() == 0
-}
-
-/// What a splice step did to the tunnel.
-struct Spliced {
-    /// The tunnel has frames to send.
-    tunnel_dirty: bool,
-}
-
 /// The stream half of a service: 200/503 for inbound streams, bytes both ways,
-/// half-close, and a reset of the TCP leg passed on as RST_STREAM.
-fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> Spliced {
+/// half-close, and a reset of the TCP leg passed on as RST_STREAM. Returns whether the
+/// tunnel has frames to send.
+fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> bool {
     let mut dirty = false;
     let id = st.id;
     let s = st.tcp.socket();
@@ -181,7 +168,7 @@ fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> Spli
                 *refused += 1;
                 st.tcp.mark_peer_reset();
                 st.end(now);
-                return Spliced { tunnel_dirty: true };
+                return true;
             }
             _ => {}
         }
@@ -218,7 +205,7 @@ fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> Spli
         }
         // Half-close TCP → END_STREAM.
         let sent_end = sent_end || {
-            let eof = tcp_eof(s);
+            let eof = st.tcp.peer_eof();
             if eof {
                 let _ = side.conn().stream_finish(id);
                 dirty = true;
@@ -245,9 +232,7 @@ fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> Spli
             };
         }
     }
-    Spliced {
-        tunnel_dirty: dirty,
-    }
+    dirty
 }
 
 /// The TCP half of a service: once the stream is over, end the leg (FIN after all data,
@@ -305,8 +290,7 @@ impl<S: FrameSink> Engine<S> {
         let mut readable = 0;
         match self.objects.get_disjoint_mut([hid, tid]) {
             Some([Object::Stream(st), Object::Tunnel(t)]) => {
-                tunnel_dirty =
-                    splice(st, &mut t.side, now, &mut self.stats.hbone_refused).tunnel_dirty;
+                tunnel_dirty = splice(st, &mut t.side, now, &mut self.stats.hbone_refused);
                 readable = t.side.conn().stream_readable(st.id);
             }
             Some(_) => return,

@@ -240,62 +240,56 @@ impl<S: FrameSink> Engine<S> {
         let Some(Object::Tunnel(t)) = self.objects.get(tid) else {
             return;
         };
-        // The stream connection an event is for, if it is still there.
-        let target = match &ev {
+        let id = match &ev {
+            Event::Connected => {
+                let peer = t.side.conn_ref().peer_identity().map(|p| p.to_string());
+                debug!(worker = self.id, peer = %peer.unwrap_or_default(), "HBONE TLS established");
+                return;
+            }
+            Event::Request(_) | Event::Closed => None,
             Event::Established(s)
             | Event::Refused(s, _)
             | Event::Readable(s)
             | Event::Writable(s)
             | Event::PeerFinished(s)
-            | Event::Reset(s, _) => match t.stream(*s) {
-                Some(hid) => hid,
-                None => return,
-            },
-            Event::Connected => {
-                let peer = t
-                    .side
-                    .conn_ref()
-                    .peer_identity()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
-                debug!(worker = self.id, %peer, "HBONE TLS established");
-                return;
-            }
-            Event::Request(_) | Event::Closed => ObjKey::default(),
+            | Event::Reset(s, _) => Some(*s),
         };
+        // A stream's event goes to its connection, if that is still there.
+        let target = match id.map(|s| t.stream(s)) {
+            Some(Some(hid)) => hid,
+            Some(None) => return,
+            None => ObjKey::default(),
+        };
+        let stream = stream_mut(&mut self.objects, target);
         match ev {
             Event::Connected => {}
-            Event::Request(req) => self.on_request(tid, *req, now),
+            Event::Request(req) => return self.on_request(tid, *req, now),
             Event::Established(_) => {
-                if let Some(st) = stream_mut(&mut self.objects, target) {
+                if let Some(st) = stream {
                     st.established();
                 }
-                self.service_stream(target, now);
             }
             Event::Refused(_, status) => {
-                if let Some(st) = stream_mut(&mut self.objects, target) {
+                if let Some(st) = stream {
                     warn!(target: "access", stream = %st.describe(), %status, "HBONE CONNECT refused by the peer; resetting the connection");
                     st.end(now);
                     self.stats.hbone_refused += 1;
                 }
-                self.service_stream(target, now);
             }
-            Event::Readable(_) | Event::Writable(_) => self.service_stream(target, now),
+            Event::Readable(_) | Event::Writable(_) => {}
             Event::PeerFinished(_) => {
-                if let Some(st) = stream_mut(&mut self.objects, target) {
+                if let Some(st) = stream {
                     st.peer_ended();
                 }
-                self.service_stream(target, now);
             }
             Event::Reset(_, reason) => {
-                if let Some(st) = stream_mut(&mut self.objects, target) {
+                if let Some(st) = stream {
                     // RST_STREAM NO_ERROR / CANCEL is an end of stream by contract.
                     if reason == Reason::NO_ERROR || reason == Reason::CANCEL {
                         st.peer_ended();
                     }
                     st.end(now);
                 }
-                self.service_stream(target, now);
             }
             Event::Closed => {
                 let hids: Vec<ObjKey> = match self.objects.get(tid) {
@@ -313,6 +307,9 @@ impl<S: FrameSink> Engine<S> {
                 }
                 // pump_tunnel transmits (flush_tunnel) after its events.
             }
+        }
+        if id.is_some() {
+            self.service_stream(target, now);
         }
     }
 
