@@ -69,7 +69,14 @@ pub fn describe(ifname: &str) -> Result<(PortSpec, u32), HostError> {
                 "no Ethernet address (AF_XDP gateways need an Ethernet interface)".into(),
             )
         })?;
-    let queues = link["num_rx_queues"].as_u64().unwrap_or(1).max(1) as u32;
+    // `num_rx_queues` is what the device was allocated (a veth made without
+    // `numrxqueues` gets one per CPU), not what it uses: binding a socket to an unused
+    // queue fails. The channels in use come from `ethtool -l`; `num_rx_queues` only for
+    // a driver that reports none (it then has no separate current count).
+    let allocated = link["num_rx_queues"].as_u64().unwrap_or(1).max(1) as u32;
+    let queues = current_rx_queues(ifname)
+        .unwrap_or(allocated)
+        .min(allocated);
     let addr = ip_json(&["-json", "-4", "addr", "show", "dev", ifname], ifname)?;
     let ipv4 = addr["addr_info"].as_array().and_then(|a| {
         a.iter()
@@ -84,6 +91,35 @@ pub fn describe(ifname: &str) -> Result<(PortSpec, u32), HostError> {
         },
         queues,
     ))
+}
+
+/// The RX queues `ifname` uses now (`ethtool -l`), if the driver reports them.
+fn current_rx_queues(ifname: &str) -> Option<u32> {
+    let out = std::process::Command::new("ethtool")
+        .args(["-l", ifname])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_ethtool_channels(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The RX queues in use from `ethtool -l` output: the "Current hardware settings"
+/// section's dedicated RX channels plus its combined channels (each has an RX queue).
+pub fn parse_ethtool_channels(text: &str) -> Option<u32> {
+    let current = text.split("Current hardware settings:").nth(1)?;
+    let field = |name: &str| {
+        current
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    let (rx, combined) = (field("RX:"), field("Combined:"));
+    if rx.is_none() && combined.is_none() {
+        return None;
+    }
+    Some(rx.unwrap_or(0) + combined.unwrap_or(0)).filter(|&n| n > 0)
 }
 
 /// Looks `ip` up in the kernel's ARP table for interface `ifname`.
@@ -111,6 +147,26 @@ pub fn parse_proc_arp(table: &str, ifname: &str, ip: Ipv4Addr) -> Option<Mac> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ethtool_channels_count_the_queues_in_use() {
+        // A veth made without `numrxqueues` on a 2-CPU machine: 2 allocated, 1 used.
+        let veth = "Channel parameters for pod0:\nPre-set maximums:\nRX:\t\t2\nTX:\t\t2\n\
+                    Other:\t\tn/a\nCombined:\tn/a\nCurrent hardware settings:\nRX:\t\t1\n\
+                    TX:\t\t1\nOther:\t\tn/a\nCombined:\tn/a\n";
+        assert_eq!(parse_ethtool_channels(veth), Some(1));
+        // A NIC with combined channels (and no dedicated RX ones).
+        let nic = "Channel parameters for eth0:\nPre-set maximums:\nRX:\t\tn/a\nTX:\t\tn/a\n\
+                   Other:\t\t1\nCombined:\t63\nCurrent hardware settings:\nRX:\t\tn/a\n\
+                   TX:\t\tn/a\nOther:\t\t1\nCombined:\t8\n";
+        assert_eq!(parse_ethtool_channels(nic), Some(8));
+        assert_eq!(
+            parse_ethtool_channels("netlink error: Operation not supported"),
+            None
+        );
+        let none = "Current hardware settings:\nRX:\t\tn/a\nCombined:\tn/a\n";
+        assert_eq!(parse_ethtool_channels(none), None);
+    }
 
     #[test]
     fn proc_arp_parsing() {

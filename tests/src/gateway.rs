@@ -39,7 +39,8 @@ pub enum GatewayKind {
     Kernel,
     /// xdpmesh control + dataplane on each gateway.
     Xdpmesh {
-        /// `--queues` of the dataplane (use [`crate::TopologyOpts::rx_queues`]).
+        /// `--queues` of the dataplane (use [`crate::TopologyOpts::rx_queues`]); 0
+        /// leaves it out (the dataplane then uses every RX queue in use).
         queues: u32,
         /// `--xdp-mode`: `auto`, `native` or `generic`.
         xdp_mode: String,
@@ -193,23 +194,23 @@ impl Topology {
                     &self.ca_dir().to_string_lossy(),
                 ],
             )?;
-            let dataplane = match self.spawn(
-                node,
-                &[
-                    &dataplane_bin.to_string_lossy(),
-                    "run",
-                    "--instance",
-                    &instance,
-                    "--iface",
-                    "pod0",
-                    "--iface",
-                    "up0",
-                    "--queues",
-                    &queues,
-                    "--xdp-mode",
-                    &xdp_mode,
-                ],
-            ) {
+            let dataplane_bin = dataplane_bin.to_string_lossy();
+            let mut args = vec![
+                &*dataplane_bin,
+                "run",
+                "--instance",
+                &instance,
+                "--iface",
+                "pod0",
+                "--iface",
+                "up0",
+                "--xdp-mode",
+                &xdp_mode,
+            ];
+            if queues != "0" {
+                args.extend(["--queues", &queues]);
+            }
+            let dataplane = match self.spawn(node, &args) {
                 Ok(d) => d,
                 Err(e) => {
                     drop(control);

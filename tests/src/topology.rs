@@ -71,7 +71,9 @@ pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 /// Knobs for [`Topology::new`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopologyOpts {
-    /// `numrxqueues` and `numtxqueues` of every veth (both ends).
+    /// `numrxqueues` and `numtxqueues` of every veth (both ends); 0 leaves them out,
+    /// as `ip link add` is usually called (the kernel then allocates one queue per CPU
+    /// and uses one).
     pub rx_queues: u32,
     /// MTU of every veth.
     pub mtu: u32,
@@ -152,7 +154,6 @@ impl Topology {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "bad topology prefix {prefix:?}"
         );
-        anyhow::ensure!(opts.rx_queues >= 1, "rx_queues must be at least 1");
         anyhow::ensure!(opts.mtu >= 576, "mtu {} is too small", opts.mtu);
         let tmp = std::env::temp_dir().join(format!("xdpmesh-{prefix}"));
         // Built before anything exists, so that Drop cleans up after a failure half-way.
@@ -196,35 +197,20 @@ impl Topology {
             self.run(node, &args)?;
         }
         let q = self.opts.rx_queues.to_string();
+        let queues: &[&str] = if self.opts.rx_queues == 0 {
+            &[]
+        } else {
+            &["numtxqueues", &q, "numrxqueues", &q]
+        };
         let mtu = self.opts.mtu.to_string();
         // A veth pair created inside namespace `a_ns`, its peer moved to `b_ns`.
         let veth = |a_ns: &str, a_if: &str, b_ns: &str, b_if: &str| -> anyhow::Result<()> {
-            ip(&[
-                "-n",
-                a_ns,
-                "link",
-                "add",
-                a_if,
-                "mtu",
-                &mtu,
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                b_if,
-                "mtu",
-                &mtu,
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-                "netns",
-                b_ns,
-            ])
+            let mut args = vec!["-n", a_ns, "link", "add", a_if, "mtu", &mtu];
+            args.extend(queues);
+            args.extend(["type", "veth", "peer", "name", b_if, "mtu", &mtu]);
+            args.extend(queues);
+            args.extend(["netns", b_ns]);
+            ip(&args)
         };
         let ns = |n: Node| self.ns_name(n);
         veth(&ns(Node::GatewayA), "pod0", &ns(Node::Client), "eth0")?;

@@ -480,6 +480,47 @@ fn test_xdpmesh_two_queues_spread_flows_over_both_workers() {
     }
 }
 
+/// The usual veth (made without `numrxqueues`: one queue per CPU allocated, one used)
+/// and a dataplane started without `--queues`: it must bind the queues in use, not the
+/// allocated ones (issue 10: "binding an AF_XDP socket to pod0 queue 1 failed").
+#[test]
+fn test_xdpmesh_default_queues_on_a_plain_veth() {
+    if !require_root("test_xdpmesh_default_queues_on_a_plain_veth") {
+        return;
+    }
+    let topo = xdpmesh_topology(
+        "xdq",
+        TopologyOpts {
+            rx_queues: 0,
+            ..Default::default()
+        },
+        0,
+    );
+    // The case only exists where the kernel allocates more queues than the veth uses.
+    let link = topo
+        .run(
+            Node::GatewayA,
+            &["ip", "-j", "-d", "link", "show", "dev", "pod0"],
+        )
+        .unwrap();
+    let link: serde_json::Value = serde_json::from_slice(&link.stdout).unwrap();
+    let allocated = link[0]["num_rx_queues"].as_u64().unwrap();
+    assert!(
+        allocated >= 2,
+        "pod0 has {allocated} RX queue(s) allocated: needs 2+ CPUs"
+    );
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 20, 4096)
+        .unwrap();
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(15));
+    assert_eq!((r.ok, r.failed), (20, 0), "errors: {:?}", r.errors);
+    for s in [&a, &b] {
+        assert_eq!(s["workers"].as_array().unwrap().len(), 1, "{s:#}");
+        assert_eq!(counter(s, &["totals", "opened_connections"]), 20, "{s:#}");
+    }
+}
+
 #[test]
 fn test_xdpmesh_sigterm_detaches_and_a_second_start_works() {
     if !require_root("test_xdpmesh_sigterm_detaches_and_a_second_start_works") {
