@@ -1,11 +1,12 @@
-//! smoltcp over UMEM frames, and the TCP splice.
+//! smoltcp over frame sinks, connection legs, and the TCP splice.
 //!
-//! smoltcp runs in `Medium::Ip` with `any_ip`, so one `Interface` per worker answers as
-//! whatever address a diverted segment was sent to (transparent termination); layer 2 is
-//! ours: [`LegDevice`] strips nothing on receive (the worker hands smoltcp the IP packet
-//! inside the RX frame, no copy) and on transmit lets smoltcp write the IP packet straight
-//! into a TX frame of the leg's egress socket behind an Ethernet header for the leg's
-//! next hop.
+//! smoltcp runs in `Medium::Ip` with `any_ip`, so one `Interface` per worker ([`Net`])
+//! answers as whatever address a diverted segment was sent to (transparent
+//! termination); layer 2 is ours: the device strips nothing on receive (the engine hands
+//! smoltcp the IP packet inside the RX frame, no copy) and on transmit lets smoltcp write
+//! the IP packet straight into a frame of the leg's egress port ([`FrameSink`]: a UMEM
+//! TX frame in production) behind an Ethernet header for the leg's next hop. [`Net`] is
+//! the one place that device is built.
 //!
 //! # Flat per-packet cost
 //!

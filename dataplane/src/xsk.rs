@@ -4,7 +4,7 @@
 //! half of its frames circulate RX → fill ring → RX, the other half free list → TX ring →
 //! completion ring → free list. xsk-rs hands out `FrameDesc`s that are `Copy` and leaves
 //! "never give the same frame to two rings" to its callers; here every descriptor is
-//! wrapped in a move-only [`Frame`] that lives in exactly one place (a ring, the free
+//! wrapped in a move-only `Frame` that lives in exactly one place (a ring, the free
 //! list or the pending list), and the public API only lends byte slices to closures, so
 //! no caller can double-submit or keep a slice past a submission.
 #![allow(unsafe_code)]

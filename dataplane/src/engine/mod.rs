@@ -5,15 +5,15 @@
 //!
 //! # Objects
 //!
-//! Every connection-like thing is an [`Object`] in one arena with generational keys
+//! Every connection-like thing is an `Object` in one arena with generational keys
 //! ([`ObjKey`], slotmap): a plain TCP connection ([`plain`]), an HBONE stream
 //! connection or an HBONE tunnel ([`crate::proxy`]). The flow table maps a segment's
 //! 4-tuple to (object, leg); timers and neighbour waits hold keys too, so an event for a
 //! freed object finds nothing instead of a new object that reused its slot.
 //!
-//! There is one dispatch on the kind of object: [`Engine::service`]. Everything that
+//! There is one dispatch on the kind of object: `Engine::service`. Everything that
 //! happens to an object (a segment, a timer, a resolved next hop, a tunnel event) ends
-//! in it, and it ends in [`Engine::egress`], which transmits and reschedules every kind
+//! in it, and it ends in `Engine::egress`, which transmits and reschedules every kind
 //! the same way.
 //!
 //! # Rooms
@@ -53,7 +53,7 @@ use timers::Timers;
 pub use crate::stack::PortSpec;
 
 slotmap::new_key_type! {
-    /// A generational key of an [`Object`]: a freed object's key never names another.
+    /// A generational key of an `Object`: a freed object's key never names another.
     pub struct ObjKey;
 }
 

@@ -1,7 +1,7 @@
 //! A stream connection: a TCP leg (the pod's on the source gateway, the delivery leg to
 //! the workload on the destination gateway) spliced to one HBONE stream.
 //!
-//! Lifecycle ([`Phase`]): `Opening` until the 200 (outbound: the peer's answer;
+//! Lifecycle (`Phase`): `Opening` until the 200 (outbound: the peer's answer;
 //! inbound: we answer once the workload accepted), `Open` while data flows, each half
 //! ended on its own (TCP half-close ⇄ DATA with END_STREAM), `Over` once the stream is
 //! gone; the TCP leg then gets a FIN after its data when both halves ended (or the peer
