@@ -204,12 +204,11 @@ impl Topology {
                 "pod0",
                 "--iface",
                 "up0",
-                "--xdp-mode",
-                &xdp_mode,
             ];
             if queues != "0" {
                 args.extend(["--queues", &queues]);
             }
+            args.extend(["--xdp-mode", &xdp_mode]);
             let dataplane = match self.spawn(node, &args) {
                 Ok(d) => d,
                 Err(e) => {
