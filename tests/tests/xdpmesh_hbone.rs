@@ -280,9 +280,15 @@ fn test_hbone_slow_reader_throttles_the_writer_with_bounded_memory() {
     assert!(sent <= 6 * MIB, "writer not throttled: {sent} B");
     assert!(sent >= 64 * 1024, "writer made no progress: {sent} B");
     assert_eq!(counter(&a, &["totals", "hbone_streams"]), 1, "{a:#}");
-    // Gateway memory stays bounded by the same windows (allow allocator slack).
+    // Gateway memory stays bounded by the same windows, times the allocator's and
+    // HTTP/2's slack: the destination gateway holds the 4 MiB stream window in DATA
+    // frames that pin their read buffers, and freed pages stay resident until
+    // jemalloc's decay. Measured on the same machine, one run each, for the binaries
+    // before and after the engine restructuring alike: 8.1 MB, or 16.3 to 16.9 MB
+    // (bimodal); 16 MiB was too tight for both. The writer's 4.57 MB in 8 s above shows
+    // that it does not grow with the transfer.
     for g in grown {
-        assert!(g <= 16 * MIB, "gateway RSS grew by {g} B");
+        assert!(g <= 20 * MIB, "gateway RSS grew by {g} B");
     }
 }
 
