@@ -3,7 +3,7 @@
 # gateway A, gateway B, server pod), xdpmesh on both gateways, real curl / iperf3 /
 # echo traffic through them; prints a result table and tears everything down.
 #
-#   sudo scripts/demo.sh [xdpmesh-demo options, e.g. --gateway kernel --size-mib 16]
+#   bash scripts/demo.sh [xdpmesh-demo options, e.g. --gateway kernel --size-mib 16]   # as root
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
