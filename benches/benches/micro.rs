@@ -250,7 +250,8 @@ fn listeners(n: u16) -> SocketSet<'static> {
 
 fn bench_demux(c: &mut Criterion) {
     let now = Instant::from_millis(1);
-    let mut iface = xdpmesh_dataplane::stack::new_interface(now);
+    let mut iface =
+        xdpmesh_dataplane::stack::new_interface(now, xdpmesh_dataplane::stack::DEFAULT_IP_MTU);
     // A RST to a listening socket: smoltcp scans the set for the socket that accepts
     // it, which ignores it, so every iteration sees the same state.
     let mut g = c.benchmark_group("smoltcp_demux");

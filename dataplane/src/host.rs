@@ -82,12 +82,16 @@ pub fn describe(ifname: &str) -> Result<(PortSpec, u32), HostError> {
         a.iter()
             .find_map(|i| i["local"].as_str()?.parse::<Ipv4Addr>().ok())
     });
+    let mtu = link["mtu"]
+        .as_u64()
+        .map_or(crate::stack::DEFAULT_IP_MTU, |m| m as usize);
     Ok((
         PortSpec {
             name: ifname.into(),
             ifindex,
             mac,
             ipv4,
+            mtu,
         },
         queues,
     ))

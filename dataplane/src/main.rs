@@ -244,13 +244,18 @@ fn run(a: RunArgs) -> Result<()> {
     for q in 0..queues {
         let mut per_port = Vec::new();
         for (pi, p) in ports.iter().enumerate() {
-            let cfg = xsk::XskConfig {
-                frames: a.frames,
-                ..Default::default()
-            };
+            let cfg = xsk::XskConfig::for_mtu(a.frames, p.mtu);
             let (rx, tx, mode) = xsk::open(&p.name, q, cfg)?;
             prog.register_xsk(pi as u32, q, rx.fd())?;
-            info!(iface = %p.name, queue = q, ?mode, "AF_XDP socket bound");
+            info!(
+                iface = %p.name,
+                queue = q,
+                ?mode,
+                mtu = p.mtu,
+                frame_size = cfg.frame_size,
+                multi_buffer = cfg.multi_buffer(),
+                "AF_XDP socket bound"
+            );
             per_port.push((p.clone(), rx, tx));
         }
         sockets.push(per_port);

@@ -100,6 +100,12 @@ counters!(
     hbone_streams,
     hbone_refused,
     policy_denied,
+    xsk_rx_dropped,
+    xsk_rx_ring_full,
+    xsk_fill_ring_empty,
+    xsk_rx_invalid,
+    xsk_tx_invalid,
+    xsk_rx_oversized,
 );
 
 #[cfg(test)]

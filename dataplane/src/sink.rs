@@ -24,6 +24,9 @@ pub trait FrameSink {
 
     /// Frames queued but not yet submitted.
     fn pending(&self) -> usize;
+
+    /// The longest frame [`FrameSink::send`] takes.
+    fn max_frame(&self) -> usize;
 }
 
 impl FrameSink for crate::xsk::TxPart {
@@ -41,6 +44,10 @@ impl FrameSink for crate::xsk::TxPart {
 
     fn pending(&self) -> usize {
         crate::xsk::TxPart::pending(self)
+    }
+
+    fn max_frame(&self) -> usize {
+        crate::xsk::TxPart::max_frame(self)
     }
 }
 
@@ -83,9 +90,10 @@ impl MemSink {
 }
 
 impl Default for MemSink {
-    /// 2048 frames of 2048 bytes: the dataplane's default UMEM TX half.
+    /// 2048 frames of 1792 bytes: the dataplane's default UMEM TX half (2048-byte
+    /// frames less the kernel's headroom).
     fn default() -> Self {
-        MemSink::new(2048, 2048)
+        MemSink::new(2048, 1792)
     }
 }
 
@@ -114,6 +122,10 @@ impl FrameSink for MemSink {
 
     fn pending(&self) -> usize {
         self.queued.len()
+    }
+
+    fn max_frame(&self) -> usize {
+        self.frame_capacity
     }
 }
 

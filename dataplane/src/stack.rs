@@ -37,8 +37,8 @@ use smoltcp::wire::IpListenEndpoint;
 use crate::sink::FrameSink;
 use crate::wire::{self, FlowKey, Mac};
 
-/// MTU of the IP packets smoltcp emits (Ethernet payload).
-pub const IP_MTU: usize = 1500;
+/// The IP MTU of a port whose interface reports none (Ethernet's).
+pub const DEFAULT_IP_MTU: usize = 1500;
 
 /// A network interface as the engine sees it.
 #[derive(Debug, Clone)]
@@ -51,6 +51,10 @@ pub struct PortSpec {
     pub mac: Mac,
     /// Our IPv4 address on it (ARP sender), if any.
     pub ipv4: Option<std::net::Ipv4Addr>,
+    /// The link's IP MTU (the Ethernet payload): legs on this port advertise an MSS
+    /// of this less the headers, and send segments no larger than it allows (and than
+    /// the port's frames hold).
+    pub mtu: usize,
 }
 
 /// A device that receives at most one IP packet (the one being dispatched) and sends
@@ -60,6 +64,7 @@ struct LegDevice<'a, S> {
     tx: &'a mut S,
     src_mac: Mac,
     dst_mac: Mac,
+    mtu: usize,
     counters: &'a mut TxCounters,
 }
 
@@ -109,8 +114,8 @@ impl<S: FrameSink> phy::TxToken for TxToken<'_, S> {
                 // token from `receive()` (for an immediate reply) may find none: the
                 // packet is built into scratch space and lost, and TCP retransmits it.
                 self.counters.no_frame += 1;
-                let mut scratch = [0u8; IP_MTU];
-                (f.take().expect("not yet called"))(&mut scratch[..len.min(IP_MTU)])
+                let mut scratch = vec![0u8; len];
+                (f.take().expect("not yet called"))(&mut scratch)
             }
         }
     }
@@ -152,24 +157,34 @@ impl<S: FrameSink> phy::Device for LegDevice<'_, S> {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = IP_MTU;
-        caps.max_burst_size = None;
-        // Received checksums are verified (and drops counted) in `wire` before smoltcp
-        // sees the packet; outgoing ones are computed by smoltcp.
-        let mut ck = ChecksumCapabilities::default();
-        ck.ipv4 = Checksum::Tx;
-        ck.tcp = Checksum::Tx;
-        caps.checksum = ck;
-        caps
+        capabilities(self.mtu)
     }
+}
+
+/// What smoltcp is told about a port. smoltcp reads a device's capabilities once, when
+/// the `Interface` is made (`InterfaceInner::caps`), not per poll: that is why [`Net`]
+/// has an interface per port, made with its port's MTU.
+fn capabilities(mtu: usize) -> DeviceCapabilities {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ip;
+    caps.max_transmission_unit = mtu;
+    caps.max_burst_size = None;
+    // Received checksums are verified (and drops counted) in `wire` before smoltcp
+    // sees the packet; outgoing ones are computed by smoltcp.
+    let mut ck = ChecksumCapabilities::default();
+    ck.ipv4 = Checksum::Tx;
+    ck.tcp = Checksum::Tx;
+    caps.checksum = ck;
+    caps
 }
 
 /// The engine's side of the network: one smoltcp interface and the ports' frame sinks.
 /// Every leg is polled through here, so the device is built in one place.
 pub struct Net<S> {
-    iface: Interface,
+    /// One interface per port, each made with the port's MTU (see [`capabilities`]).
+    ifaces: Vec<Interface>,
+    /// Each port's IP MTU: the link's, capped by what its sink's frames hold.
+    mtus: Vec<usize>,
     specs: Vec<PortSpec>,
     sinks: Vec<S>,
     empty: SocketSet<'static>,
@@ -185,9 +200,18 @@ pub struct OpenError;
 impl<S: FrameSink> Net<S> {
     /// A network over `ports` (their specs and sinks, in port-index order).
     pub fn new(ports: Vec<(PortSpec, S)>, now: Instant) -> Net<S> {
-        let (specs, sinks) = ports.into_iter().unzip();
+        let (specs, sinks): (Vec<PortSpec>, Vec<S>) = ports.into_iter().unzip();
+        let mtus: Vec<usize> = specs
+            .iter()
+            .zip(&sinks)
+            .map(|(p, s)| {
+                p.mtu
+                    .min(s.max_frame().saturating_sub(wire::ETH_HEADER_LEN))
+            })
+            .collect();
         Net {
-            iface: new_interface(now),
+            ifaces: mtus.iter().map(|&m| new_interface(now, m)).collect(),
+            mtus,
             specs,
             sinks,
             empty: SocketSet::new(Vec::new()),
@@ -198,6 +222,11 @@ impl<S: FrameSink> Net<S> {
     /// The spec of port `port`.
     pub fn spec(&self, port: usize) -> &PortSpec {
         &self.specs[port]
+    }
+
+    /// The IP MTU smoltcp uses on port `port`.
+    pub fn mtu(&self, port: usize) -> usize {
+        self.mtus[port]
     }
 
     /// The port of an interface index.
@@ -231,10 +260,14 @@ impl<S: FrameSink> Net<S> {
             tx: &mut self.sinks[leg.port],
             src_mac: self.specs[leg.port].mac,
             dst_mac,
+            mtu: self.mtus[leg.port],
             counters: &mut self.tx,
         };
-        self.iface
-            .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut leg.sockets);
+        self.ifaces[leg.port].poll_ingress_single(
+            Instant::from_micros(now),
+            &mut dev,
+            &mut leg.sockets,
+        );
     }
 
     /// Transmits what a leg's socket has queued (nothing while its next hop is being
@@ -247,12 +280,12 @@ impl<S: FrameSink> Net<S> {
             tx: &mut self.sinks[leg.port],
             src_mac: self.specs[leg.port].mac,
             dst_mac,
+            mtu: self.mtus[leg.port],
             counters: &mut self.tx,
         };
-        while self.iface.poll_egress(ts, &mut dev, &mut leg.sockets)
-            == PollResult::SocketStateChanged
-        {}
-        self.iface
+        let iface = &mut self.ifaces[leg.port];
+        while iface.poll_egress(ts, &mut dev, &mut leg.sockets) == PollResult::SocketStateChanged {}
+        iface
             .poll_at(ts, &leg.sockets)
             .map(|at| at.total_micros().max(now))
     }
@@ -265,10 +298,10 @@ impl<S: FrameSink> Net<S> {
             tx: &mut self.sinks[port],
             src_mac: self.specs[port].mac,
             dst_mac,
+            mtu: self.mtus[port],
             counters: &mut self.tx,
         };
-        self.iface
-            .poll_ingress_single(Instant::from_micros(now), &mut dev, &mut self.empty);
+        self.ifaces[port].poll_ingress_single(Instant::from_micros(now), &mut dev, &mut self.empty);
     }
 
     /// A leg that answers as `local` to the SYN about to be handed to it (transparent
@@ -306,7 +339,7 @@ impl<S: FrameSink> Net<S> {
             dst: local,
         };
         let mut leg = Leg::new(buffers, port, dst_mac, key);
-        let cx = self.iface.context();
+        let cx = self.ifaces[port].context();
         leg.sockets
             .get_mut::<tcp::Socket>(leg.handle)
             .connect(cx, remote, local)
@@ -315,13 +348,13 @@ impl<S: FrameSink> Net<S> {
     }
 }
 
-/// Builds the worker's interface: `Medium::Ip`, any-IP, a default route so that smoltcp
-/// considers every destination reachable (routing is the worker's job).
-pub fn new_interface(now: Instant) -> Interface {
+/// Builds an interface of IP MTU `mtu`: `Medium::Ip`, any-IP, a default route so that
+/// smoltcp considers every destination reachable (routing is the worker's job).
+pub fn new_interface(now: Instant, mtu: usize) -> Interface {
     use smoltcp::iface::Config;
     use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
-    struct Null;
+    struct Null(usize);
     impl phy::Device for Null {
         type RxToken<'a> = RxToken<'a>;
         type TxToken<'a> = NullTx;
@@ -332,10 +365,7 @@ pub fn new_interface(now: Instant) -> Interface {
             None
         }
         fn capabilities(&self) -> DeviceCapabilities {
-            let mut c = DeviceCapabilities::default();
-            c.medium = Medium::Ip;
-            c.max_transmission_unit = IP_MTU;
-            c
+            capabilities(self.0)
         }
     }
     struct NullTx;
@@ -347,7 +377,7 @@ pub fn new_interface(now: Instant) -> Interface {
 
     let mut cfg = Config::new(HardwareAddress::Ip);
     cfg.random_seed = u64::from(std::process::id()) ^ 0x9e37_79b9_7f4a_7c15;
-    let mut iface = Interface::new(cfg, &mut Null, now);
+    let mut iface = Interface::new(cfg, &mut Null(mtu), now);
     // Placeholder own addresses (never used as sources: every socket binds explicitly).
     let v4 = Ipv4Address::new(198, 19, 255, 254);
     let v6 = Ipv6Address::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);

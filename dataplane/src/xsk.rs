@@ -51,10 +51,16 @@ pub enum XskError {
 pub struct XskConfig {
     /// Frames per UMEM (half for RX, half for TX). Power of two.
     pub frames: u32,
-    /// Bytes per frame: 2048 holds a 1500-byte MTU frame.
+    /// Bytes per UMEM frame (chunk), 2048 or 4096. The kernel keeps
+    /// `XDP_PACKET_HEADROOM` (256) of each for itself, so a 2048-byte frame holds 1792
+    /// bytes of packet: a 1500-byte MTU frame.
     pub frame_size: u32,
     /// Use the need_wakeup protocol (default); off = the kernel is kicked every loop.
     pub need_wakeup: bool,
+    /// Largest Ethernet frame the socket must carry (the link MTU + 14). Above one
+    /// UMEM frame's room the socket is bound with `XDP_USE_SG` (multi-buffer, Linux
+    /// 6.6+): a packet then spans several UMEM frames, chained with `XDP_PKT_CONTD`.
+    pub max_frame: usize,
 }
 
 impl Default for XskConfig {
@@ -63,9 +69,54 @@ impl Default for XskConfig {
             frames: 4096,
             frame_size: 2048,
             need_wakeup: true,
+            max_frame: 1514,
         }
     }
 }
+
+impl XskConfig {
+    /// The sizing for a link of IP MTU `mtu`: 2048-byte frames while one holds a whole
+    /// Ethernet frame, else 4096-byte frames (fewer per jumbo packet: a 64 KiB packet
+    /// takes 17, the most a copy-mode transmit accepts) and multi-buffer.
+    pub fn for_mtu(frames: u32, mtu: usize) -> XskConfig {
+        let max_frame = mtu + ETH_HEADER_LEN;
+        let frame_size = if max_frame <= 2048 - XDP_PACKET_HEADROOM {
+            2048
+        } else {
+            4096
+        };
+        XskConfig {
+            frames,
+            frame_size,
+            max_frame,
+            ..Default::default()
+        }
+    }
+
+    /// Packet bytes one UMEM frame holds.
+    pub fn frame_room(&self) -> usize {
+        (self.frame_size as usize).saturating_sub(XDP_PACKET_HEADROOM)
+    }
+
+    /// Whether packets can span several UMEM frames.
+    pub fn multi_buffer(&self) -> bool {
+        self.max_frame > self.frame_room()
+    }
+}
+
+/// The kernel's headroom in every UMEM frame (`XDP_PACKET_HEADROOM`).
+const XDP_PACKET_HEADROOM: usize = 256;
+const ETH_HEADER_LEN: usize = 14;
+/// `XDP_PKT_CONTD` (include/uapi/linux/if_xdp.h): the packet continues in the next
+/// descriptor.
+const XDP_PKT_CONTD: u32 = 1;
+/// The most descriptors one transmitted packet may take in copy mode: the kernel
+/// builds an skb of at most `MAX_SKB_FRAGS` parts (17 unless the kernel was built with
+/// more) and counts a longer chain as an invalid descriptor.
+pub const MAX_TX_FRAGS: usize = 17;
+/// The longest packet reassembled on receive (a 64 KiB IP packet and its Ethernet
+/// header); longer chains are dropped and counted.
+const MAX_RX_PACKET: usize = 65_535 + ETH_HEADER_LEN;
 
 /// A UMEM frame owned by exactly one ring or list. Deliberately neither `Clone` nor `Copy`.
 #[derive(Debug)]
@@ -123,6 +174,9 @@ pub fn open(
         if cfg.need_wakeup {
             bind |= BindFlags::XDP_USE_NEED_WAKEUP;
         }
+        if cfg.multi_buffer() {
+            bind |= BindFlags::XDP_USE_SG;
+        }
         let sock_cfg = SocketConfig::builder()
             .rx_queue_size(ring)
             .tx_queue_size(ring)
@@ -167,13 +221,20 @@ pub fn open(
                 reason: format!("fill ring took {filled} of {half} frames"),
             });
         }
+        let room = cfg.frame_room();
+        let max_frame = if cfg.multi_buffer() {
+            cfg.max_frame.min(room * MAX_TX_FRAGS)
+        } else {
+            cfg.max_frame.min(room)
+        };
         let rx_part = RxPart {
             umem: umem.clone(),
             rx,
             fill,
-            scratch: vec![FrameDesc::default(); 64],
+            scratch: vec![FrameDesc::default(); RX_BATCH],
             refill: Vec::with_capacity(half),
             need_wakeup: cfg.need_wakeup,
+            assembly: Assembly::default(),
         };
         let tx_part = TxPart {
             umem,
@@ -182,7 +243,10 @@ pub fn open(
             free: tx_descs.iter().map(|d| Frame(*d)).collect(),
             pending: Vec::with_capacity(half),
             scratch: vec![FrameDesc::default(); half],
-            frame_capacity: cfg.frame_size as usize,
+            room,
+            max_frame,
+            frames_per_max: max_frame.div_ceil(room).max(1),
+            spill: Vec::new(),
             in_flight: 0,
         };
         return Ok((rx_part, tx_part, mode));
@@ -194,6 +258,9 @@ pub fn open(
     })
 }
 
+/// Descriptors taken from the RX ring per call.
+const RX_BATCH: usize = 64;
+
 /// The receive half: RX ring and fill ring.
 #[derive(Debug)]
 pub struct RxPart {
@@ -204,6 +271,20 @@ pub struct RxPart {
     /// Received frames the fill ring could not take back yet (see [`RxPart::recv`]).
     refill: Vec<FrameDesc>,
     need_wakeup: bool,
+    assembly: Assembly,
+}
+
+/// A multi-buffer packet being put together from its frames (they may arrive in two
+/// batches), copied so the engine sees one contiguous frame.
+#[derive(Debug, Default)]
+struct Assembly {
+    bytes: Vec<u8>,
+    /// A frame of the packet is being collected (the last one had `XDP_PKT_CONTD`).
+    open: bool,
+    /// The packet grew past [`MAX_RX_PACKET`]: the rest of its frames are skipped.
+    oversized: bool,
+    /// Packets dropped for that.
+    dropped: u64,
 }
 
 impl RxPart {
@@ -212,19 +293,42 @@ impl RxPart {
         self.rx.fd().as_raw_fd()
     }
 
-    /// Receives up to 64 frames, lending each one's bytes to `f`, then gives the frames
-    /// back to the fill ring (with any that it could not take back on an earlier call).
-    /// Returns the number of frames received.
+    /// Receives up to 64 frames, lending each packet's bytes to `f`, then gives the
+    /// frames back to the fill ring (with any that it could not take back on an earlier
+    /// call). A packet in one frame is lent in place; one that spans several
+    /// (multi-buffer) is copied together first. Returns the number of frames received.
     pub fn recv(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         // SAFETY: `scratch` descriptors are only overwritten by the ring here; frames
         // consumed from this socket's RX ring belong to this socket's UMEM.
         let n = unsafe { self.rx.consume(&mut self.scratch) };
+        let asm = &mut self.assembly;
         for d in &self.scratch[..n] {
             // SAFETY: `d` was just consumed from this UMEM's RX ring, so the kernel no
             // longer writes the frame, and it is not handed back (fill ring, below) until
             // `f` has returned: the slice is valid and unaliased for the duration of `f`.
             let data = unsafe { self.umem.data(d) };
-            f(data.contents());
+            let bytes = data.contents();
+            let more = d.options() & XDP_PKT_CONTD != 0;
+            if !asm.open && !more {
+                f(bytes);
+                continue;
+            }
+            asm.open = more;
+            if asm.bytes.len() + bytes.len() > MAX_RX_PACKET {
+                asm.oversized = true;
+            }
+            if !asm.oversized {
+                asm.bytes.extend_from_slice(bytes);
+            }
+            if !more {
+                if asm.oversized {
+                    asm.dropped += 1;
+                } else {
+                    f(&asm.bytes);
+                }
+                asm.bytes.clear();
+                asm.oversized = false;
+            }
         }
         if n > 0 {
             self.refill.extend_from_slice(&self.scratch[..n]);
@@ -247,6 +351,54 @@ impl RxPart {
     }
 }
 
+/// The kernel's and this module's drop counters of one socket (`XDP_STATISTICS`, see
+/// the kernel's AF_XDP documentation): frames lost between the XDP program's redirect
+/// and the worker, which no other counter sees.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SocketDrops {
+    /// Dropped by the kernel for another reason than the two below (a frame too long
+    /// for a socket without multi-buffer, among others).
+    pub rx_dropped: u64,
+    /// Dropped because the RX ring was full (the worker fell behind).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub fill_ring_empty: u64,
+    /// Invalid RX descriptors.
+    pub rx_invalid: u64,
+    /// TX descriptors the kernel refused (for instance a chain longer than it takes).
+    pub tx_invalid: u64,
+    /// Multi-buffer packets longer than 64 KiB, dropped here.
+    pub rx_oversized: u64,
+}
+
+impl SocketDrops {
+    /// Adds `o`.
+    pub fn add(&mut self, o: SocketDrops) {
+        self.rx_dropped += o.rx_dropped;
+        self.rx_ring_full += o.rx_ring_full;
+        self.fill_ring_empty += o.fill_ring_empty;
+        self.rx_invalid += o.rx_invalid;
+        self.tx_invalid += o.tx_invalid;
+        self.rx_oversized += o.rx_oversized;
+    }
+}
+
+impl RxPart {
+    /// The socket's drop counters (one `getsockopt`; the worker reads them when it
+    /// publishes its counters, not per packet).
+    pub fn drops(&self) -> SocketDrops {
+        let k = self.rx.fd().xdp_statistics().unwrap_or_default();
+        SocketDrops {
+            rx_dropped: k.rx_dropped(),
+            rx_ring_full: k.rx_ring_full(),
+            fill_ring_empty: k.rx_fill_ring_empty_descs(),
+            rx_invalid: k.rx_invalid_descs(),
+            tx_invalid: k.tx_invalid_descs(),
+            rx_oversized: self.assembly.dropped,
+        }
+    }
+}
+
 /// The transmit half: TX ring, completion ring and the free list.
 #[derive(Debug)]
 pub struct TxPart {
@@ -256,7 +408,14 @@ pub struct TxPart {
     free: Vec<Frame>,
     pending: Vec<Frame>,
     scratch: Vec<FrameDesc>,
-    frame_capacity: usize,
+    /// Packet bytes per UMEM frame.
+    room: usize,
+    /// Longest frame [`TxPart::send`] takes.
+    max_frame: usize,
+    /// UMEM frames a frame of `max_frame` bytes takes.
+    frames_per_max: usize,
+    /// Where a multi-buffer packet is written before it is split into UMEM frames.
+    spill: Vec<u8>,
     in_flight: usize,
 }
 
@@ -274,33 +433,48 @@ impl TxPart {
             .extend(self.scratch[..n].iter().map(|d| Frame(*d)));
     }
 
-    /// Whether a frame can be taken now. When the free list is empty this reclaims
+    /// Whether `frames` UMEM frames are free. When they are not, this reclaims
     /// completions, and if that is not enough, submits what is pending and reclaims
     /// again (in copy mode the kernel transmits inside the wakeup syscall).
-    pub fn has_free(&mut self) -> bool {
-        if self.free.is_empty() {
+    fn ensure_free(&mut self, frames: usize) -> bool {
+        if self.free.len() < frames {
             self.reclaim();
-            if self.free.is_empty() && !self.pending.is_empty() {
+            if self.free.len() < frames && !self.pending.is_empty() {
                 self.flush();
                 self.reclaim();
             }
         }
-        !self.free.is_empty()
+        self.free.len() >= frames
     }
 
-    /// Largest frame this part can send.
-    pub fn frame_capacity(&self) -> usize {
-        self.frame_capacity
+    /// Whether a frame of the largest size ([`TxPart::max_frame`]) can be taken now.
+    pub fn has_free(&mut self) -> bool {
+        self.ensure_free(self.frames_per_max)
     }
 
-    /// Takes a free frame, lets `f` write exactly `len` bytes into it and queues it for
-    /// transmission at the next [`TxPart::flush`]. `None` when no frame is free or `len`
-    /// does not fit a frame.
+    /// Largest frame this part can send: one UMEM frame's room, or with multi-buffer
+    /// the link's frame size up to [`MAX_TX_FRAGS`] UMEM frames.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Takes free frames, lets `f` write exactly `len` bytes into them and queues them
+    /// for transmission at the next [`TxPart::flush`]. `None` when not enough frames
+    /// are free or `len` is above [`TxPart::max_frame`]. A frame that fits one UMEM
+    /// frame is written in place; a longer one is written into a spill buffer and
+    /// copied out into a chain of UMEM frames.
     pub fn send<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
-        if len > self.frame_capacity || !self.has_free() {
+        if len > self.max_frame {
+            return None;
+        }
+        if len > self.room {
+            return self.send_chained(len, f);
+        }
+        if !self.ensure_free(1) {
             return None;
         }
         let mut frame = self.free.pop()?;
+        frame.0.set_options(0);
         let r = {
             // SAFETY: `frame` came off the free list, so no ring holds it and the kernel
             // does not access it; it belongs to this UMEM. The mutable view ends with this
@@ -314,11 +488,44 @@ impl TxPart {
         Some(r)
     }
 
+    /// [`TxPart::send`] for a multi-buffer packet: every frame but the last carries
+    /// `XDP_PKT_CONTD`. The frames are queued together, and [`TxPart::flush`] submits
+    /// all pending frames in one `produce` (the scratch array holds the whole TX half),
+    /// so a chain is never split between two submissions.
+    fn send_chained<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        let frames = len.div_ceil(self.room);
+        if !self.ensure_free(frames) {
+            return None;
+        }
+        if self.spill.len() < len {
+            self.spill.resize(len, 0);
+        }
+        let r = f(&mut self.spill[..len]);
+        let chunks = self.spill[..len].chunks(self.room);
+        let last = frames - 1;
+        for (i, chunk) in chunks.enumerate() {
+            let mut frame = self.free.pop()?;
+            frame
+                .0
+                .set_options(if i == last { 0 } else { XDP_PKT_CONTD });
+            {
+                // SAFETY: as in `send`: a free frame of this UMEM that no ring holds; the
+                // view ends before the frame is queued.
+                let mut data = unsafe { self.umem.data_mut(&mut frame.0) };
+                data.cursor().set_pos(chunk.len());
+                data.contents_mut()[..chunk.len()].copy_from_slice(chunk);
+            }
+            self.pending.push(frame);
+        }
+        Some(r)
+    }
+
     /// Submits queued frames to the TX ring and kicks the kernel. Returns how many went out.
     pub fn flush(&mut self) -> usize {
         if self.pending.is_empty() {
             return 0;
         }
+        // `scratch` has room for every TX frame of the UMEM, so this is all of them.
         let n = self.pending.len().min(self.scratch.len());
         for (s, f) in self.scratch.iter_mut().zip(&self.pending[..n]) {
             *s = f.0;

@@ -269,13 +269,6 @@ impl XdpProgram {
     /// `ctx` the kernel pretends the frame came in on the loopback device's
     /// queue 0. For tests and self-checks.
     pub fn test_run(&self, frame: &[u8], ctx: Option<TestRunCtx>) -> Result<u32, XdpError> {
-        // `test_run` is only offered on the mutable program view; it does not
-        // change the program.
-        let prog = self
-            .obj
-            .progs_mut()
-            .find(|p| p.name() == PROGRAM_NAME)
-            .ok_or_else(|| self.missing_program())?;
         // The kernel refuses test input shorter than an Ethernet header
         // (net/bpf/test_run.c, bpf_prog_test_run_xdp), but since Linux 6.18
         // accepts a linear part (`xdp_md.data_end`) shorter than the input,
@@ -288,12 +281,39 @@ impl XdpProgram {
         if short {
             data.resize(ETH_HLEN, 0);
         }
-        let mut ctx_bytes = match (ctx, short) {
+        let ctx = match (ctx, short) {
             (None, false) => None,
-            (c, _) => Some(xdp_md_bytes(frame.len(), c.unwrap_or_default())),
+            (c, _) => Some((frame.len(), c.unwrap_or_default())),
         };
+        self.run(&data, ctx)
+    }
+
+    /// Runs the program on a multi-buffer frame: the first `linear_len` bytes of
+    /// `frame` in the linear part, the rest in fragments (as a jumbo frame arrives on
+    /// a veth or a driver that builds multi-buffer frames).
+    pub fn test_run_multi_buffer(
+        &self,
+        frame: &[u8],
+        linear_len: usize,
+        ctx: Option<TestRunCtx>,
+    ) -> Result<u32, XdpError> {
+        self.run(
+            frame,
+            Some((linear_len.min(frame.len()), ctx.unwrap_or_default())),
+        )
+    }
+
+    fn run(&self, data: &[u8], ctx: Option<(usize, TestRunCtx)>) -> Result<u32, XdpError> {
+        // `test_run` is only offered on the mutable program view; it does not
+        // change the program.
+        let prog = self
+            .obj
+            .progs_mut()
+            .find(|p| p.name() == PROGRAM_NAME)
+            .ok_or_else(|| self.missing_program())?;
+        let mut ctx_bytes = ctx.map(|(linear, c)| xdp_md_bytes(linear, c));
         let input = ProgramInput {
-            data_in: Some(&data),
+            data_in: Some(data),
             context_in: ctx_bytes.as_mut().map(|b| b.as_mut_slice()),
             ..ProgramInput::default()
         };

@@ -152,8 +152,37 @@ impl Fixture {
         want_action: u32,
         reason: Reason,
     ) {
+        self.expect_run(what, frame, None, ctx, want_action, reason);
+    }
+
+    /// [`Fixture::expect_ctx`] for a multi-buffer frame: the first `linear` bytes in
+    /// the linear part, the rest in fragments.
+    fn expect_multi_buffer(
+        &self,
+        what: &str,
+        frame: &[u8],
+        linear: usize,
+        want_action: u32,
+        reason: Reason,
+    ) {
+        self.expect_run(what, frame, Some(linear), None, want_action, reason);
+    }
+
+    fn expect_run(
+        &self,
+        what: &str,
+        frame: &[u8],
+        linear: Option<usize>,
+        ctx: Option<TestRunCtx>,
+        want_action: u32,
+        reason: Reason,
+    ) {
         let before = self.prog.counters().unwrap();
-        let got = self.prog.test_run(frame, ctx).unwrap();
+        let got = match linear {
+            None => self.prog.test_run(frame, ctx),
+            Some(l) => self.prog.test_run_multi_buffer(frame, l, ctx),
+        }
+        .unwrap();
         let delta = self.prog.counters().unwrap().since(&before);
         assert_eq!(got, want_action, "{what}: action");
         for (r, c) in delta.iter() {
@@ -562,6 +591,62 @@ fn ipv4_verdicts() {
         &udp.frame(&[0u8; 8]),
         action::PASS,
         Reason::PassNonTcp,
+    );
+}
+
+/// Jumbo frames arrive as multi-buffer frames (the program is `xdp.frags`): the
+/// headers are in the linear part, the IP length is checked against the whole frame,
+/// and the counters count every byte.
+#[test]
+fn multi_buffer_frames() {
+    require_root!("multi_buffer_frames");
+    let f = Fixture::new();
+    let mut seg = tcp(5, 0);
+    seg.resize(9000 - 20, 0x5a);
+    let v4 = V4::tcp(LOCAL4, REMOTE4).frame(&seg);
+    assert_eq!(v4.len(), 9014);
+    for linear in [3000, 54] {
+        f.expect_multi_buffer(
+            &format!("9014-byte mesh TCP, {linear} linear"),
+            &v4,
+            linear,
+            action::PASS,
+            Reason::PassNoSocket,
+        );
+    }
+    let mut big = tcp(5, 0);
+    big.resize(65535 - 20, 0x5a);
+    f.expect_multi_buffer(
+        "65549-byte mesh TCP",
+        &V4::tcp(REMOTE4, LOCAL4).frame(&big),
+        3500,
+        action::PASS,
+        Reason::PassNoSocket,
+    );
+    let mut long = V4::tcp(LOCAL4, REMOTE4);
+    long.tot_len = Some(9001);
+    f.expect_multi_buffer(
+        "tot_len one past the frame",
+        &long.frame(&seg),
+        3000,
+        action::DROP,
+        Reason::DropBadIpHeader,
+    );
+    let mut seg6 = tcp(5, 0);
+    seg6.resize(9000 - 40, 0x5a);
+    f.expect_multi_buffer(
+        "9014-byte mesh TCP over IPv6",
+        &v6(LOCAL6, REMOTE6, 6, 64, &seg6),
+        3000,
+        action::PASS,
+        Reason::PassNoSocket,
+    );
+    f.expect_multi_buffer(
+        "9014-byte non-mesh TCP",
+        &V4::tcp(FOREIGN4, FOREIGN4).frame(&seg),
+        3000,
+        action::PASS,
+        Reason::PassNotMesh,
     );
 }
 

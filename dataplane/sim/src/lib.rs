@@ -82,6 +82,10 @@ pub struct Opts {
     pub hbone: HboneLimits,
     /// Socket buffers (both engines).
     pub buffers: Buffers,
+    /// IP MTU of the pod links (the pods' and the gateways' pod ports).
+    pub pod_mtu: usize,
+    /// IP MTU of the link between the gateways.
+    pub uplink_mtu: usize,
 }
 
 impl Default for Opts {
@@ -91,6 +95,8 @@ impl Default for Opts {
             policies: Vec::new(),
             hbone: HboneLimits::default(),
             buffers: Buffers::default(),
+            pod_mtu: 1500,
+            uplink_mtu: 1500,
         }
     }
 }
@@ -168,17 +174,26 @@ fn engine(
         resolver: Box::new(move |ifindex, ip| n.lock().unwrap().get(&(ifindex, ip)).copied()),
         inboxes: Vec::new(),
     };
-    let spec = |name: &str, ifindex, (ip, mac): (Ipv4Addr, Mac)| PortSpec {
+    let spec = |name: &str, ifindex, (ip, mac): (Ipv4Addr, Mac), mtu| PortSpec {
         name: format!("{name}{id_}"),
         ifindex,
         mac,
         ipv4: Some(ip),
+        mtu,
     };
+    // Frames as large as the link's, as the AF_XDP TX half takes them (multi-buffer).
+    let sink = |mtu: usize| MemSink::new(2048, (mtu + 14).max(1792));
     Engine::new(
         cfg,
         vec![
-            (spec("pod", POD0_IFINDEX, pod), MemSink::default()),
-            (spec("up", UP0_IFINDEX, up), MemSink::default()),
+            (
+                spec("pod", POD0_IFINDEX, pod, opts.pod_mtu),
+                sink(opts.pod_mtu),
+            ),
+            (
+                spec("up", UP0_IFINDEX, up, opts.uplink_mtu),
+                sink(opts.uplink_mtu),
+            ),
         ],
         0,
     )
@@ -202,10 +217,10 @@ pub struct Host {
     pub gone: bool,
 }
 
-#[derive(Default)]
 struct Queue {
     rx: VecDeque<Vec<u8>>,
     tx: Vec<Vec<u8>>,
+    mtu: usize,
 }
 
 struct QRx(Vec<u8>);
@@ -239,15 +254,25 @@ impl phy::Device for Queue {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ip;
-        c.max_transmission_unit = 1500;
+        c.max_transmission_unit = self.mtu;
         c
     }
 }
 
 impl Host {
-    /// A host at `ip` (MAC `mac`) whose default route goes to `gw` (MAC `gw_mac`).
+    /// A host at `ip` (MAC `mac`) whose default route goes to `gw` (MAC `gw_mac`), on
+    /// a link of IP MTU 1500.
     pub fn new(ip: Ipv4Addr, gw: Ipv4Addr, mac: Mac, gw_mac: Mac) -> Host {
-        let mut dev = Queue::default();
+        Host::with_mtu(ip, gw, mac, gw_mac, 1500)
+    }
+
+    /// [`Host::new`] on a link of IP MTU `mtu`.
+    pub fn with_mtu(ip: Ipv4Addr, gw: Ipv4Addr, mac: Mac, gw_mac: Mac, mtu: usize) -> Host {
+        let mut dev = Queue {
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            mtu,
+        };
         let mut cfg = Config::new(HardwareAddress::Ip);
         cfg.random_seed = u64::from(u32::from(ip));
         let mut iface = Interface::new(cfg, &mut dev, Instant::from_micros(0));
@@ -433,8 +458,8 @@ impl World {
             now: 0,
             a,
             b,
-            client: Host::new(CLIENT_IP, A_POD_IP, CLIENT_MAC, A_POD_MAC),
-            server: Host::new(SERVER_IP, B_POD_IP, SERVER_MAC, B_POD_MAC),
+            client: Host::with_mtu(CLIENT_IP, A_POD_IP, CLIENT_MAC, A_POD_MAC, opts.pod_mtu),
+            server: Host::with_mtu(SERVER_IP, B_POD_IP, SERVER_MAC, B_POD_MAC, opts.pod_mtu),
             a_neigh,
             wire_log: Vec::new(),
             log_wire: false,
@@ -605,4 +630,36 @@ pub fn recv_some(s: &mut tcp::Socket<'static>, into: &mut Vec<u8>, max: usize) {
         }
         left -= n;
     }
+}
+
+/// Sends `up` from the client's socket `cli` and `down` from the server's socket `srv`
+/// at once, both read as fast as they arrive, until both have arrived whole (or
+/// `max_us` of simulated time pass: the test fails). Returns what the server and the
+/// client received.
+pub fn exchange(
+    w: &mut World,
+    (cli, srv): (SocketHandle, SocketHandle),
+    up: &[u8],
+    down: &[u8],
+    max_us: i64,
+) -> (Vec<u8>, Vec<u8>) {
+    let (mut up_sent, mut down_sent) = (0, 0);
+    let (mut at_server, mut at_client) = (Vec::new(), Vec::new());
+    w.run_until("both directions delivered", max_us, |w| {
+        send_some(w.client.tcp(cli), up, &mut up_sent);
+        if w.server.tcp(srv).state() == tcp::State::Established {
+            send_some(w.server.tcp(srv), down, &mut down_sent);
+        }
+        recv_some(w.server.tcp(srv), &mut at_server, usize::MAX);
+        recv_some(w.client.tcp(cli), &mut at_client, usize::MAX);
+        at_server.len() >= up.len() && at_client.len() >= down.len()
+    });
+    (at_server, at_client)
+}
+
+/// The largest frame in `frames`, and how many there are.
+pub fn largest(frames: impl IntoIterator<Item = usize>) -> (usize, usize) {
+    frames
+        .into_iter()
+        .fold((0, 0), |(max, n), len| (max.max(len), n + 1))
 }

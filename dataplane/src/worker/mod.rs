@@ -127,9 +127,9 @@ pub fn run(setup: WorkerSetup) {
         let since = t - last_publish;
         if since >= PUBLISH_US || (work == 0 && since >= PUBLISH_IDLE_US) {
             last_publish = t;
-            let stats = e.counters();
-            let mut stats = stats.clone();
+            let mut stats = e.counters().clone();
             stats.loop_iterations = loops;
+            socket_drops(&rxs, &mut stats);
             shared.publish(&stats);
             if t - last_sample >= SAMPLE_US {
                 last_sample = t;
@@ -153,8 +153,23 @@ pub fn run(setup: WorkerSetup) {
     e.shutdown(now());
     let mut stats = e.counters().clone();
     stats.loop_iterations = loops;
+    socket_drops(&rxs, &mut stats);
     shared.publish(&stats);
     info!(worker = id, "worker stopped");
+}
+
+/// Adds the worker's sockets' drop counters to its published counters.
+fn socket_drops(rxs: &[RxPart], stats: &mut crate::metrics::Local) {
+    let mut d = xsk::SocketDrops::default();
+    for rx in rxs {
+        d.add(rx.drops());
+    }
+    stats.xsk_rx_dropped = d.rx_dropped;
+    stats.xsk_rx_ring_full = d.rx_ring_full;
+    stats.xsk_fill_ring_empty = d.fill_ring_empty;
+    stats.xsk_rx_invalid = d.rx_invalid;
+    stats.xsk_tx_invalid = d.tx_invalid;
+    stats.xsk_rx_oversized = d.rx_oversized;
 }
 
 fn reload_tables<S: crate::sink::FrameSink>(e: &mut Engine<S>, shm: &mut WorkerSlot, id: u32) {

@@ -438,3 +438,60 @@ fn a_stale_neighbour_wait_never_reaches_a_new_object() {
     }
     assert_eq!(w.a.counters().neighbor_timeouts, 0);
 }
+
+/// HBONE over jumbo links (pod links 65535, uplink 9000): byte-exact both ways, the
+/// tunnel's segments fill the uplink's MTU, one tunnel, one stream.
+#[test]
+fn jumbo_links_carry_a_stream_byte_exact() {
+    let mut w = World::new(Opts {
+        protocol: Protocol::Hbone,
+        pod_mtu: 65_535,
+        uplink_mtu: 9000,
+        buffers: xdpmesh_dataplane::stack::Buffers {
+            rx: 256 * 1024,
+            tx: 256 * 1024,
+        },
+        ..Default::default()
+    });
+    w.log_wire = true;
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(target(80), 41_021);
+    let up = pattern(2 << 20, 23);
+    let down = pattern(1 << 20, 24);
+    let (at_server, at_client) = exchange(&mut w, (cli, srv), &up, &down, 20_000_000);
+    assert!(
+        at_server == up,
+        "{} of {} bytes up",
+        at_server.len(),
+        up.len()
+    );
+    assert!(
+        at_client == down,
+        "{} of {} bytes down",
+        at_client.len(),
+        down.len()
+    );
+    for from_a in [true, false] {
+        let (max, n) = largest(
+            w.wire_log
+                .iter()
+                .filter(|(a, _)| *a == from_a)
+                .map(|(_, f)| f.len()),
+        );
+        assert_eq!(max, 9014, "uplink frames from a={from_a} ({n} of them)");
+    }
+    for (name, e) in [("a", &mut w.a), ("b", &mut w.b)] {
+        let c = e.counters();
+        assert_eq!(
+            (
+                c.hbone_streams,
+                c.hbone_refused,
+                c.hbone_tunnel_failures,
+                c.no_flow_resets
+            ),
+            (1, 0, 0, 0),
+            "gateway {name}: {}",
+            summary(c)
+        );
+    }
+}

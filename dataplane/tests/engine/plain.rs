@@ -288,3 +288,53 @@ fn buffers_bound_what_a_connection_holds() {
     });
     assert!(got == up);
 }
+
+/// Jumbo links: pod links of MTU 65535 and an uplink of 9000. The pods' segments are
+/// tens of kilobytes (the gateways advertise the pod link's MSS), the gateways' on the
+/// uplink exactly fill its MTU, and the bytes arrive exact both ways.
+#[test]
+fn jumbo_links_carry_pod_sized_segments_byte_exact() {
+    let mut w = World::new(Opts {
+        pod_mtu: 65_535,
+        uplink_mtu: 9000,
+        buffers: Buffers {
+            rx: 256 * 1024,
+            tx: 256 * 1024,
+        },
+        ..Default::default()
+    });
+    w.log_wire = true;
+    w.client.keep_log = true;
+    let conn = established(&mut w, 40_021);
+    let up = pattern(2 << 20, 21);
+    let down = pattern(1 << 20, 22);
+    let (at_server, at_client) = exchange(&mut w, conn, &up, &down, 10_000_000);
+    assert!(at_server == up, "upstream bytes differ");
+    assert!(at_client == down, "downstream bytes differ");
+    let (client_max, _) = largest(w.client.log.iter().map(Vec::len));
+    assert!(
+        client_max > 32 * 1024,
+        "the client's largest frame is {client_max} bytes: the MSS of the pod link is not used"
+    );
+    for from_a in [true, false] {
+        let (max, n) = largest(
+            w.wire_log
+                .iter()
+                .filter(|(a, _)| *a == from_a)
+                .map(|(_, f)| f.len()),
+        );
+        assert_eq!(max, 9014, "uplink frames from a={from_a} ({n} of them)");
+    }
+    let data_frames = w.wire_log.iter().filter(|(_, f)| f.len() > 1514).count();
+    // 3 MiB in 8,960-byte segments: about 350, plus the odd short one.
+    assert!(
+        (351..=400).contains(&data_frames),
+        "{data_frames} uplink frames above 1514 bytes"
+    );
+    w.client.tcp(conn.0).close();
+    w.server.tcp(conn.1).close();
+    w.run_until("both closed", 5_000_000, |w| {
+        w.a.counters().live_connections == 0 && w.b.counters().live_connections == 0
+    });
+    assert_clean(&mut w, 1);
+}

@@ -114,6 +114,15 @@ static __always_inline int xm_enabled(void)
 	return cfg && (cfg->flags & XM_CFG_ENABLED);
 }
 
+/* Bytes of the whole frame (linear part and fragments) from the cursor on. */
+static __always_inline __u32 xm_packet_remaining(struct xdp_md *ctx, const struct xm_cursor *c,
+						 __u64 bytes)
+{
+	__u64 off = (__u64)(c->pos - (void *)(long)ctx->data);
+
+	return off < bytes ? (__u32)(bytes - off) : 0;
+}
+
 /* XM_WL_* flags of `addr`; 0 for an address outside the mesh. */
 static __always_inline __u32 xm_wl_flags(const struct xm_addr *addr)
 {
@@ -297,7 +306,7 @@ static __always_inline int xm_ipv4(struct xdp_md *ctx, struct xm_cursor *c, __u6
 	enum xm_class class;
 	__u32 avail, hlen, tot;
 
-	avail = xm_remaining(c);
+	avail = xm_packet_remaining(ctx, c, bytes);
 	iph = xm_parse_ipv4(c);
 	if (!iph)
 		return xm_count(XDP_DROP, XM_REASON_DROP_TRUNCATED_IP, bytes);
@@ -339,7 +348,7 @@ static __always_inline int xm_ipv6(struct xdp_md *ctx, struct xm_cursor *c, __u6
 	if (!ip6)
 		return xm_count(XDP_DROP, XM_REASON_DROP_TRUNCATED_IP, bytes);
 	plen = bpf_ntohs(ip6->payload_len);
-	if (ip6->version != 6 || plen > xm_remaining(c))
+	if (ip6->version != 6 || plen > xm_packet_remaining(ctx, c, bytes))
 		return xm_count(XDP_DROP, XM_REASON_DROP_BAD_IP_HEADER, bytes);
 
 	nh = ip6->nexthdr;
@@ -368,7 +377,14 @@ static __always_inline int xm_ipv6(struct xdp_md *ctx, struct xm_cursor *c, __u6
 	return xm_tcp(ctx, c, plen, bytes, class);
 }
 
-SEC("xdp")
+/* "xdp.frags" (BPF_F_XDP_HAS_FRAGS): the program takes multi-buffer frames, so
+ * it attaches to links of any MTU up to 64 KiB (a veth refuses a program without
+ * it above about 3.5 KB) and the AF_XDP sockets receive jumbo frames whole
+ * (XDP_USE_SG). The headers it reads are in the linear part, which holds at least
+ * the first ~3.5 KB of a frame on veth and on drivers that build multi-buffer
+ * frames; lengths are of the whole frame (bpf_xdp_get_buff_len), so a
+ * jumbo packet's IP length is checked against all of it. */
+SEC("xdp.frags")
 int xdpmesh_divert(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -377,6 +393,12 @@ int xdpmesh_divert(struct xdp_md *ctx)
 	__u64 bytes = data_end - data;
 	struct ethhdr *eth;
 	__be16 proto;
+
+	/* A frame shorter than its Ethernet header is counted at its linear length:
+	 * only BPF_PROG_TEST_RUN makes one with a fragment (it pads test input to
+	 * ETH_HLEN), and real ones have none. */
+	if (bytes >= ETH_HLEN)
+		bytes = bpf_xdp_get_buff_len(ctx);
 
 	/* Disabled means a counted no-op: not even malformed frames are
 	 * dropped, so turning the dataplane off can never cost traffic. */
