@@ -63,12 +63,13 @@ enum Cmd {
         /// Idle strategy.
         #[arg(long, value_enum, default_value = "wakeup")]
         poll: PollMode,
-        /// Receive buffer per connection leg, bytes.
-        #[arg(long, default_value_t = 64 * 1024)]
-        rx_buffer: usize,
-        /// Send buffer per connection leg, bytes.
-        #[arg(long, default_value_t = 64 * 1024)]
-        tx_buffer: usize,
+        /// Receive buffer per connection leg, bytes (default: 64 KiB, or four segments
+        /// of the largest interface MTU if that is more).
+        #[arg(long)]
+        rx_buffer: Option<usize>,
+        /// Send buffer per connection leg, bytes (default: as --rx-buffer).
+        #[arg(long)]
+        tx_buffer: Option<usize>,
         /// UMEM frames per socket (power of two; half RX, half TX).
         #[arg(long, default_value_t = 4096)]
         frames: u32,
@@ -149,10 +150,7 @@ fn main() {
             queues,
             xdp_mode,
             busy: matches!(poll, PollMode::Busy),
-            buffers: Buffers {
-                rx: rx_buffer,
-                tx: tx_buffer,
-            },
+            buffers: (rx_buffer, tx_buffer),
             frames,
             wait_tables: Duration::from_secs(wait_tables_secs),
         }),
@@ -186,7 +184,8 @@ struct RunArgs {
     queues: Option<u32>,
     xdp_mode: XdpMode,
     busy: bool,
-    buffers: Buffers,
+    /// --rx-buffer and --tx-buffer; the defaults depend on the interfaces' MTU.
+    buffers: (Option<usize>, Option<usize>),
     frames: u32,
     pin_dir: PathBuf,
     shm: PathBuf,
@@ -226,6 +225,12 @@ fn run(a: RunArgs) -> Result<()> {
         queues_avail = queues_avail.min(q);
         ports.push(spec);
     }
+    let max_mtu = ports.iter().map(|p| p.mtu).max().unwrap_or(0);
+    let auto = Buffers::for_mtu(max_mtu);
+    let buffers = Buffers {
+        rx: a.buffers.0.unwrap_or(auto.rx),
+        tx: a.buffers.1.unwrap_or(auto.tx),
+    };
     let queues = a.queues.unwrap_or(queues_avail);
     if queues == 0 || queues > queues_avail {
         bail!("--queues {queues}: the interfaces have {queues_avail} RX queue(s); use at most that many workers");
@@ -290,7 +295,7 @@ fn run(a: RunArgs) -> Result<()> {
             id: q as u32,
             workers: queues,
             ports: per_port,
-            buffers: a.buffers,
+            buffers,
             busy_poll: a.busy,
             shm: tables.register(q as u32)?,
             inboxes: inboxes.clone(),
@@ -341,7 +346,7 @@ fn run(a: RunArgs) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     prog.set_enabled(true)?;
-    info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, "running");
+    info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, rx_buffer = buffers.rx, tx_buffer = buffers.tx, "running");
     eprintln!("xdpmesh-dataplane ready");
 
     let stats_path = a.run_dir.join("stats.json");

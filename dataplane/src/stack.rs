@@ -400,6 +400,23 @@ pub struct Buffers {
     pub tx: usize,
 }
 
+impl Buffers {
+    /// The default for links of IP MTU up to `mtu`: 64 KiB, or four full segments if
+    /// that is more. A receive window of a few segments keeps a jumbo link's pipe
+    /// full (Linux also caps its segments to half the largest window it has seen, so a
+    /// 64 KiB window would halve a 64 KiB MTU's segments); the buffers are allocated
+    /// zeroed, so the pages of an idle leg's buffer that no byte ever crossed are not
+    /// resident.
+    pub fn for_mtu(mtu: usize) -> Buffers {
+        let four = 4 * mtu.saturating_sub(40);
+        let d = Buffers::default();
+        Buffers {
+            rx: d.rx.max(four),
+            tx: d.tx.max(four),
+        }
+    }
+}
+
 impl Default for Buffers {
     fn default() -> Self {
         Buffers {
@@ -687,6 +704,19 @@ pub fn abort(legs: &mut [Leg; 2]) {
     for l in legs {
         if !leg_done(l) {
             l.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Buffers;
+
+    #[test]
+    fn default_buffers_hold_four_segments_of_a_jumbo_link() {
+        for (mtu, want) in [(1500, 65_536), (9000, 65_536), (65_535, 261_980)] {
+            let b = Buffers::for_mtu(mtu);
+            assert_eq!((b.rx, b.tx), (want, want), "mtu {mtu}");
         }
     }
 }
