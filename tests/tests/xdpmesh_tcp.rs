@@ -29,10 +29,41 @@ fn xdpmesh_topology(tag: &str, opts: TopologyOpts, queues: u32) -> Topology {
 
 #[test]
 fn test_xdpmesh_tcp_http_download_and_upload() {
-    if !require_root("test_xdpmesh_tcp_http_download_and_upload") {
+    http_download_and_upload("test_xdpmesh_tcp_http_download_and_upload", 1500);
+}
+
+#[test]
+fn test_xdpmesh_tcp_http_download_and_upload_mtu_9000() {
+    http_download_and_upload("test_xdpmesh_tcp_http_download_and_upload_mtu_9000", 9000);
+}
+
+#[test]
+fn test_xdpmesh_tcp_http_download_and_upload_mtu_65535() {
+    http_download_and_upload(
+        "test_xdpmesh_tcp_http_download_and_upload_mtu_65535",
+        65_535,
+    );
+}
+
+/// On jumbo links the XDP program diverts multi-buffer frames: the average diverted
+/// frame (data segments and the ACKs between them) is then well above what fits a
+/// 1500-byte MTU, which proves the jumbo path was taken.
+fn assert_jumbo_frames(s: &serde_json::Value, mtu: u32) {
+    let packets = counter(s, &["xdp", "redirect_mesh", "packets"]);
+    let bytes = counter(s, &["xdp", "redirect_mesh", "bytes"]);
+    if mtu > 1500 {
+        assert!(
+            bytes / packets.max(1) > 3000,
+            "MTU {mtu}: {bytes} bytes in {packets} diverted frames: {s:#}"
+        );
+    }
+}
+
+fn http_download_and_upload(name: &str, mtu: u32) {
+    if !require_root(name) {
         return;
     }
-    let topo = xdpmesh_topology("xhttp", TopologyOpts::default(), 1);
+    let topo = xdpmesh_topology("xhttp", TopologyOpts::with_mtu(mtu), 1);
     let server = topo
         .start_fileserver(Node::Server, FILESERVER_PORT)
         .unwrap();
@@ -69,6 +100,7 @@ fn test_xdpmesh_tcp_http_download_and_upload() {
             0,
             "{s:#}"
         );
+        assert_jumbo_frames(s, mtu);
     }
     // Payload bytes each way went through the splice of both gateways.
     for s in [&a, &b] {
@@ -87,10 +119,24 @@ fn test_xdpmesh_tcp_http_download_and_upload() {
 
 #[test]
 fn test_xdpmesh_tcp_iperf3_both_directions() {
-    if !require_root("test_xdpmesh_tcp_iperf3_both_directions") {
+    iperf3_both_directions("test_xdpmesh_tcp_iperf3_both_directions", 1500);
+}
+
+#[test]
+fn test_xdpmesh_tcp_iperf3_both_directions_mtu_9000() {
+    iperf3_both_directions("test_xdpmesh_tcp_iperf3_both_directions_mtu_9000", 9000);
+}
+
+#[test]
+fn test_xdpmesh_tcp_iperf3_both_directions_mtu_65535() {
+    iperf3_both_directions("test_xdpmesh_tcp_iperf3_both_directions_mtu_65535", 65_535);
+}
+
+fn iperf3_both_directions(name: &str, mtu: u32) {
+    if !require_root(name) {
         return;
     }
-    let topo = xdpmesh_topology("xiperf", TopologyOpts::default(), 1);
+    let topo = xdpmesh_topology("xiperf", TopologyOpts::with_mtu(mtu), 1);
     let _server = topo.start_iperf_server(Node::Server, IPERF_PORT).unwrap();
     for reverse in [false, true] {
         let r = topo
@@ -114,15 +160,47 @@ fn test_xdpmesh_tcp_iperf3_both_directions() {
         // iperf3 uses a control connection and one data connection per run.
         assert_eq!(counter(s, &["totals", "opened_connections"]), 4, "{s:#}");
         assert_eq!(counter(s, &["totals", "closed_connections"]), 4, "{s:#}");
+        assert_jumbo_frames(s, mtu);
+        for drop in [
+            "xsk_rx_dropped",
+            "xsk_rx_ring_full",
+            "xsk_tx_invalid",
+            "tx_no_frame",
+        ] {
+            assert_eq!(counter(s, &["totals", drop]), 0, "{drop}: {s:#}");
+        }
     }
 }
 
 #[test]
 fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything() {
-    if !require_root("test_xdpmesh_tcp_1000_concurrent_echo_frees_everything") {
+    concurrent_echo_frees_everything(
+        "test_xdpmesh_tcp_1000_concurrent_echo_frees_everything",
+        1500,
+    );
+}
+
+#[test]
+fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything_mtu_9000() {
+    concurrent_echo_frees_everything(
+        "test_xdpmesh_tcp_1000_concurrent_echo_frees_everything_mtu_9000",
+        9000,
+    );
+}
+
+#[test]
+fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything_mtu_65535() {
+    concurrent_echo_frees_everything(
+        "test_xdpmesh_tcp_1000_concurrent_echo_frees_everything_mtu_65535",
+        65_535,
+    );
+}
+
+fn concurrent_echo_frees_everything(name: &str, mtu: u32) {
+    if !require_root(name) {
         return;
     }
-    let topo = xdpmesh_topology("xecho", TopologyOpts::default(), 1);
+    let topo = xdpmesh_topology("xecho", TopologyOpts::with_mtu(mtu), 1);
     let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
     // Warm up once (allocator arenas, hash tables), then take the idle figure.
     let warm = topo
