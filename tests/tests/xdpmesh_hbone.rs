@@ -26,8 +26,15 @@ fn hbone_config() -> PathBuf {
 }
 
 fn hbone_topology(tag: &str) -> Topology {
+    hbone_topology_mtu(tag, 1500, 1500)
+}
+
+/// [`hbone_topology`] with pod links of IP MTU `pod` and an uplink of `uplink`.
+fn hbone_topology_mtu(tag: &str, pod: u32, uplink: u32) -> Topology {
     let opts = TopologyOpts {
         wire_tap: true,
+        pod_mtu: pod,
+        uplink_mtu: uplink,
         ..Default::default()
     };
     let mut topo = Topology::new(&unique_prefix(tag), opts).expect("topology");
@@ -98,10 +105,27 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire() {
-    if !require_root("test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire") {
+    http_both_ways_only_tls_on_the_wire(
+        "test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire",
+        (1500, 1500),
+    );
+}
+
+/// The jumbo deployment: pod links of MTU 65535 (the pods' 64 KiB segments end at
+/// their gateway), an uplink of 9000.
+#[test]
+fn test_hbone_http_64mib_both_ways_on_jumbo_links() {
+    http_both_ways_only_tls_on_the_wire(
+        "test_hbone_http_64mib_both_ways_on_jumbo_links",
+        (65_535, 9000),
+    );
+}
+
+fn http_both_ways_only_tls_on_the_wire(name: &str, (pod, uplink): (u32, u32)) {
+    if !require_root(name) {
         return;
     }
-    let topo = hbone_topology("hhttp");
+    let topo = hbone_topology_mtu("hhttp", pod, uplink);
     let server = topo
         .start_fileserver(Node::Server, FILESERVER_PORT)
         .unwrap();
@@ -140,6 +164,14 @@ fn test_hbone_http_64mib_both_ways_and_only_tls_on_the_wire() {
     for s in [&a, &b] {
         assert_eq!(counter(s, &["totals", "hbone_refused"]), 0, "{s:#}");
         assert_eq!(counter(s, &["totals", "hbone_tunnel_failures"]), 0, "{s:#}");
+        if pod > 1500 {
+            let packets = counter(s, &["xdp", "redirect_mesh", "packets"]);
+            let bytes = counter(s, &["xdp", "redirect_mesh", "bytes"]);
+            assert!(
+                bytes / packets > 3000,
+                "{bytes} B in {packets} frames: {s:#}"
+            );
+        }
     }
     // The server saw the client's own address.
     assert!(server.log().contains("198.18.1.2"), "{}", server.log());
@@ -294,10 +326,22 @@ fn test_hbone_slow_reader_throttles_the_writer_with_bounded_memory() {
 
 #[test]
 fn test_hbone_iperf3_both_directions() {
-    if !require_root("test_hbone_iperf3_both_directions") {
+    iperf3_both_directions("test_hbone_iperf3_both_directions", (1500, 1500));
+}
+
+#[test]
+fn test_hbone_iperf3_both_directions_on_jumbo_links() {
+    iperf3_both_directions(
+        "test_hbone_iperf3_both_directions_on_jumbo_links",
+        (65_535, 9000),
+    );
+}
+
+fn iperf3_both_directions(name: &str, (pod, uplink): (u32, u32)) {
+    if !require_root(name) {
         return;
     }
-    let topo = hbone_topology("hiperf");
+    let topo = hbone_topology_mtu("hiperf", pod, uplink);
     let _server = topo
         .start_iperf_server(Node::Server, xdpmesh_netns::IPERF_PORT)
         .unwrap();
