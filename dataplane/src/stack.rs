@@ -304,6 +304,77 @@ impl<S: FrameSink> Net<S> {
         self.ifaces[port].poll_ingress_single(Instant::from_micros(now), &mut dev, &mut self.empty);
     }
 
+    /// Answers a retransmitted FIN of a freed connection with the ACK its TIME-WAIT would
+    /// have sent (RFC 9293, 3.10.7.4: a FIN in TIME-WAIT is acknowledged): our sequence
+    /// number is the one the peer acknowledges, our acknowledgement is past its FIN, and
+    /// its timestamp is echoed. A leg is freed as soon as it reaches TIME-WAIT, so
+    /// without this a peer whose ACK of its FIN was lost retransmits until the key's
+    /// linger ends and is then reset. Returns whether `ip` was such a FIN (IPv4, ACK and
+    /// FIN set, no SYN or RST) and an ACK left.
+    pub fn ack_late_fin(&mut self, port: usize, dst_mac: Mac, ip: &[u8]) -> bool {
+        use smoltcp::wire::{
+            IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
+            TcpTimestampRepr,
+        };
+        let Ok(p) = Ipv4Packet::new_checked(ip) else {
+            return false;
+        };
+        let Ok(t) = TcpPacket::new_checked(p.payload()) else {
+            return false;
+        };
+        let (src, dst) = (IpAddress::Ipv4(p.src_addr()), IpAddress::Ipv4(p.dst_addr()));
+        let caps = ChecksumCapabilities::ignored();
+        let Ok(seg) = TcpRepr::parse(&t, &src, &dst, &caps) else {
+            return false;
+        };
+        if seg.control != TcpControl::Fin || !t.ack() {
+            return false;
+        }
+        let Some(ack_of_ours) = seg.ack_number else {
+            return false;
+        };
+        let reply = TcpRepr {
+            src_port: seg.dst_port,
+            dst_port: seg.src_port,
+            control: TcpControl::None,
+            seq_number: ack_of_ours,
+            ack_number: Some(seg.seq_number + seg.payload.len() + 1),
+            window_len: 0,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: seg
+                .timestamp
+                .map(|ts| TcpTimestampRepr::new(ts.tsecr, ts.tsval)),
+            payload: &[],
+        };
+        let ip_repr = Ipv4Repr {
+            src_addr: p.dst_addr(),
+            dst_addr: p.src_addr(),
+            next_header: IpProtocol::Tcp,
+            payload_len: reply.buffer_len(),
+            hop_limit: 64,
+        };
+        let src_mac = self.specs[port].mac;
+        let len = wire::ETH_HEADER_LEN + ip_repr.buffer_len() + reply.buffer_len();
+        let sent = self.sinks[port].send(len, |f| {
+            let (eth, rest) = f.split_at_mut(wire::ETH_HEADER_LEN);
+            wire::write_eth_header(eth, dst_mac, src_mac, false);
+            let full = ChecksumCapabilities::default();
+            let mut ipp = Ipv4Packet::new_unchecked(rest);
+            ip_repr.emit(&mut ipp, &full);
+            let mut tcp = TcpPacket::new_unchecked(ipp.payload_mut());
+            reply.emit(&mut tcp, &dst, &src, &full);
+        });
+        if sent.is_some() {
+            self.tx.packets += 1;
+        } else {
+            self.tx.no_frame += 1;
+        }
+        sent.is_some()
+    }
+
     /// A leg that answers as `local` to the SYN about to be handed to it (transparent
     /// termination: `local` is the connection's original destination).
     pub fn accept(

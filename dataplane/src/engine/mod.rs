@@ -251,7 +251,11 @@ impl<S: FrameSink> Engine<S> {
             None if t.flags.syn && !t.flags.ack => self.accept(port, &t, ip, now),
             None if self.flows.lingering(&t.key) => {
                 self.stats.late_segments += 1;
-                debug!(worker = self.id, src = %t.key.src, dst = %t.key.dst, flags = ?t.flags, port = %self.net.spec(port).name, "late segment of a freed connection: dropped");
+                if t.flags.fin && self.net.ack_late_fin(port, t.src_mac, ip) {
+                    debug!(worker = self.id, src = %t.key.src, dst = %t.key.dst, port = %self.net.spec(port).name, "retransmitted FIN of a freed connection: acknowledged");
+                } else {
+                    debug!(worker = self.id, src = %t.key.src, dst = %t.key.dst, flags = ?t.flags, port = %self.net.spec(port).name, "late segment of a freed connection: dropped");
+                }
             }
             None => {
                 self.stats.no_flow_resets += 1;

@@ -338,3 +338,61 @@ fn jumbo_links_carry_pod_sized_segments_byte_exact() {
     });
     assert_clean(&mut w, 1);
 }
+
+/// A FIN retransmitted after its connection was freed (its ACK was lost) gets the ACK
+/// that TIME-WAIT would have sent, exact in sequence and acknowledgement numbers,
+/// instead of silence until the linger ends and a reset after it.
+#[test]
+fn a_retransmitted_fin_of_a_freed_connection_is_acknowledged() {
+    use smoltcp::wire::{Ipv4Packet, TcpPacket};
+    let mut w = World::new(Opts::default());
+    let (cli, srv) = established(&mut w, 40_008);
+    w.client.keep_log = true;
+    // The server closes first, so the client's FIN ends the connection (LAST-ACK).
+    w.server.tcp(srv).close();
+    w.run_until("client in CLOSE-WAIT", 1_000_000, |w| {
+        w.client.tcp(cli).state() == State::CloseWait
+    });
+    w.client.tcp(cli).close();
+    w.run_until("freed", 1_000_000, |w| {
+        w.a.counters().live_connections == 0 && w.b.counters().live_connections == 0
+    });
+    let fin = w
+        .client
+        .log
+        .iter()
+        .rev()
+        .find(|f| wire::parse_tcp_frame(f).is_ok_and(|t| t.flags.fin))
+        .cloned()
+        .expect("the client's FIN");
+    let tcp_of = |frame: &[u8]| {
+        let ip = Ipv4Packet::new_checked(&frame[wire::ETH_HEADER_LEN..]).unwrap();
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        (
+            t.seq_number(),
+            t.ack_number(),
+            t.fin(),
+            t.ack(),
+            t.rst(),
+            t.payload().len(),
+        )
+    };
+    let (seq, ack, _, _, _, len) = tcp_of(&fin);
+    w.a.on_frame(POD0, &fin, w.now, true);
+    w.a.poll(w.now);
+    assert_eq!(w.a.counters().late_segments, 1);
+    assert_eq!(w.a.counters().no_flow_resets, 0);
+    let out = w.a.sink_mut(POD0).take();
+    assert_eq!(out.len(), 1, "one ACK");
+    assert_eq!(&out[0][0..6], &CLIENT_MAC);
+    let reply = wire::parse_tcp_frame(&out[0]).expect("a valid frame, checksums included");
+    assert_eq!(
+        reply.key,
+        wire::parse_tcp_frame(&fin).unwrap().key.reversed()
+    );
+    let (r_seq, r_ack, r_fin, r_is_ack, r_rst, r_len) = tcp_of(&out[0]);
+    assert_eq!(
+        (r_seq, r_ack, r_fin, r_is_ack, r_rst, r_len),
+        (ack, seq + len + 1, false, true, false, 0)
+    );
+}
