@@ -484,7 +484,6 @@ fn setup(opts: &RunOptions, gw: &GatewayType) -> anyhow::Result<Bed> {
         &unique_prefix("bench"),
         TopologyOpts {
             rx_queues: opts.queues,
-            mtu: 1500,
             ..TopologyOpts::default()
         },
     )?;

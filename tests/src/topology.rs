@@ -68,6 +68,13 @@ pub const GWB_UP_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const GWB_POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 
+/// Smallest and largest MTU [`Topology::new`] accepts: 576 is the smallest datagram
+/// every IPv4 host must take, 65535 the largest MTU a veth or bridge takes.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65535;
+
+/// Default MTU of every link.
+pub const DEFAULT_MTU: u32 = 1500;
+
 /// Knobs for [`Topology::new`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopologyOpts {
@@ -75,8 +82,12 @@ pub struct TopologyOpts {
     /// as `ip link add` is usually called (the kernel then allocates one queue per CPU
     /// and uses one).
     pub rx_queues: u32,
-    /// MTU of every veth.
-    pub mtu: u32,
+    /// MTU of the two pod links, both ends: client `eth0` ↔ gateway A `pod0`, gateway B
+    /// `pod0` ↔ server `eth0`.
+    pub pod_mtu: u32,
+    /// MTU of the uplink between the gateways, both ends (`up0` ↔ `up0`), and, with
+    /// [`Self::wire_tap`], of the wire namespace's veth ends and bridge.
+    pub uplink_mtu: u32,
     /// Put a bridge in a fifth namespace (`<prefix>-wire`) between the gateways'
     /// uplinks, so the gateway-to-gateway traffic can be captured there
     /// ([`Topology::wire_ns`]). On the gateways themselves it cannot: frames that XDP
@@ -88,9 +99,34 @@ impl Default for TopologyOpts {
     fn default() -> Self {
         TopologyOpts {
             rx_queues: 1,
-            mtu: 1500,
+            pod_mtu: DEFAULT_MTU,
+            uplink_mtu: DEFAULT_MTU,
             wire_tap: false,
         }
+    }
+}
+
+impl TopologyOpts {
+    /// The defaults with `mtu` on every link (pod links and uplink).
+    pub fn with_mtu(mtu: u32) -> TopologyOpts {
+        TopologyOpts {
+            pod_mtu: mtu,
+            uplink_mtu: mtu,
+            ..TopologyOpts::default()
+        }
+    }
+
+    /// Checks the options [`Topology::new`] would refuse: MTUs outside [`MTU_RANGE`].
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (what, mtu) in [("pod_mtu", self.pod_mtu), ("uplink_mtu", self.uplink_mtu)] {
+            anyhow::ensure!(
+                MTU_RANGE.contains(&mtu),
+                "{what} {mtu} is out of range: an MTU must be {} to {}",
+                MTU_RANGE.start(),
+                MTU_RANGE.end()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -154,7 +190,7 @@ impl Topology {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
             "bad topology prefix {prefix:?}"
         );
-        anyhow::ensure!(opts.mtu >= 576, "mtu {} is too small", opts.mtu);
+        opts.validate()?;
         let tmp = std::env::temp_dir().join(format!("xdpmesh-{prefix}"));
         // Built before anything exists, so that Drop cleans up after a failure half-way.
         let topo = Topology {
@@ -196,32 +232,24 @@ impl Topology {
             args.extend(keys);
             self.run(node, &args)?;
         }
-        let q = self.opts.rx_queues.to_string();
-        let queues: &[&str] = if self.opts.rx_queues == 0 {
-            &[]
-        } else {
-            &["numtxqueues", &q, "numrxqueues", &q]
-        };
-        let mtu = self.opts.mtu.to_string();
-        // A veth pair created inside namespace `a_ns`, its peer moved to `b_ns`.
-        let veth = |a_ns: &str, a_if: &str, b_ns: &str, b_if: &str| -> anyhow::Result<()> {
-            let mut args = vec!["-n", a_ns, "link", "add", a_if, "mtu", &mtu];
-            args.extend(queues);
-            args.extend(["type", "veth", "peer", "name", b_if, "mtu", &mtu]);
-            args.extend(queues);
-            args.extend(["netns", b_ns]);
-            ip(&args)
-        };
         let ns = |n: Node| self.ns_name(n);
-        veth(&ns(Node::GatewayA), "pod0", &ns(Node::Client), "eth0")?;
+        let (pod, up) = (self.opts.pod_mtu, self.opts.uplink_mtu);
+        let veth = |a_ns: &str, a_if: &str, b_ns: &str, b_if: &str, mtu: u32| {
+            let args = veth_args(a_ns, a_if, b_ns, b_if, mtu, self.opts.rx_queues);
+            ip(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        veth(&ns(Node::GatewayA), "pod0", &ns(Node::Client), "eth0", pod)?;
         if self.opts.wire_tap {
             let wire = self.wire_name();
             ip(&["netns", "add", &wire])?;
             // Veth ends created in the gateways with their peers in the wire namespace.
             for (gw, end) in [(Node::GatewayA, "to-gwa"), (Node::GatewayB, "to-gwb")] {
-                veth(&ns(gw), "up0", &wire, end)?;
+                veth(&ns(gw), "up0", &wire, end, up)?;
             }
-            ip(&["-n", &wire, "link", "add", "br0", "type", "bridge"])?;
+            let up = up.to_string();
+            ip(&[
+                "-n", &wire, "link", "add", "br0", "mtu", &up, "type", "bridge",
+            ])?;
             for dev in ["to-gwa", "to-gwb"] {
                 ip(&["-n", &wire, "link", "set", "dev", dev, "master", "br0"])?;
                 ip(&["-n", &wire, "link", "set", "dev", dev, "up"])?;
@@ -229,9 +257,9 @@ impl Topology {
             ip(&["-n", &wire, "link", "set", "br0", "up"])?;
             ip(&["-n", &wire, "link", "set", "lo", "up"])?;
         } else {
-            veth(&ns(Node::GatewayA), "up0", &ns(Node::GatewayB), "up0")?;
+            veth(&ns(Node::GatewayA), "up0", &ns(Node::GatewayB), "up0", up)?;
         }
-        veth(&ns(Node::GatewayB), "pod0", &ns(Node::Server), "eth0")?;
+        veth(&ns(Node::GatewayB), "pod0", &ns(Node::Server), "eth0", pod)?;
 
         let addrs: [(Node, &str, &str); 6] = [
             (Node::Client, "eth0", "198.18.1.2/24"),
@@ -480,6 +508,24 @@ impl Drop for Topology {
     }
 }
 
+/// `ip` arguments that create veth `a_if` in namespace `a_ns` with its peer `b_if` in
+/// `b_ns`, both ends with `mtu` and (unless `queues` is 0) `queues` rx and tx queues.
+fn veth_args(a_ns: &str, a_if: &str, b_ns: &str, b_if: &str, mtu: u32, queues: u32) -> Vec<String> {
+    let mtu = mtu.to_string();
+    let q = queues.to_string();
+    let queues: &[&str] = if queues == 0 {
+        &[]
+    } else {
+        &["numtxqueues", &q, "numrxqueues", &q]
+    };
+    let mut args = vec!["-n", a_ns, "link", "add", a_if, "mtu", &mtu];
+    args.extend(queues);
+    args.extend(["type", "veth", "peer", "name", b_if, "mtu", &mtu]);
+    args.extend(queues);
+    args.extend(["netns", b_ns]);
+    args.into_iter().map(String::from).collect()
+}
+
 /// `ip <args>` in the host namespace (all calls here use `-n` or `netns`).
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
@@ -533,4 +579,63 @@ pub(crate) fn run_with_timeout(
     };
     registry.remove(pgid);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtus_default_to_1500_and_with_mtu_sets_both() {
+        let d = TopologyOpts::default();
+        assert_eq!((d.pod_mtu, d.uplink_mtu), (1500, 1500));
+        let o = TopologyOpts::with_mtu(9000);
+        assert_eq!((o.pod_mtu, o.uplink_mtu), (9000, 9000));
+        assert_eq!(
+            TopologyOpts {
+                pod_mtu: 1500,
+                uplink_mtu: 1500,
+                ..o
+            },
+            d
+        );
+    }
+
+    #[test]
+    fn mtus_outside_576_to_65535_are_refused() {
+        for mtu in [576, 1500, 9000, 65535] {
+            TopologyOpts::with_mtu(mtu).validate().unwrap();
+        }
+        let low = TopologyOpts {
+            pod_mtu: 575,
+            ..TopologyOpts::default()
+        };
+        let e = low.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("pod_mtu 575") && e.contains("576 to 65535"),
+            "{e}"
+        );
+        let high = TopologyOpts {
+            uplink_mtu: 65536,
+            ..TopologyOpts::default()
+        };
+        let e = high.validate().unwrap_err().to_string();
+        assert!(e.contains("uplink_mtu 65536"), "{e}");
+        assert!(TopologyOpts::with_mtu(0).validate().is_err());
+    }
+
+    #[test]
+    fn veth_args_put_the_mtu_and_queues_on_both_ends() {
+        let a = veth_args("p-gwa", "up0", "p-gwb", "up0", 9000, 2).join(" ");
+        assert_eq!(
+            a,
+            "-n p-gwa link add up0 mtu 9000 numtxqueues 2 numrxqueues 2 \
+             type veth peer name up0 mtu 9000 numtxqueues 2 numrxqueues 2 netns p-gwb"
+        );
+        let a = veth_args("p-gwa", "pod0", "p-client", "eth0", 1400, 0).join(" ");
+        assert_eq!(
+            a,
+            "-n p-gwa link add pod0 mtu 1400 type veth peer name eth0 mtu 1400 netns p-client"
+        );
+    }
 }

@@ -63,7 +63,6 @@ fn test_gateway_harness_with_stand_in_binaries() {
         &unique_prefix("gwok"),
         TopologyOpts {
             rx_queues: 2,
-            mtu: 1500,
             ..TopologyOpts::default()
         },
     )

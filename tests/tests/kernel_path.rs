@@ -210,8 +210,7 @@ fn test_multiqueue_topology_and_process_cleanup_on_panic() {
             &p,
             TopologyOpts {
                 rx_queues: 4,
-                mtu: 1400,
-                ..TopologyOpts::default()
+                ..TopologyOpts::with_mtu(1400)
             },
         )
         .unwrap();
@@ -250,4 +249,58 @@ fn test_multiqueue_topology_and_process_cleanup_on_panic() {
     );
     // Logs are kept after a panic; remove them here.
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("xdpmesh-{prefix}")));
+}
+
+/// `ip link show` of `iface` in `ns`, as text.
+fn link_of(ns: &str, iface: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "link", "show", iface])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{ns}/{iface}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn test_pod_and_uplink_mtus() {
+    if !require_root("test_pod_and_uplink_mtus") {
+        return;
+    }
+    let topo = kernel_topology(
+        "mtu",
+        TopologyOpts {
+            pod_mtu: 1400,
+            uplink_mtu: 9000,
+            wire_tap: true,
+            ..TopologyOpts::default()
+        },
+    );
+    let ns = |n| topo.ns_name(n);
+    let wire = topo.wire_ns().unwrap();
+    for (ns, iface, mtu) in [
+        (ns(Node::Client), "eth0", 1400),
+        (ns(Node::GatewayA), "pod0", 1400),
+        (ns(Node::GatewayA), "up0", 9000),
+        (wire.clone(), "to-gwa", 9000),
+        (wire.clone(), "to-gwb", 9000),
+        (wire.clone(), "br0", 9000),
+        (ns(Node::GatewayB), "up0", 9000),
+        (ns(Node::GatewayB), "pod0", 1400),
+        (ns(Node::Server), "eth0", 1400),
+    ] {
+        let link = link_of(&ns, iface);
+        assert!(link.contains(&format!(" mtu {mtu} ")), "{link}");
+    }
+    // The path MTU is the pod links': 1400 passes unfragmented, 1401 does not.
+    let server = SERVER_ADDR.to_string();
+    let ping = |size: &str| {
+        topo.run(
+            Node::Client,
+            &[
+                "ping", "-c", "1", "-W", "2", "-M", "do", "-s", size, &server,
+            ],
+        )
+    };
+    ping("1372").expect("a 1400-byte packet passes");
+    assert!(ping("1373").is_err(), "a 1401-byte packet must not fit");
 }
