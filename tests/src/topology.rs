@@ -88,6 +88,10 @@ pub struct TopologyOpts {
     /// MTU of the uplink between the gateways, both ends (`up0` ↔ `up0`), and, with
     /// [`Self::wire_tap`], of the wire namespace's veth ends and bridge.
     pub uplink_mtu: u32,
+    /// Leave every veth's offloads (checksum, TSO, GSO, GRO) as the kernel sets them.
+    /// Off by default: the topology then turns them off on every interface
+    /// (`ethtool -K <if> tx off tso off gso off gro off`), which AF_XDP copy mode needs.
+    pub offloads: bool,
     /// Put a bridge in a fifth namespace (`<prefix>-wire`) between the gateways'
     /// uplinks, so the gateway-to-gateway traffic can be captured there
     /// ([`Topology::wire_ns`]). On the gateways themselves it cannot: frames that XDP
@@ -101,6 +105,7 @@ impl Default for TopologyOpts {
             rx_queues: 1,
             pod_mtu: DEFAULT_MTU,
             uplink_mtu: DEFAULT_MTU,
+            offloads: false,
             wire_tap: false,
         }
     }
@@ -275,14 +280,10 @@ impl Topology {
         for (node, iface, addr) in addrs {
             let ns = self.ns_name(node);
             ip(&["-n", &ns, "addr", "add", addr, "dev", iface])?;
-            // AF_XDP copy mode sees CHECKSUM_PARTIAL packets unless offloads are off.
-            self.run(
-                node,
-                &[
-                    "ethtool", "-K", iface, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-                ],
-            )
-            .with_context(|| format!("disabling offloads on {ns}/{iface}"))?;
+            if let Some(argv) = offloads_argv(&self.opts, iface) {
+                self.run(node, &argv)
+                    .with_context(|| format!("disabling offloads on {ns}/{iface}"))?;
+            }
             let rp = format!("net.ipv4.conf.{iface}.rp_filter=0");
             self.run(node, &["sysctl", "-q", "-w", &rp])?;
             ip(&["-n", &ns, "link", "set", iface, "up"])?;
@@ -526,6 +527,15 @@ fn veth_args(a_ns: &str, a_if: &str, b_ns: &str, b_if: &str, mtu: u32, queues: u
     args.into_iter().map(String::from).collect()
 }
 
+/// The command that turns `iface`'s offloads off, or `None` when `opts` keeps them
+/// ([`TopologyOpts::offloads`]). AF_XDP copy mode sees CHECKSUM_PARTIAL packets unless
+/// offloads are off.
+fn offloads_argv<'a>(opts: &TopologyOpts, iface: &'a str) -> Option<[&'a str; 11]> {
+    (!opts.offloads).then_some([
+        "ethtool", "-K", iface, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+    ])
+}
+
 /// `ip <args>` in the host namespace (all calls here use `-n` or `netns`).
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
@@ -588,7 +598,7 @@ mod tests {
     #[test]
     fn mtus_default_to_1500_and_with_mtu_sets_both() {
         let d = TopologyOpts::default();
-        assert_eq!((d.pod_mtu, d.uplink_mtu), (1500, 1500));
+        assert_eq!((d.pod_mtu, d.uplink_mtu, d.offloads), (1500, 1500, false));
         let o = TopologyOpts::with_mtu(9000);
         assert_eq!((o.pod_mtu, o.uplink_mtu), (9000, 9000));
         assert_eq!(
@@ -637,5 +647,19 @@ mod tests {
             a,
             "-n p-gwa link add pod0 mtu 1400 type veth peer name eth0 mtu 1400 netns p-client"
         );
+    }
+
+    #[test]
+    fn offloads_are_turned_off_unless_kept() {
+        let off = offloads_argv(&TopologyOpts::default(), "eth0").unwrap();
+        assert_eq!(
+            off.join(" "),
+            "ethtool -K eth0 tx off tso off gso off gro off"
+        );
+        let keep = TopologyOpts {
+            offloads: true,
+            ..TopologyOpts::default()
+        };
+        assert_eq!(offloads_argv(&keep, "eth0"), None);
     }
 }

@@ -261,9 +261,20 @@ fn link_of(ns: &str, iface: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `ethtool -k` feature `feature` of `iface` in `node`: `on` or `off`.
+fn feature(topo: &Topology, node: Node, iface: &str, feature: &str) -> String {
+    let out = topo.run(node, &["ethtool", "-k", iface]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{feature}:")))
+        .unwrap_or_else(|| panic!("no {feature} in:\n{text}"));
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
 #[test]
-fn test_pod_and_uplink_mtus() {
-    if !require_root("test_pod_and_uplink_mtus") {
+fn test_pod_and_uplink_mtus_and_offloads() {
+    if !require_root("test_pod_and_uplink_mtus_and_offloads") {
         return;
     }
     let topo = kernel_topology(
@@ -271,6 +282,7 @@ fn test_pod_and_uplink_mtus() {
         TopologyOpts {
             pod_mtu: 1400,
             uplink_mtu: 9000,
+            offloads: true,
             wire_tap: true,
             ..TopologyOpts::default()
         },
@@ -291,6 +303,14 @@ fn test_pod_and_uplink_mtus() {
         let link = link_of(&ns, iface);
         assert!(link.contains(&format!(" mtu {mtu} ")), "{link}");
     }
+    // Offloads kept as the kernel sets them: a veth segments in software by default.
+    for (node, iface) in [(Node::Client, "eth0"), (Node::GatewayA, "up0")] {
+        assert_eq!(
+            feature(&topo, node, iface, "tcp-segmentation-offload"),
+            "on"
+        );
+        assert_eq!(feature(&topo, node, iface, "tx-checksumming"), "on");
+    }
     // The path MTU is the pod links': 1400 passes unfragmented, 1401 does not.
     let server = SERVER_ADDR.to_string();
     let ping = |size: &str| {
@@ -303,4 +323,21 @@ fn test_pod_and_uplink_mtus() {
     };
     ping("1372").expect("a 1400-byte packet passes");
     assert!(ping("1373").is_err(), "a 1401-byte packet must not fit");
+    drop(topo);
+
+    // The default turns them off.
+    let topo = Topology::new(&unique_prefix("offl"), TopologyOpts::default()).unwrap();
+    for (node, iface) in [(Node::Client, "eth0"), (Node::GatewayB, "pod0")] {
+        for f in [
+            "tcp-segmentation-offload",
+            "tx-checksumming",
+            "generic-receive-offload",
+        ] {
+            assert_eq!(
+                feature(&topo, node, iface, f),
+                "off",
+                "{node:?}/{iface} {f}"
+            );
+        }
+    }
 }
