@@ -41,7 +41,7 @@ pub struct BenchReport {
 /// One gateway type over all rounds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GatewayReport {
-    /// `kernel`, `xdpmesh-tcp`, `xdpmesh-hbone`, `external:<name>`.
+    /// `kernel`, `kernel-offload`, `xdpmesh-tcp`, `xdpmesh-hbone`, `external:<name>`.
     pub name: String,
     /// `ok`, `unsupported: <reason>` or `error: <first error>` (worst of its rounds).
     pub status: String,

@@ -88,7 +88,9 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Gateway types, comma-separated: kernel, xdpmesh-tcp, xdpmesh-hbone, external:FILE.
+    /// Gateway types, comma-separated: kernel, kernel-offload (kernel routing with the
+    /// veths' offloads on; ratios stay relative to kernel), xdpmesh-tcp, xdpmesh-hbone,
+    /// external:FILE.
     #[arg(long, default_value = "kernel,xdpmesh-tcp,xdpmesh-hbone")]
     gateways: String,
     /// Scenarios, comma-separated: throughput, latency, connrate, concurrency, cpu.
