@@ -19,7 +19,7 @@ use crate::loadgen::{
     HOLD_READY_MARKER, IPERF_PORT,
 };
 use crate::probe::{self, SystemCpu};
-use crate::report::{BenchReport, GatewayReport, RoundReport, SCHEMA};
+use crate::report::{BenchReport, GatewayReport, Mtus, RoundReport, SCHEMA};
 
 /// A scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -128,6 +128,8 @@ impl GatewayType {
     pub fn topology_opts(&self, opts: &RunOptions) -> TopologyOpts {
         TopologyOpts {
             rx_queues: opts.queues,
+            pod_mtu: opts.mtu.pod,
+            uplink_mtu: opts.mtu.uplink,
             offloads: *self == GatewayType::KernelOffload,
             ..TopologyOpts::default()
         }
@@ -199,6 +201,8 @@ pub struct RunOptions {
     pub load: Load,
     /// Dataplane workers and veth queues.
     pub queues: u32,
+    /// The links' MTUs of every gateway type's topology.
+    pub mtu: Mtus,
     pub xdp_mode: String,
     /// Mesh config of `xdpmesh-tcp` (and the template of `xdpmesh-hbone`).
     pub tcp_config: PathBuf,
@@ -211,6 +215,17 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// Refuses options no topology would be built with (MTUs out of range), before
+    /// anything runs.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for gw in &self.gateways {
+            gw.topology_opts(self)
+                .validate()
+                .context("--mtu, --pod-mtu or --uplink-mtu")?;
+        }
+        Ok(())
+    }
+
     /// The options as JSON (for the report).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -223,6 +238,7 @@ impl RunOptions {
             "smoke": self.smoke,
             "load": self.load,
             "queues": self.queues,
+            "mtu": self.mtu,
             "xdp_mode": self.xdp_mode,
             "tcp_config": self.tcp_config,
             "hbone_config": self.hbone_config,
@@ -252,6 +268,7 @@ pub fn run(opts: &RunOptions, workspace: &Path) -> BenchReport {
         git_commit: probe::git_commit(workspace),
         versions: versions(),
         config: opts.to_json(),
+        mtu: opts.mtu,
         gateways: opts
             .gateways
             .iter()
@@ -1182,6 +1199,10 @@ mod tests {
             smoke: true,
             load: Load::smoke(),
             queues: 2,
+            mtu: Mtus {
+                pod: 9000,
+                uplink: 4000,
+            },
             xdp_mode: "auto".into(),
             tcp_config: PathBuf::from("mesh.yaml"),
             hbone_config: None,
@@ -1191,7 +1212,7 @@ mod tests {
     }
 
     #[test]
-    fn only_kernel_offload_keeps_the_offloads() {
+    fn topologies_get_the_mtus_and_only_kernel_offload_keeps_the_offloads() {
         let opts = options(vec![GatewayType::Kernel, GatewayType::KernelOffload]);
         for gw in [
             GatewayType::Kernel,
@@ -1200,7 +1221,7 @@ mod tests {
         ] {
             let t = gw.topology_opts(&opts);
             assert!(!t.offloads, "{gw:?}");
-            assert_eq!(t.rx_queues, 2);
+            assert_eq!((t.rx_queues, t.pod_mtu, t.uplink_mtu), (2, 9000, 4000));
         }
         // The same topology as kernel's but for the offloads.
         assert_eq!(
@@ -1210,6 +1231,23 @@ mod tests {
                 ..GatewayType::Kernel.topology_opts(&opts)
             }
         );
+    }
+
+    #[test]
+    fn mtus_out_of_range_are_refused_before_the_run() {
+        let mut opts = options(vec![GatewayType::Kernel]);
+        opts.validate().unwrap();
+        opts.mtu.uplink = 100;
+        let e = format!("{:#}", opts.validate().unwrap_err());
+        assert!(
+            e.contains("uplink_mtu 100") && e.contains("--uplink-mtu"),
+            "{e}"
+        );
+        opts.mtu = Mtus {
+            pod: 70_000,
+            uplink: 1500,
+        };
+        assert!(opts.validate().is_err());
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn report(kernel_tput: f64, tput: f64, p50: f64, mem: f64) -> BenchReport {
         git_commit: "test".into(),
         versions: BTreeMap::new(),
         config: serde_json::Value::Null,
+        mtu: Default::default(),
         gateways: vec![
             gateway(
                 "kernel",

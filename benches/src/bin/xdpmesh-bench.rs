@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use xdpmesh_benches::report::BenchReport;
+use xdpmesh_benches::report::{BenchReport, Mtus};
 use xdpmesh_benches::runner::{self, GatewayType, Load, RunOptions, Scenario};
 use xdpmesh_benches::{compare, loadgen, plot};
 
@@ -114,6 +114,16 @@ struct RunArgs {
     /// veth queues and dataplane workers.
     #[arg(long, default_value_t = 1)]
     queues: u32,
+    /// MTU of every link (pod links and the uplink between the gateways), 576-65535;
+    /// default 1500.
+    #[arg(long, value_name = "N")]
+    mtu: Option<u32>,
+    /// MTU of the two pod links (client-gateway A, gateway B-server); overrides --mtu.
+    #[arg(long, value_name = "N")]
+    pod_mtu: Option<u32>,
+    /// MTU of the uplink between the gateways; overrides --mtu.
+    #[arg(long, value_name = "N")]
+    uplink_mtu: Option<u32>,
     /// Dataplane --xdp-mode.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
@@ -182,6 +192,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         smoke: a.smoke,
         load,
         queues: a.queues,
+        mtu: Mtus::from_flags(a.mtu, a.pod_mtu, a.uplink_mtu),
         xdp_mode: a.xdp_mode.clone(),
         tcp_config: a
             .config
@@ -191,6 +202,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         assume_hbone: a.assume_hbone,
         self_exe: std::env::current_exe().context("locating this executable")?,
     };
+    opts.validate()?;
     let t0 = std::time::Instant::now();
     let report = runner::run(&opts, &root);
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
