@@ -620,7 +620,7 @@ pub fn evaluate_targets(gateways: &[GatewayReport]) -> Vec<TargetCheck> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn gw(name: &str, figs: &[(&str, f64)]) -> GatewayReport {

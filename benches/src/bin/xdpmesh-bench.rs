@@ -26,7 +26,8 @@ struct Cli {
 enum Cmd {
     /// Run the benchmarks (the default command).
     Run(RunArgs),
-    /// Compare NEW against BASELINE on ratio-to-kernel figures; exit 1 on a regression.
+    /// Compare NEW against BASELINE on ratio-to-kernel figures; exit 1 on a regression,
+    /// 2 when the files cannot be compared (unreadable, or taken at different MTUs).
     Compare {
         baseline: PathBuf,
         new: PathBuf,
@@ -268,7 +269,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             threshold,
         }) => {
             let (b, n) = (load(&baseline)?, load(&new)?);
-            let c = compare::compare(&b, &n, threshold);
+            let c = compare::compare(&b, &n, threshold)?;
             print!("{}", c.render(threshold));
             Ok(if c.regressions.is_empty() {
                 ExitCode::SUCCESS
