@@ -19,7 +19,8 @@
 # Environment: XDPMESH_BENCH_OUT (default bench-out), XDPMESH_BENCH_THRESHOLD (0.10),
 # XDPMESH_BENCH_BASELINE (benches/baseline.json).
 # Exit status: 0 no regression; 1 a regression beyond the threshold; 2 a scenario failed
-# (a broken benchmark path) or the harness itself failed.
+# (a broken benchmark path) or the harness itself failed (compare too: an unreadable
+# file, or results taken at different MTUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,8 +63,12 @@ if [ "$run_rc" -ne 0 ]; then
     echo "bench.sh: VERDICT: BROKEN (a scenario failed, see above)" >&2
     exit 2
 fi
-if [ "$cmp_rc" -ne 0 ]; then
+if [ "$cmp_rc" -eq 1 ]; then
     echo "bench.sh: VERDICT: REGRESSION (see above)" >&2
-    exit "$cmp_rc"
+    exit 1
+fi
+if [ "$cmp_rc" -ne 0 ]; then
+    echo "bench.sh: VERDICT: NOT COMPARED (compare failed, see above)" >&2
+    exit 2
 fi
 echo "bench.sh: VERDICT: OK"

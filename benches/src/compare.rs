@@ -6,6 +6,10 @@
 //! vs 10 open") are compared as absolute medians. A regression is a figure that got worse
 //! by more than `threshold` (relative): throughput or rate lower, latency, CPU or memory
 //! higher. Gateways and figures present in only one file are listed, not failed.
+//!
+//! Results taken at different link MTUs are not compared at all: the MTU moves the
+//! kernel's figures and every gateway's differently, so their ratios are not the same
+//! quantity.
 
 use crate::report::{figure_meta, Basis, BenchReport, Better, KERNEL};
 
@@ -53,8 +57,22 @@ impl Comparison {
     }
 }
 
-/// Compares `new` against `base`.
-pub fn compare(base: &BenchReport, new: &BenchReport, threshold: f64) -> Comparison {
+/// Compares `new` against `base`; an error when they were taken at different MTUs.
+pub fn compare(
+    base: &BenchReport,
+    new: &BenchReport,
+    threshold: f64,
+) -> anyhow::Result<Comparison> {
+    anyhow::ensure!(
+        base.mtu == new.mtu,
+        "cannot compare results taken at different MTUs: the baseline at {}, the new \
+         result at {} (rerun with --pod-mtu {} --uplink-mtu {}, or compare against a \
+         baseline taken at the new MTUs)",
+        base.mtu,
+        new.mtu,
+        base.mtu.pod,
+        base.mtu.uplink
+    );
     let mut out = Comparison::default();
     for bg in &base.gateways {
         if bg.name == KERNEL {
@@ -132,5 +150,38 @@ pub fn compare(base: &BenchReport, new: &BenchReport, threshold: f64) -> Compari
                 .push(format!("gateway {} has no baseline yet", ng.name));
         }
     }
-    out
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Mtus;
+
+    #[test]
+    fn different_mtus_are_refused() {
+        let base = crate::report::tests::sample_report();
+        assert!(compare(&base, &base, 0.1).unwrap().regressions.is_empty());
+        for mtu in [
+            Mtus {
+                pod: 9000,
+                uplink: 1500,
+            },
+            Mtus {
+                pod: 1500,
+                uplink: 9000,
+            },
+        ] {
+            let mut new = base.clone();
+            new.mtu = mtu;
+            let e = compare(&base, &new, 0.1).unwrap_err().to_string();
+            assert!(e.contains("different MTUs"), "{e}");
+            assert!(e.contains("pod MTU 1500, uplink MTU 1500"), "{e}");
+            assert!(e.contains(&mtu.to_string()), "{e}");
+            // Equal MTUs other than 1500 compare.
+            let mut base2 = base.clone();
+            base2.mtu = mtu;
+            compare(&base2, &new, 0.1).unwrap();
+        }
+    }
 }

@@ -294,6 +294,7 @@ mod tests {
             git_commit: String::new(),
             versions: BTreeMap::new(),
             config: serde_json::Value::Null,
+            mtu: Default::default(),
             gateways: vec![mk(KERNEL, 20, 9000.0), mk("xdpmesh-tcp", 60, 3000.0)],
             targets: Vec::new(),
         };

@@ -34,14 +34,54 @@ pub struct BenchReport {
     pub versions: BTreeMap<String, String>,
     /// The options of the run.
     pub config: serde_json::Value,
+    /// The links' MTUs of every gateway type's topology. Files written before this field
+    /// existed have none and read as 1500 both: the harness then always used 1500.
+    #[serde(default)]
+    pub mtu: Mtus,
     pub gateways: Vec<GatewayReport>,
     pub targets: Vec<TargetCheck>,
+}
+
+/// The MTUs of the topology's links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mtus {
+    /// Client ↔ gateway A and gateway B ↔ server (`TopologyOpts::pod_mtu`).
+    pub pod: u32,
+    /// Gateway A ↔ gateway B (`TopologyOpts::uplink_mtu`).
+    pub uplink: u32,
+}
+
+impl Default for Mtus {
+    fn default() -> Self {
+        Mtus {
+            pod: xdpmesh_netns::topology::DEFAULT_MTU,
+            uplink: xdpmesh_netns::topology::DEFAULT_MTU,
+        }
+    }
+}
+
+impl Mtus {
+    /// From `--mtu` (both links), `--pod-mtu` and `--uplink-mtu` (each overrides
+    /// `--mtu` for its link); 1500 where none is given.
+    pub fn from_flags(mtu: Option<u32>, pod: Option<u32>, uplink: Option<u32>) -> Mtus {
+        let d = Mtus::default();
+        Mtus {
+            pod: pod.or(mtu).unwrap_or(d.pod),
+            uplink: uplink.or(mtu).unwrap_or(d.uplink),
+        }
+    }
+}
+
+impl std::fmt::Display for Mtus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pod MTU {}, uplink MTU {}", self.pod, self.uplink)
+    }
 }
 
 /// One gateway type over all rounds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GatewayReport {
-    /// `kernel`, `xdpmesh-tcp`, `xdpmesh-hbone`, `external:<name>`.
+    /// `kernel`, `kernel-offload`, `xdpmesh-tcp`, `xdpmesh-hbone`, `external:<name>`.
     pub name: String,
     /// `ok`, `unsupported: <reason>` or `error: <first error>` (worst of its rounds).
     pub status: String,
@@ -352,8 +392,9 @@ impl BenchReport {
         out
     }
 
-    /// The terminal table: one row per figure, one column per gateway type with the
-    /// median and the ratio to kernel; then the targets.
+    /// The terminal table: a header line with the links' MTUs, then one row per figure,
+    /// one column per gateway type with the median and the ratio to kernel; then the
+    /// targets.
     pub fn table(&self) -> String {
         let mut figures: Vec<&String> = self
             .gateways
@@ -379,6 +420,7 @@ impl BenchReport {
             .unwrap_or(0)
             .max(20);
         let mut s = String::new();
+        let _ = writeln!(s, "links: {}", self.mtu);
         let _ = write!(s, "{:<w0$}", "figure (median; ratio to kernel)");
         for g in &self.gateways {
             let _ = write!(s, "  {:>wc$}", g.name);
@@ -578,7 +620,7 @@ pub fn evaluate_targets(gateways: &[GatewayReport]) -> Vec<TargetCheck> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn gw(name: &str, figs: &[(&str, f64)]) -> GatewayReport {
@@ -606,6 +648,7 @@ mod tests {
             git_commit: "abc".into(),
             versions: BTreeMap::from([("iperf3".into(), "iperf 3.12".into())]),
             config: serde_json::json!({"rounds": 1}),
+            mtu: Mtus::default(),
             gateways: vec![
                 gw(
                     KERNEL,
@@ -661,6 +704,10 @@ mod tests {
             "N/A"
         );
         let t = r.table();
+        assert!(
+            t.starts_with("links: pod MTU 1500, uplink MTU 1500\n"),
+            "{t}"
+        );
         assert!(t.contains("6000 (0.60x)"), "{t}");
         assert!(t.contains("MISS"), "{t}");
     }
@@ -682,6 +729,57 @@ mod tests {
             v["gateways"][1]["rounds"][0]["latency_cdf"]["64"][1][0].as_f64(),
             Some(200.0)
         );
+    }
+
+    #[test]
+    fn mtus_are_recorded_and_old_files_read_as_1500() {
+        let mut r = sample_report();
+        r.mtu = Mtus {
+            pod: 9000,
+            uplink: 1400,
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["mtu"], serde_json::json!({"pod": 9000, "uplink": 1400}));
+        assert_eq!(serde_json::from_value::<BenchReport>(v).unwrap(), r);
+        assert!(r
+            .table()
+            .starts_with("links: pod MTU 9000, uplink MTU 1400\n"));
+        // A file from before the field existed.
+        let mut v = serde_json::to_value(sample_report()).unwrap();
+        v.as_object_mut().unwrap().remove("mtu");
+        let old: BenchReport = serde_json::from_value(v).unwrap();
+        assert_eq!(old.mtu, Mtus::default());
+    }
+
+    #[test]
+    fn the_stored_baseline_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("baseline.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let b: BenchReport = serde_json::from_str(&text).unwrap();
+        assert_eq!(b.schema, SCHEMA);
+        assert_eq!(
+            b.mtu,
+            Mtus {
+                pod: 1500,
+                uplink: 1500
+            }
+        );
+        let k = b.gateway(KERNEL).expect("the baseline measured kernel");
+        assert!(k.medians["throughput_1s_fwd_mbps"] > 0.0);
+        assert!(b.gateway("xdpmesh-tcp").unwrap().ratios["throughput_1s_fwd_mbps"] > 0.0);
+    }
+
+    #[test]
+    fn mtu_flags() {
+        let m = |a, b, c| {
+            let x = Mtus::from_flags(a, b, c);
+            (x.pod, x.uplink)
+        };
+        assert_eq!(m(None, None, None), (1500, 1500));
+        assert_eq!(m(Some(9000), None, None), (9000, 9000));
+        assert_eq!(m(Some(9000), Some(1400), None), (1400, 9000));
+        assert_eq!(m(None, None, Some(4000)), (1500, 4000));
+        assert_eq!(m(Some(2000), Some(3000), Some(4000)), (3000, 4000));
     }
 
     #[test]

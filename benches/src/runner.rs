@@ -19,7 +19,7 @@ use crate::loadgen::{
     HOLD_READY_MARKER, IPERF_PORT,
 };
 use crate::probe::{self, SystemCpu};
-use crate::report::{BenchReport, GatewayReport, RoundReport, SCHEMA};
+use crate::report::{BenchReport, GatewayReport, Mtus, RoundReport, SCHEMA};
 
 /// A scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,7 +63,12 @@ impl Scenario {
 /// A gateway type under test.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GatewayType {
+    /// The gateways' kernels route, on veths with offloads off (the baseline of every
+    /// ratio).
     Kernel,
+    /// The same kernel routing on veths with their offloads as the kernel sets them
+    /// (TSO, GSO, GRO, checksum offload): what the offloads are worth on this path.
+    KernelOffload,
     XdpmeshTcp,
     XdpmeshHbone,
     External {
@@ -73,10 +78,12 @@ pub enum GatewayType {
 }
 
 impl GatewayType {
-    /// Parses `kernel`, `xdpmesh-tcp`, `xdpmesh-hbone` or `external:FILE` (reads FILE).
+    /// Parses `kernel`, `kernel-offload`, `xdpmesh-tcp`, `xdpmesh-hbone` or
+    /// `external:FILE` (reads FILE).
     pub fn parse(s: &str) -> anyhow::Result<GatewayType> {
         Ok(match s {
             "kernel" => GatewayType::Kernel,
+            "kernel-offload" => GatewayType::KernelOffload,
             "xdpmesh-tcp" => GatewayType::XdpmeshTcp,
             "xdpmesh-hbone" => GatewayType::XdpmeshHbone,
             _ => match external::parse_gateway_arg(s) {
@@ -88,7 +95,8 @@ impl GatewayType {
                     }
                 }
                 None => bail!(
-                    "unknown gateway type {s:?} (kernel, xdpmesh-tcp, xdpmesh-hbone, external:FILE)"
+                    "unknown gateway type {s:?} (kernel, kernel-offload, xdpmesh-tcp, \
+                     xdpmesh-hbone, external:FILE)"
                 ),
             },
         })
@@ -98,6 +106,7 @@ impl GatewayType {
     pub fn name(&self) -> String {
         match self {
             GatewayType::Kernel => "kernel".into(),
+            GatewayType::KernelOffload => "kernel-offload".into(),
             GatewayType::XdpmeshTcp => "xdpmesh-tcp".into(),
             GatewayType::XdpmeshHbone => "xdpmesh-hbone".into(),
             GatewayType::External { spec, .. } => {
@@ -108,6 +117,22 @@ impl GatewayType {
 
     fn is_xdpmesh(&self) -> bool {
         matches!(self, GatewayType::XdpmeshTcp | GatewayType::XdpmeshHbone)
+    }
+
+    /// Whether the gateways' kernels route (no gateway process).
+    fn is_kernel(&self) -> bool {
+        matches!(self, GatewayType::Kernel | GatewayType::KernelOffload)
+    }
+
+    /// The topology this gateway type runs on: offloads on for `kernel-offload` only.
+    pub fn topology_opts(&self, opts: &RunOptions) -> TopologyOpts {
+        TopologyOpts {
+            rx_queues: opts.queues,
+            pod_mtu: opts.mtu.pod,
+            uplink_mtu: opts.mtu.uplink,
+            offloads: *self == GatewayType::KernelOffload,
+            ..TopologyOpts::default()
+        }
     }
 }
 
@@ -176,6 +201,8 @@ pub struct RunOptions {
     pub load: Load,
     /// Dataplane workers and veth queues.
     pub queues: u32,
+    /// The links' MTUs of every gateway type's topology.
+    pub mtu: Mtus,
     pub xdp_mode: String,
     /// Mesh config of `xdpmesh-tcp` (and the template of `xdpmesh-hbone`).
     pub tcp_config: PathBuf,
@@ -188,6 +215,17 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// Refuses options no topology would be built with (MTUs out of range), before
+    /// anything runs.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for gw in &self.gateways {
+            gw.topology_opts(self)
+                .validate()
+                .context("--mtu, --pod-mtu or --uplink-mtu")?;
+        }
+        Ok(())
+    }
+
     /// The options as JSON (for the report).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -200,6 +238,7 @@ impl RunOptions {
             "smoke": self.smoke,
             "load": self.load,
             "queues": self.queues,
+            "mtu": self.mtu,
             "xdp_mode": self.xdp_mode,
             "tcp_config": self.tcp_config,
             "hbone_config": self.hbone_config,
@@ -229,6 +268,7 @@ pub fn run(opts: &RunOptions, workspace: &Path) -> BenchReport {
         git_commit: probe::git_commit(workspace),
         versions: versions(),
         config: opts.to_json(),
+        mtu: opts.mtu,
         gateways: opts
             .gateways
             .iter()
@@ -480,13 +520,7 @@ pub fn hbone_config_text(tcp_config: &str) -> String {
 }
 
 fn setup(opts: &RunOptions, gw: &GatewayType) -> anyhow::Result<Bed> {
-    let topo = Topology::new(
-        &unique_prefix("bench"),
-        TopologyOpts {
-            rx_queues: opts.queues,
-            ..TopologyOpts::default()
-        },
-    )?;
+    let topo = Topology::new(&unique_prefix("bench"), gw.topology_opts(opts))?;
     let mut bed = Bed {
         procs: Vec::new(),
         iperf_server: std::cell::RefCell::new(None),
@@ -523,7 +557,7 @@ fn setup(opts: &RunOptions, gw: &GatewayType) -> anyhow::Result<Bed> {
         xdp_mode: opts.xdp_mode.clone(),
     };
     match gw {
-        GatewayType::Kernel => bed
+        GatewayType::Kernel | GatewayType::KernelOffload => bed
             .topo
             .start_gateways(GatewayKind::Kernel, &opts.tcp_config)?,
         GatewayType::XdpmeshTcp => bed
@@ -937,7 +971,7 @@ impl Ctx<'_> {
     /// Gateway memory (A, B) in bytes, or why there is none.
     fn gateway_memory(&self) -> Result<(u64, u64), String> {
         match self.gw {
-            GatewayType::Kernel => Err(
+            GatewayType::Kernel | GatewayType::KernelOffload => Err(
                 "the kernel gateway runs no process (routing keeps no per-connection state)".into(),
             ),
             GatewayType::XdpmeshTcp | GatewayType::XdpmeshHbone => {
@@ -1123,7 +1157,7 @@ impl Ctx<'_> {
                 .insert(format!("cpu_{mode}_softirq_s_per_gib"), softirq / gib);
             rr.figures
                 .insert(format!("cpu_{mode}_busy_s_per_gib"), busy / gib);
-            if *self.gw == GatewayType::Kernel {
+            if self.gw.is_kernel() {
                 na.insert(
                     format!("cpu_{mode}_gw_s_per_gib"),
                     "the kernel gateway runs no process: its forwarding cost is in softirq \
@@ -1157,6 +1191,65 @@ pub fn in_benchmark_range(ip: Ipv4Addr) -> bool {
 mod tests {
     use super::*;
 
+    fn options(gateways: Vec<GatewayType>) -> RunOptions {
+        RunOptions {
+            gateways,
+            scenarios: vec![Scenario::Throughput],
+            rounds: 1,
+            smoke: true,
+            load: Load::smoke(),
+            queues: 2,
+            mtu: Mtus {
+                pod: 9000,
+                uplink: 4000,
+            },
+            xdp_mode: "auto".into(),
+            tcp_config: PathBuf::from("mesh.yaml"),
+            hbone_config: None,
+            assume_hbone: false,
+            self_exe: PathBuf::from("xdpmesh-bench"),
+        }
+    }
+
+    #[test]
+    fn topologies_get_the_mtus_and_only_kernel_offload_keeps_the_offloads() {
+        let opts = options(vec![GatewayType::Kernel, GatewayType::KernelOffload]);
+        for gw in [
+            GatewayType::Kernel,
+            GatewayType::XdpmeshTcp,
+            GatewayType::XdpmeshHbone,
+        ] {
+            let t = gw.topology_opts(&opts);
+            assert!(!t.offloads, "{gw:?}");
+            assert_eq!((t.rx_queues, t.pod_mtu, t.uplink_mtu), (2, 9000, 4000));
+        }
+        // The same topology as kernel's but for the offloads.
+        assert_eq!(
+            GatewayType::KernelOffload.topology_opts(&opts),
+            TopologyOpts {
+                offloads: true,
+                ..GatewayType::Kernel.topology_opts(&opts)
+            }
+        );
+    }
+
+    #[test]
+    fn mtus_out_of_range_are_refused_before_the_run() {
+        let mut opts = options(vec![GatewayType::Kernel]);
+        opts.validate().unwrap();
+        opts.mtu.uplink = 100;
+        let e = format!("{:#}", opts.validate().unwrap_err());
+        assert!(
+            e.contains("uplink_mtu 100") && e.contains("--uplink-mtu"),
+            "{e}"
+        );
+        opts.mtu = Mtus {
+            pod: 70_000,
+            uplink: 1500,
+        };
+        assert!(opts.validate().is_err());
+    }
+
     #[test]
     fn hbone_config_from_demo() {
         let demo = std::fs::read_to_string(
@@ -1172,6 +1265,10 @@ mod tests {
     #[test]
     fn parse_names() {
         assert_eq!(GatewayType::parse("kernel").unwrap(), GatewayType::Kernel);
+        let k = GatewayType::parse("kernel-offload").unwrap();
+        assert_eq!(k, GatewayType::KernelOffload);
+        assert_eq!(k.name(), "kernel-offload");
+        assert!(k.is_kernel() && !k.is_xdpmesh());
         assert!(GatewayType::parse("envoy").is_err());
         assert_eq!(Scenario::parse("cpu").unwrap(), Scenario::Cpu);
         assert!(Scenario::parse("nope").is_err());

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xdpmesh_benches::report::{BenchReport, GatewayReport, RoundReport, SCHEMA};
+use xdpmesh_benches::report::{BenchReport, GatewayReport, Mtus, RoundReport, SCHEMA};
 
 fn gateway(name: &str, figures: &[(&str, f64)]) -> GatewayReport {
     GatewayReport {
@@ -33,6 +33,7 @@ fn report(kernel_tput: f64, tput: f64, p50: f64, mem: f64) -> BenchReport {
         git_commit: "test".into(),
         versions: BTreeMap::new(),
         config: serde_json::Value::Null,
+        mtu: Default::default(),
         gateways: vec![
             gateway(
                 "kernel",
@@ -153,5 +154,48 @@ fn unreadable_input_is_an_error_not_a_pass() {
     let (code, out) = compare(&bad, &bad, &[]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("parsing"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn results_taken_at_different_mtus_are_not_compared() {
+    let dir = tmp("mtu");
+    let r = report(10_000.0, 5_000.0, 50.0, 9000.0);
+    let base = write(&dir, "base.json", &r);
+    let mut jumbo = r.clone();
+    jumbo.mtu = Mtus {
+        pod: 9000,
+        uplink: 9000,
+    };
+    let new = write(&dir, "new.json", &jumbo);
+    let (code, out) = compare(&base, &new, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("cannot compare results taken at different MTUs"),
+        "{out}"
+    );
+    assert!(out.contains("pod MTU 9000, uplink MTU 9000"), "{out}");
+    assert!(!out.contains("compare: OK"), "{out}");
+    // Two results at the same (non-default) MTUs compare as usual.
+    let (code, out) = compare(&new, &new, &[]);
+    assert_eq!(code, 0, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_stored_baseline_compares_with_a_1500_result() {
+    // benches/baseline.json predates the `mtu` field: it reads as 1500 both, which is
+    // what the harness used then.
+    let baseline = Path::new(env!("CARGO_MANIFEST_DIR")).join("baseline.json");
+    let (code, out) = compare(&baseline, &baseline, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("compare: OK"), "{out}");
+    let dir = tmp("basemtu");
+    let mut b: BenchReport =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).unwrap()).unwrap();
+    b.mtu.uplink = 9000;
+    let new = write(&dir, "new.json", &b);
+    let (code, out) = compare(&baseline, &new, &[]);
+    assert_eq!(code, 2, "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use xdpmesh_benches::report::BenchReport;
+use xdpmesh_benches::report::{BenchReport, Mtus};
 use xdpmesh_benches::runner::{self, GatewayType, Load, RunOptions, Scenario};
 use xdpmesh_benches::{compare, loadgen, plot};
 
@@ -26,7 +26,8 @@ struct Cli {
 enum Cmd {
     /// Run the benchmarks (the default command).
     Run(RunArgs),
-    /// Compare NEW against BASELINE on ratio-to-kernel figures; exit 1 on a regression.
+    /// Compare NEW against BASELINE on ratio-to-kernel figures; exit 1 on a regression,
+    /// 2 when the files cannot be compared (unreadable, or taken at different MTUs).
     Compare {
         baseline: PathBuf,
         new: PathBuf,
@@ -88,7 +89,9 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// Gateway types, comma-separated: kernel, xdpmesh-tcp, xdpmesh-hbone, external:FILE.
+    /// Gateway types, comma-separated: kernel, kernel-offload (kernel routing with the
+    /// veths' offloads on; ratios stay relative to kernel), xdpmesh-tcp, xdpmesh-hbone,
+    /// external:FILE.
     #[arg(long, default_value = "kernel,xdpmesh-tcp,xdpmesh-hbone")]
     gateways: String,
     /// Scenarios, comma-separated: throughput, latency, connrate, concurrency, cpu.
@@ -112,6 +115,16 @@ struct RunArgs {
     /// veth queues and dataplane workers.
     #[arg(long, default_value_t = 1)]
     queues: u32,
+    /// MTU of every link (pod links and the uplink between the gateways), 576-65535;
+    /// default 1500.
+    #[arg(long, value_name = "N")]
+    mtu: Option<u32>,
+    /// MTU of the two pod links (client-gateway A, gateway B-server); overrides --mtu.
+    #[arg(long, value_name = "N")]
+    pod_mtu: Option<u32>,
+    /// MTU of the uplink between the gateways; overrides --mtu.
+    #[arg(long, value_name = "N")]
+    uplink_mtu: Option<u32>,
     /// Dataplane --xdp-mode.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
@@ -180,6 +193,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         smoke: a.smoke,
         load,
         queues: a.queues,
+        mtu: Mtus::from_flags(a.mtu, a.pod_mtu, a.uplink_mtu),
         xdp_mode: a.xdp_mode.clone(),
         tcp_config: a
             .config
@@ -189,6 +203,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         assume_hbone: a.assume_hbone,
         self_exe: std::env::current_exe().context("locating this executable")?,
     };
+    opts.validate()?;
     let t0 = std::time::Instant::now();
     let report = runner::run(&opts, &root);
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -254,7 +269,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             threshold,
         }) => {
             let (b, n) = (load(&baseline)?, load(&new)?);
-            let c = compare::compare(&b, &n, threshold);
+            let c = compare::compare(&b, &n, threshold)?;
             print!("{}", c.render(threshold));
             Ok(if c.regressions.is_empty() {
                 ExitCode::SUCCESS
