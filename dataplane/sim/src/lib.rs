@@ -657,9 +657,13 @@ pub fn exchange(
     (at_server, at_client)
 }
 
-/// The largest frame in `frames`, and how many there are.
-pub fn largest(frames: impl IntoIterator<Item = usize>) -> (usize, usize) {
-    frames
-        .into_iter()
-        .fold((0, 0), |(max, n), len| (max.max(len), n + 1))
+impl World {
+    /// The largest frame gateway a (`from_a`) or b sent on the uplink, and how many it
+    /// sent, from `wire_log` (set `log_wire`).
+    pub fn largest_uplink_frame(&self, from_a: bool) -> (usize, usize) {
+        self.wire_log
+            .iter()
+            .filter(|(a, _)| *a == from_a)
+            .fold((0, 0), |(max, n), (_, f)| (max.max(f.len()), n + 1))
+    }
 }

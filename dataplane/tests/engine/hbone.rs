@@ -472,12 +472,7 @@ fn jumbo_links_carry_a_stream_byte_exact() {
         down.len()
     );
     for from_a in [true, false] {
-        let (max, n) = largest(
-            w.wire_log
-                .iter()
-                .filter(|(a, _)| *a == from_a)
-                .map(|(_, f)| f.len()),
-        );
+        let (max, n) = w.largest_uplink_frame(from_a);
         assert_eq!(max, 9014, "uplink frames from a={from_a} ({n} of them)");
     }
     for (name, e) in [("a", &mut w.a), ("b", &mut w.b)] {
