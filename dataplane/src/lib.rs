@@ -24,6 +24,7 @@ pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod sink;
+pub mod sockets;
 pub mod stack;
 pub mod state;
 pub mod worker;

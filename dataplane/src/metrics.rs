@@ -106,6 +106,8 @@ counters!(
     xsk_rx_invalid,
     xsk_tx_invalid,
     xsk_rx_oversized,
+    sockets_reused,
+    sockets_pooled,
 );
 
 #[cfg(test)]

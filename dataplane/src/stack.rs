@@ -35,6 +35,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::IpListenEndpoint;
 
 use crate::sink::FrameSink;
+use crate::sockets::{OwnSet, SocketPool};
 use crate::wire::{self, FlowKey, Mac};
 
 /// The IP MTU of a port whose interface reports none (Ethernet's).
@@ -188,6 +189,8 @@ pub struct Net<S> {
     specs: Vec<PortSpec>,
     sinks: Vec<S>,
     empty: SocketSet<'static>,
+    /// Freed legs' sockets, for new legs.
+    pub sockets: SocketPool,
     /// What the stack transmitted.
     pub tx: TxCounters,
 }
@@ -215,6 +218,7 @@ impl<S: FrameSink> Net<S> {
             specs,
             sinks,
             empty: SocketSet::new(Vec::new()),
+            sockets: SocketPool::default(),
             tx: TxCounters::default(),
         }
     }
@@ -375,6 +379,11 @@ impl<S: FrameSink> Net<S> {
         sent.is_some()
     }
 
+    /// Gives a freed leg's socket back to the pool ([`SocketPool::put`]).
+    pub fn recycle(&mut self, leg: Leg) {
+        self.sockets.put((leg.sockets, leg.handle));
+    }
+
     /// A leg that answers as `local` to the SYN about to be handed to it (transparent
     /// termination: `local` is the connection's original destination).
     pub fn accept(
@@ -384,7 +393,7 @@ impl<S: FrameSink> Net<S> {
         src_mac: Mac,
         key: FlowKey,
     ) -> Result<Leg, OpenError> {
-        let mut leg = Leg::new(buffers, port, Some(src_mac), key);
+        let mut leg = Leg::new(self.sockets.take(buffers), port, Some(src_mac), key);
         let local = key.dst;
         leg.socket()
             .listen(IpListenEndpoint {
@@ -409,7 +418,7 @@ impl<S: FrameSink> Net<S> {
             src: remote,
             dst: local,
         };
-        let mut leg = Leg::new(buffers, port, dst_mac, key);
+        let mut leg = Leg::new(self.sockets.take(buffers), port, dst_mac, key);
         let cx = self.ifaces[port].context();
         leg.sockets
             .get_mut::<tcp::Socket>(leg.handle)
@@ -529,14 +538,8 @@ pub struct Leg {
 }
 
 impl Leg {
-    /// Creates a leg with a fresh socket.
-    fn new(buffers: Buffers, port: usize, dst_mac: Option<Mac>, key: FlowKey) -> Leg {
-        let rx = tcp::SocketBuffer::new(vec![0; buffers.rx]);
-        let tx = tcp::SocketBuffer::new(vec![0; buffers.tx]);
-        let mut s = tcp::Socket::new(rx, tx);
-        s.set_nagle_enabled(false);
-        let mut sockets = SocketSet::new(Vec::with_capacity(1));
-        let handle = sockets.add(s);
+    /// Creates a leg on a new or reused socket ([`SocketPool::take`]).
+    fn new((sockets, handle): OwnSet, port: usize, dst_mac: Option<Mac>, key: FlowKey) -> Leg {
         Leg {
             sockets,
             handle,

@@ -436,6 +436,8 @@ impl<S: FrameSink> Engine<S> {
         self.stats.hbone_tunnels_live = self.live.tunnels;
         self.stats.tx_packets = self.net.tx.packets;
         self.stats.tx_no_frame = self.net.tx.no_frame;
+        self.stats.sockets_reused = self.net.sockets.reused;
+        self.stats.sockets_pooled = self.net.sockets.len() as u64;
         &self.stats
     }
 

@@ -124,6 +124,9 @@ impl<S: FrameSink> Engine<S> {
         if finished {
             if let Some(Object::Plain(conn)) = self.free(cid, now) {
                 self.log_plain(&conn, now);
+                for leg in conn.legs {
+                    self.net.recycle(leg);
+                }
             }
         }
     }

@@ -315,6 +315,7 @@ impl<S: FrameSink> Engine<S> {
                     t.remove_stream(st.id);
                 }
                 self.log_stream(&st, now);
+                self.net.recycle(st.tcp);
                 self.pump_tunnel_later(tid);
             }
         } else if tunnel_dirty {

@@ -358,6 +358,7 @@ impl<S: FrameSink> Engine<S> {
             }
             self.service_stream(hid, now);
         }
+        self.net.recycle(t.leg);
         self.stats.hbone_tunnels_closed += 1;
     }
 }

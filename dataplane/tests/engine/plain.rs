@@ -391,3 +391,33 @@ fn a_retransmitted_fin_of_a_freed_connection_is_acknowledged() {
         (ack, seq + len + 1, false, true, false, 0)
     );
 }
+
+/// Freed legs' sockets serve the next connections: the second and third connections
+/// run on reused sockets (no new buffers), byte-exact, with nothing of the previous
+/// connection's state or bytes.
+#[test]
+fn the_next_connections_reuse_freed_sockets_byte_exact() {
+    let mut w = World::new(Opts::default());
+    for (i, port) in [40_031u16, 40_032, 40_033].into_iter().enumerate() {
+        let conn = established(&mut w, port);
+        let up = pattern(100_000 + i * 7, 31 + i as u8);
+        let down = pattern(50_000 + i * 11, 41 + i as u8);
+        let (at_server, at_client) = exchange(&mut w, conn, &up, &down, 10_000_000);
+        assert!(
+            at_server == up && at_client == down,
+            "connection {i}: bytes differ"
+        );
+        w.client.tcp(conn.0).close();
+        w.server.tcp(conn.1).close();
+        w.run_until("closed", 5_000_000, |w| {
+            w.a.counters().live_connections == 0 && w.b.counters().live_connections == 0
+        });
+    }
+    for (name, e) in [("a", &mut w.a), ("b", &mut w.b)] {
+        let c = e.counters().clone();
+        // Two legs per connection and gateway; the first connection's are new.
+        assert_eq!(c.sockets_reused, 4, "gateway {name}: {}", summary(&c));
+        assert_eq!(c.sockets_pooled, 2, "gateway {name}");
+    }
+    assert_clean(&mut w, 3);
+}
