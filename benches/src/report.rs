@@ -364,7 +364,7 @@ impl BenchReport {
                 }
             }
         }
-        self.targets = evaluate_targets(&self.gateways);
+        self.targets = evaluate_targets(&self.gateways, self.mtu.pod > 1500);
     }
 
     /// Gateway by name.
@@ -526,8 +526,11 @@ pub fn fmt_value(v: f64) -> String {
     }
 }
 
-/// The targets, evaluated for every `xdpmesh-*` gateway type of the run.
-pub fn evaluate_targets(gateways: &[GatewayReport]) -> Vec<TargetCheck> {
+/// The performance issue's targets, evaluated for every `xdpmesh-*` gateway type of the
+/// run (`jumbo`: the pod links' MTU is above 1500, which sets the CPU target). The
+/// jumbo throughput target is against `kernel-offload` at MTU 1500, another run: it is
+/// not evaluated here (benches/README.md, "Latest results").
+pub fn evaluate_targets(gateways: &[GatewayReport], jumbo: bool) -> Vec<TargetCheck> {
     let kernel = gateways.iter().find(|g| g.name == KERNEL);
     let mut out = Vec::new();
     for g in gateways.iter().filter(|g| g.name.starts_with("xdpmesh-")) {
@@ -573,38 +576,58 @@ pub fn evaluate_targets(gateways: &[GatewayReport]) -> Vec<TargetCheck> {
         let k = |f: &str| kernel.and_then(|k| k.medians.get(f).copied());
         let m = |f: &str| g.medians.get(f).copied();
         let ratio = |f: &str| g.ratios.get(f).copied();
+        let (tput_name, tput) = if g.name == "xdpmesh-tcp" {
+            ("single-stream throughput >= 0.9x kernel", 0.9)
+        } else {
+            ("single-stream throughput >= 0.6x kernel", 0.6)
+        };
         out.push(check(
-            "single-stream throughput >= 0.5x kernel",
+            tput_name,
             ratio("throughput_1s_fwd_mbps"),
-            Some(0.5),
+            Some(tput),
             true,
             "ratio to kernel, 1 stream client→server".into(),
         ));
+        let (cpu_name, cpu) = if jumbo {
+            (
+                "gateway CPU at a fixed rate <= 1.2 CPU-s/GiB (jumbo links)",
+                1.2,
+            )
+        } else {
+            ("gateway CPU at a fixed rate <= 2.4 CPU-s/GiB", 2.4)
+        };
         out.push(check(
-            "64 B RTT p50 <= kernel p50 + 40 µs",
+            cpu_name,
+            m("cpu_fixed_gw_s_per_gib"),
+            Some(cpu),
+            false,
+            "CPU-s/GiB, both gateways' processes".into(),
+        ));
+        out.push(check(
+            "64 B RTT p50 <= kernel p50 + 30 µs",
             m("latency_64_p50_us"),
-            k("latency_64_p50_us").map(|v| v + 40.0),
+            k("latency_64_p50_us").map(|v| v + 30.0),
             false,
             "µs".into(),
         ));
         out.push(check(
-            "64 B RTT p99 <= kernel p99 + 85 µs",
+            "64 B RTT p99 <= kernel p99 + 60 µs",
             m("latency_64_p99_us"),
-            k("latency_64_p99_us").map(|v| v + 85.0),
+            k("latency_64_p99_us").map(|v| v + 60.0),
             false,
             "µs".into(),
         ));
         out.push(check(
-            "new connection + echo rate >= 0.7x kernel",
+            "new connection + echo rate >= 0.35x kernel",
             ratio("connrate_per_s"),
-            Some(0.7),
+            Some(0.35),
             true,
             "ratio to kernel".into(),
         ));
         out.push(check(
-            "10k open: <= 16 KiB gateway memory per connection",
+            "10k open: <= 4 KiB gateway memory per connection",
             m("concurrency_10000_bytes_per_conn"),
-            Some(16384.0),
+            Some(4096.0),
             false,
             "bytes per connection, worse of the two gateways".into(),
         ));
@@ -691,17 +714,31 @@ pub(crate) mod tests {
             .iter()
             .map(|t| (t.name.as_str(), t.verdict.as_str()))
             .collect();
-        assert_eq!(v["single-stream throughput >= 0.5x kernel"], "PASS");
-        assert_eq!(v["64 B RTT p50 <= kernel p50 + 40 µs"], "PASS");
-        assert_eq!(v["64 B RTT p99 <= kernel p99 + 85 µs"], "MISS");
-        assert_eq!(v["new connection + echo rate >= 0.7x kernel"], "PASS");
+        // 6000 against 10000: 0.6x, below xdpmesh-tcp's 0.9x.
+        assert_eq!(v["single-stream throughput >= 0.9x kernel"], "MISS");
         assert_eq!(
-            v["10k open: <= 16 KiB gateway memory per connection"],
-            "PASS"
+            v["gateway CPU at a fixed rate <= 2.4 CPU-s/GiB"], "N/A",
+            "not measured in the sample"
+        );
+        // 50 <= 20 + 30; 200 > 40 + 60.
+        assert_eq!(v["64 B RTT p50 <= kernel p50 + 30 µs"], "PASS");
+        assert_eq!(v["64 B RTT p99 <= kernel p99 + 60 µs"], "MISS");
+        assert_eq!(v["new connection + echo rate >= 0.35x kernel"], "PASS");
+        // 9000 bytes per connection.
+        assert_eq!(
+            v["10k open: <= 4 KiB gateway memory per connection"],
+            "MISS"
         );
         assert_eq!(
             v["10k open: side stream >= 0.8x its figure with 10 open"],
             "N/A"
+        );
+        let jumbo = evaluate_targets(&r.gateways, true);
+        assert!(
+            jumbo
+                .iter()
+                .any(|t| t.name == "gateway CPU at a fixed rate <= 1.2 CPU-s/GiB (jumbo links)"),
+            "{jumbo:?}"
         );
         let t = r.table();
         assert!(
