@@ -275,6 +275,18 @@ pub struct IperfResult {
     pub retransmits: u64,
     /// The whole JSON report.
     pub json: serde_json::Value,
+    /// Runs refused as "server is busy" before this one (the server was still ending
+    /// the previous test). Each cost one control connection to the server, which a
+    /// gateway counts like any other.
+    pub busy_refusals: u32,
+}
+
+impl IperfResult {
+    /// The TCP connections the client opened for this result: the control connection
+    /// and one per stream, plus a control connection per busy refusal.
+    pub fn connections(&self, streams: u32) -> u64 {
+        u64::from(1 + streams + self.busy_refusals)
+    }
 }
 
 fn field_u64(v: &serde_json::Value, key: &str) -> anyhow::Result<u64> {
@@ -572,9 +584,13 @@ impl Topology {
         reverse: bool,
         streams: u32,
     ) -> anyhow::Result<IperfResult> {
-        retry_while_iperf_busy(|| {
+        let mut attempts = 0;
+        let mut r = retry_while_iperf_busy(|| {
+            attempts += 1;
             self.run_iperf_once(node, server, port, seconds, reverse, streams)
-        })
+        })?;
+        r.busy_refusals = attempts - 1;
+        Ok(r)
     }
 
     fn run_iperf_once(
@@ -609,6 +625,7 @@ impl Topology {
             seconds: field_f64(recv, "seconds")?,
             retransmits: json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
             json,
+            busy_refusals: 0,
         })
     }
 }
