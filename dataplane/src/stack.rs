@@ -179,8 +179,8 @@ fn capabilities(mtu: usize) -> DeviceCapabilities {
     caps
 }
 
-/// The engine's side of the network: one smoltcp interface and the ports' frame sinks.
-/// Every leg is polled through here, so the device is built in one place.
+/// The engine's side of the network: a smoltcp interface per port and the ports' frame
+/// sinks. Every leg is polled through here, so the device is built in one place.
 pub struct Net<S> {
     /// One interface per port, each made with the port's MTU (see [`capabilities`]).
     ifaces: Vec<Interface>,
@@ -226,11 +226,6 @@ impl<S: FrameSink> Net<S> {
     /// The spec of port `port`.
     pub fn spec(&self, port: usize) -> &PortSpec {
         &self.specs[port]
-    }
-
-    /// The IP MTU smoltcp uses on port `port`.
-    pub fn mtu(&self, port: usize) -> usize {
-        self.mtus[port]
     }
 
     /// The port of an interface index.

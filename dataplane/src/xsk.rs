@@ -108,7 +108,8 @@ impl XskConfig {
 const XDP_PACKET_HEADROOM: usize = 256;
 const ETH_HEADER_LEN: usize = 14;
 /// `XDP_PKT_CONTD` (include/uapi/linux/if_xdp.h): the packet continues in the next
-/// descriptor.
+/// descriptor. xsk-rs reads it (`FrameDesc::has_more_frames`) but does not export the
+/// flag, which a transmitted chain has to set.
 const XDP_PKT_CONTD: u32 = 1;
 /// The most descriptors one transmitted packet may take in copy mode: the kernel
 /// builds an skb of at most `MAX_SKB_FRAGS` parts (17 unless the kernel was built with
@@ -308,7 +309,7 @@ impl RxPart {
             // `f` has returned: the slice is valid and unaliased for the duration of `f`.
             let data = unsafe { self.umem.data(d) };
             let bytes = data.contents();
-            let more = d.options() & XDP_PKT_CONTD != 0;
+            let more = d.has_more_frames();
             if !asm.open && !more {
                 f(bytes);
                 continue;
