@@ -27,7 +27,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 
 use xdpmesh_dataplane::wire::{self, FlowKey};
-use xdpmesh_shm::{Address, Node, Protocol, Route, Tables, UnknownSource, Workload};
+use xdpmesh_shm::{Address, Node, PeerAuth, Protocol, Route, Tables, UnknownSource, Workload};
 
 const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 const DST: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
@@ -133,6 +133,8 @@ fn tables(n: u32) -> Tables {
         trust_domain: "cluster.local".into(),
         local_node: Some(0),
         unknown_source: UnknownSource::Pass,
+        unknown_source_hold_ms: 0,
+        pod_cidrs: Vec::new(),
         nodes: vec![
             Node {
                 name: "node-a".into(),
@@ -154,6 +156,7 @@ fn tables(n: u32) -> Tables {
                 } else {
                     Protocol::Hbone
                 },
+                peer_auth: PeerAuth::Permissive,
             })
             .collect(),
         addresses: (0..n)

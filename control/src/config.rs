@@ -44,6 +44,19 @@ pub const DEFAULT_UNKNOWN_SOURCE: UnknownSource = UnknownSource::Pass;
 /// The protocol of a workload whose entry does not say.
 pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
 
+/// The mesh-wide peer authentication when the file does not say (Istio's default).
+pub const DEFAULT_PEER_AUTHENTICATION: PeerAuthentication = PeerAuthentication::Permissive;
+
+/// How long `unknown_source: hold` holds a SYN when the file does not say.
+pub const DEFAULT_UNKNOWN_SOURCE_HOLD_MS: u32 = 2000;
+
+/// The longest hold `unknown_source_hold_ms` may ask for: a client's connect times
+/// out after about two minutes, and a held SYN costs memory on the gateway.
+pub const MAX_UNKNOWN_SOURCE_HOLD_MS: u32 = 30_000;
+
+/// At most this many `pod_cidrs` (the XDP program's LPM trie has this many slots).
+pub const MAX_POD_CIDRS: usize = 256;
+
 /// The validated mesh configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshConfig {
@@ -51,6 +64,13 @@ pub struct MeshConfig {
     pub trust_domain: TrustDomain,
     /// What to do with traffic from a pod address no workload owns.
     pub unknown_source: UnknownSource,
+    /// How long [`UnknownSource::Hold`] holds a SYN, in milliseconds.
+    pub unknown_source_hold_ms: u32,
+    /// The pod address ranges: a source inside one that no workload claims is an
+    /// unknown source. Host bits are zero; no range is listed twice.
+    pub pod_cidrs: Vec<Cidr>,
+    /// The mesh-wide default of [`Workload::peer_authentication`].
+    pub peer_authentication: PeerAuthentication,
     /// The nodes, in file order; names are unique.
     pub nodes: Vec<Node>,
     /// The workloads, in file order; `namespace/name` is unique, every
@@ -130,6 +150,9 @@ pub struct Workload {
     pub protocol: Protocol,
     /// Ports the workload serves, for information; empty means any. Never 0.
     pub ports: Vec<u16>,
+    /// Which peers it accepts: its own `peer_authentication`, else the mesh-wide one.
+    /// Never [`PeerAuthentication::Strict`] with [`Protocol::Tcp`].
+    pub peer_authentication: PeerAuthentication,
 }
 
 impl Workload {
@@ -159,15 +182,101 @@ pub enum Protocol {
     Hbone,
 }
 
-/// What the dataplane does with traffic from a pod address that no workload
-/// in the configuration owns. In YAML: `pass` or `reject`.
+/// What the dataplane does with connections from a pod address that no workload
+/// in the configuration owns (an address inside [`MeshConfig::pod_cidrs`]: an init
+/// container that runs before its pod's workload is published, Istio issue 48854).
+/// In YAML: `pass`, `reject` or `hold`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownSource {
-    /// Hand it to the kernel untouched.
+    /// As a source outside the mesh: to a mesh workload of another node, the kernel
+    /// routes it untouched; to a workload served here, its peer authentication and
+    /// policies decide, as for any source without an identity.
     Pass,
-    /// Drop it (and count it).
+    /// Refuse it with a reset (counted, logged).
     Reject,
+    /// Hold the SYN for `unknown_source_hold_ms`: if a new table generation gives
+    /// the address a workload meanwhile, the connection goes on as that workload's;
+    /// otherwise it is reset (counted, logged).
+    Hold,
+}
+
+/// Which peers a workload accepts, as Istio's `PeerAuthentication` modes. In YAML:
+/// `STRICT` or `PERMISSIVE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PeerAuthentication {
+    /// HBONE (mutual TLS), and plaintext from a source without an identity, which
+    /// the workload's policies then see as such.
+    Permissive,
+    /// HBONE only: plaintext is refused with a reset (counted, logged).
+    Strict,
+}
+
+impl fmt::Display for PeerAuthentication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeerAuthentication::Permissive => "PERMISSIVE",
+            PeerAuthentication::Strict => "STRICT",
+        })
+    }
+}
+
+/// An address range, `address/prefix` with the host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address.
+    pub addr: IpAddr,
+    /// The prefix length: at most 32 for IPv4, 128 for IPv6.
+    pub prefix: u8,
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    /// Parses `address/prefix`; the error says what to write instead.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid CIDR {text:?}: expected <address>/<prefix length>, such as 198.18.1.0/24 or fd00::/64"
+            )
+        };
+        let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        let (max, family) = if addr.is_ipv4() {
+            (32, "IPv4")
+        } else {
+            (128, "IPv6")
+        };
+        if prefix > max {
+            return Err(format!(
+                "invalid CIDR {text:?}: prefix length {prefix} is out of range for {family} (0-{max})"
+            ));
+        }
+        let network = match addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        };
+        if network != addr {
+            return Err(format!(
+                "CIDR {text:?} has host bits set: write {network}/{prefix}"
+            ));
+        }
+        Ok(Cidr { addr, prefix })
+    }
 }
 
 /// A SPIFFE trust domain name: non-empty, made of lowercase letters, digits,
@@ -327,6 +436,12 @@ struct RawConfig {
     #[serde(default)]
     unknown_source: Option<UnknownSource>,
     #[serde(default)]
+    unknown_source_hold_ms: Option<u32>,
+    #[serde(default)]
+    pod_cidrs: Vec<String>,
+    #[serde(default)]
+    peer_authentication: Option<PeerAuthentication>,
+    #[serde(default)]
     nodes: Vec<RawNode>,
     #[serde(default)]
     workloads: Vec<RawWorkload>,
@@ -380,6 +495,8 @@ struct RawWorkload {
     protocol: Option<Protocol>,
     #[serde(default)]
     ports: Vec<u16>,
+    #[serde(default)]
+    peer_authentication: Option<PeerAuthentication>,
 }
 
 // ---------------------------------------------------------------------------
@@ -402,11 +519,50 @@ impl RawConfig {
             nodes.push(node);
         }
 
+        let unknown_source = self.unknown_source.unwrap_or(DEFAULT_UNKNOWN_SOURCE);
+        let pod_cidrs = pod_cidrs(&self.pod_cidrs, at)?;
+        if unknown_source != UnknownSource::Pass && pod_cidrs.is_empty() {
+            return Err(at.error(
+                "unknown_source",
+                format!(
+                    "unknown_source {} needs pod_cidrs: a source is unknown only inside a pod \
+                     range that no workload claims; list the pod ranges in pod_cidrs",
+                    unknown_source.name()
+                ),
+            ));
+        }
+        let unknown_source_hold_ms = match self.unknown_source_hold_ms {
+            None => DEFAULT_UNKNOWN_SOURCE_HOLD_MS,
+            Some(_) if unknown_source != UnknownSource::Hold => {
+                return Err(at.error(
+                    "unknown_source_hold_ms",
+                    format!(
+                        "unknown_source_hold_ms applies only to unknown_source hold, and this \
+                         file says {}: remove it, or set unknown_source: hold",
+                        unknown_source.name()
+                    ),
+                ))
+            }
+            Some(ms) if ms == 0 || ms > MAX_UNKNOWN_SOURCE_HOLD_MS => {
+                return Err(at.error(
+                    "unknown_source_hold_ms",
+                    format!(
+                        "unknown_source_hold_ms {ms} is out of range: hold a SYN for 1 to \
+                         {MAX_UNKNOWN_SOURCE_HOLD_MS} ms"
+                    ),
+                ))
+            }
+            Some(ms) => ms,
+        };
+        let mesh_peer_auth = self
+            .peer_authentication
+            .unwrap_or(DEFAULT_PEER_AUTHENTICATION);
+
         let mut workloads: Vec<Workload> = Vec::with_capacity(self.workloads.len());
         let mut workload_names = FirstSeen::default();
         for (i, raw) in self.workloads.into_iter().enumerate() {
             let prefix = format!("workloads[{i}]");
-            let workload = raw.into_domain(&prefix, at, &nodes, &mut book)?;
+            let workload = raw.into_domain(&prefix, at, &nodes, &mut book, mesh_peer_auth)?;
             let name_path = format!("{prefix}.name");
             let key = (workload.namespace.clone(), workload.name.clone());
             workload_names.define(key, &name_path, at, || {
@@ -430,7 +586,10 @@ impl RawConfig {
 
         Ok(MeshConfig {
             trust_domain,
-            unknown_source: self.unknown_source.unwrap_or(DEFAULT_UNKNOWN_SOURCE),
+            unknown_source,
+            unknown_source_hold_ms,
+            pod_cidrs,
+            peer_authentication: mesh_peer_auth,
             nodes,
             workloads,
             policies,
@@ -577,6 +736,7 @@ impl RawWorkload {
         at: &Locator<'_>,
         nodes: &[Node],
         book: &mut AddressBook,
+        mesh_peer_auth: PeerAuthentication,
     ) -> Result<Workload, ConfigError> {
         for (field, what, value) in [
             ("name", "workload name", &self.name),
@@ -619,16 +779,76 @@ impl RawWorkload {
 
         check_ports(&self.ports, prefix, "leave ports empty", at)?;
 
+        let protocol = self.protocol.unwrap_or(DEFAULT_PROTOCOL);
+        let peer_authentication = self.peer_authentication.unwrap_or(mesh_peer_auth);
+        if peer_authentication == PeerAuthentication::Strict && protocol == Protocol::Tcp {
+            let (path, whence) = match (self.peer_authentication, self.protocol) {
+                (Some(_), _) => (format!("{prefix}.peer_authentication"), ""),
+                (None, Some(_)) => (format!("{prefix}.protocol"), " (the mesh-wide default)"),
+                (None, None) => (format!("{prefix}.name"), " (the mesh-wide default)"),
+            };
+            return Err(at.error(
+                &path,
+                format!(
+                    "workload {qualified} has peer_authentication STRICT{whence} and protocol \
+                     TCP: STRICT accepts only HBONE, so the plain-TCP legs other gateways open \
+                     to it would all be refused; give it protocol: HBONE, or \
+                     peer_authentication: PERMISSIVE"
+                ),
+            ));
+        }
+
         Ok(Workload {
             name: self.name,
             namespace: self.namespace,
             service_account: self.service_account,
             node: self.node,
             addresses,
-            protocol: self.protocol.unwrap_or(DEFAULT_PROTOCOL),
+            protocol,
             ports: self.ports,
+            peer_authentication,
         })
     }
+}
+
+impl UnknownSource {
+    /// The YAML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            UnknownSource::Pass => "pass",
+            UnknownSource::Reject => "reject",
+            UnknownSource::Hold => "hold",
+        }
+    }
+}
+
+/// Parses `pod_cidrs`: valid ranges with zero host bits, none twice, at most
+/// [`MAX_POD_CIDRS`].
+fn pod_cidrs(raw: &[String], at: &Locator<'_>) -> Result<Vec<Cidr>, ConfigError> {
+    if raw.len() > MAX_POD_CIDRS {
+        return Err(at.error(
+            "pod_cidrs",
+            format!(
+                "pod_cidrs lists {} ranges, more than the {MAX_POD_CIDRS} the XDP program \
+                 holds: merge adjacent ranges",
+                raw.len()
+            ),
+        ));
+    }
+    let mut seen = FirstSeen::default();
+    let mut out = Vec::with_capacity(raw.len());
+    for (j, text) in raw.iter().enumerate() {
+        let path = format!("pod_cidrs[{j}]");
+        let cidr: Cidr = text.parse().map_err(|reason| at.error(&path, reason))?;
+        if let Some(line) = seen.earlier_line(cidr, &path, at) {
+            return Err(at.error(
+                &path,
+                format!("duplicate pod CIDR {cidr}: already listed at line {line}"),
+            ));
+        }
+        out.push(cidr);
+    }
+    Ok(out)
 }
 
 /// Checks the list at `{prefix}.ports`: no port 0, no port twice. `any` is how this

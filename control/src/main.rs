@@ -329,6 +329,16 @@ fn sync_xdp(pin_dir: &Path, t: &Tables, quiet: bool) -> Result<bool> {
             "XDP divert set synced"
         );
     }
+    let c = maps.sync_pod_cidrs(&tables::pod_cidr_set(t))?;
+    if c.inserted + c.updated + c.deleted > 0 {
+        info!(
+            inserted = c.inserted,
+            updated = c.updated,
+            deleted = c.deleted,
+            unchanged = c.unchanged,
+            "XDP pod ranges synced"
+        );
+    }
     Ok(true)
 }
 

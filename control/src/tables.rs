@@ -11,10 +11,10 @@ use std::process::Command;
 
 use serde_json::Value;
 use xdpmesh_shm::{
-    Address, Node, Policy, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource,
-    Workload,
+    Address, Cidr, Node, PeerAuth, Policy, PolicyAction, PolicySource, Protocol, Route, Tables,
+    UnknownSource, Workload,
 };
-use xdpmesh_xdp::abi::{WL_LOCAL, WL_MESH};
+use xdpmesh_xdp::abi::{CIDR_DIVERT_UNKNOWN, WL_LOCAL, WL_MESH};
 
 use crate::config::{self, MeshConfig};
 
@@ -113,7 +113,17 @@ pub fn build(
         unknown_source: match cfg.unknown_source {
             config::UnknownSource::Pass => UnknownSource::Pass,
             config::UnknownSource::Reject => UnknownSource::Reject,
+            config::UnknownSource::Hold => UnknownSource::Hold,
         },
+        unknown_source_hold_ms: cfg.unknown_source_hold_ms,
+        pod_cidrs: cfg
+            .pod_cidrs
+            .iter()
+            .map(|c| Cidr {
+                addr: c.addr,
+                prefix: c.prefix,
+            })
+            .collect(),
         nodes: cfg
             .nodes
             .iter()
@@ -135,6 +145,10 @@ pub fn build(
             protocol: match w.protocol {
                 config::Protocol::Tcp => Protocol::Tcp,
                 config::Protocol::Hbone => Protocol::Hbone,
+            },
+            peer_auth: match w.peer_authentication {
+                config::PeerAuthentication::Permissive => PeerAuth::Permissive,
+                config::PeerAuthentication::Strict => PeerAuth::Strict,
             },
         });
         for &addr in &w.addresses {
@@ -184,6 +198,19 @@ pub fn divert_set(t: &Tables) -> BTreeMap<IpAddr, u32> {
         .collect()
 }
 
+/// The XDP program's pod ranges: (network, prefix) -> [`CIDR_DIVERT_UNKNOWN`] when
+/// unknown sources' SYNs go to the dataplane (`reject`, `hold`), else 0 (`pass`).
+pub fn pod_cidr_set(t: &Tables) -> BTreeMap<(IpAddr, u8), u32> {
+    let flags = match t.unknown_source {
+        UnknownSource::Pass => 0,
+        UnknownSource::Reject | UnknownSource::Hold => CIDR_DIVERT_UNKNOWN,
+    };
+    t.pod_cidrs
+        .iter()
+        .map(|c| ((c.addr, c.prefix), flags))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +255,33 @@ mod tests {
         assert_eq!(d.get(&"198.18.1.2".parse().unwrap()), Some(&WL_LOCAL));
         assert_eq!(d.get(&"198.18.2.2".parse().unwrap()), Some(&WL_MESH));
         assert_eq!(d.len(), 2);
+        assert!(pod_cidr_set(&t).is_empty());
+    }
+
+    #[test]
+    fn pod_ranges_carry_the_unknown_source_policy() {
+        let text = MeshConfig::embedded_default();
+        for (mode, flags) in [
+            (config::UnknownSource::Pass, 0),
+            (config::UnknownSource::Reject, CIDR_DIVERT_UNKNOWN),
+            (config::UnknownSource::Hold, CIDR_DIVERT_UNKNOWN),
+        ] {
+            let mut cfg = text.clone();
+            cfg.unknown_source = mode;
+            cfg.pod_cidrs = vec![
+                "198.18.1.0/24".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+            ];
+            let t = build(&cfg, "node-a", &mut Fixed).unwrap();
+            assert_eq!(
+                pod_cidr_set(&t),
+                BTreeMap::from([
+                    (("198.18.1.0".parse().unwrap(), 24), flags),
+                    (("fd00::".parse().unwrap(), 64), flags),
+                ]),
+                "{mode:?}"
+            );
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use xdpmesh_control::config::{
-    ConfigError, MeshConfig, Node, Policy, PolicyAction, PolicySource, Protocol, TrustDomain,
-    UnknownSource, Workload,
+    Cidr, ConfigError, MeshConfig, Node, PeerAuthentication, Policy, PolicyAction, PolicySource,
+    Protocol, TrustDomain, UnknownSource, Workload,
 };
 
 const DEMO: &str = include_str!("../testdata/demo.yaml");
@@ -49,6 +49,9 @@ fn expected_demo() -> MeshConfig {
     MeshConfig {
         trust_domain: TrustDomain::new("cluster.local").unwrap(),
         unknown_source: UnknownSource::Pass,
+        unknown_source_hold_ms: 2000,
+        pod_cidrs: vec![],
+        peer_authentication: PeerAuthentication::Permissive,
         nodes: vec![
             Node {
                 name: "node-a".into(),
@@ -68,6 +71,7 @@ fn expected_demo() -> MeshConfig {
                 addresses: vec![ip("198.18.1.2")],
                 protocol: Protocol::Tcp,
                 ports: vec![],
+                peer_authentication: PeerAuthentication::Permissive,
             },
             Workload {
                 name: "server".into(),
@@ -77,6 +81,7 @@ fn expected_demo() -> MeshConfig {
                 addresses: vec![ip("198.18.2.2")],
                 protocol: Protocol::Tcp,
                 ports: vec![80, 5201, 7000],
+                peer_authentication: PeerAuthentication::Permissive,
             },
         ],
         policies: vec![],
@@ -134,12 +139,181 @@ fn spiffe_id_is_exact() {
 #[test]
 fn unknown_source_defaults_to_pass() {
     let text = demo_with(
-        "unknown_source: pass          # pass | reject   (what the dataplane does with traffic from an unknown pod address; default pass)\n",
+        "unknown_source: pass          # pass | reject | hold   (connections from a pod_cidrs address no workload claims; default pass)\n",
         "",
     );
     assert_eq!(parse(&text).unwrap().unknown_source, UnknownSource::Pass);
-    let text = demo_with("unknown_source: pass ", "unknown_source: reject ");
-    assert_eq!(parse(&text).unwrap().unknown_source, UnknownSource::Reject);
+    let with_ranges = |mode: &str| {
+        format!(
+            "{}pod_cidrs: [198.18.1.0/24, \"fd00::/64\"]\n",
+            demo_with("unknown_source: pass ", &format!("unknown_source: {mode} "))
+        )
+    };
+    let cfg = parse(&with_ranges("reject")).unwrap();
+    assert_eq!(cfg.unknown_source, UnknownSource::Reject);
+    assert_eq!(
+        cfg.pod_cidrs,
+        [
+            Cidr {
+                addr: ip("198.18.1.0"),
+                prefix: 24
+            },
+            Cidr {
+                addr: ip("fd00::"),
+                prefix: 64
+            }
+        ]
+    );
+    assert_eq!(cfg.pod_cidrs[1].to_string(), "fd00::/64");
+    let cfg = parse(&with_ranges("hold")).unwrap();
+    assert_eq!(
+        (cfg.unknown_source, cfg.unknown_source_hold_ms),
+        (UnknownSource::Hold, 2000)
+    );
+    let cfg = parse(&format!(
+        "{}unknown_source_hold_ms: 500\n",
+        with_ranges("hold")
+    ))
+    .unwrap();
+    assert_eq!(cfg.unknown_source_hold_ms, 500);
+}
+
+#[test]
+fn unknown_source_refusals() {
+    assert_eq!(
+        error(&demo_with(
+            "unknown_source: pass ",
+            "unknown_source: reject "
+        )),
+        "inline.yaml:3:17: unknown_source reject needs pod_cidrs: a source is unknown only \
+         inside a pod range that no workload claims; list the pod ranges in pod_cidrs"
+    );
+    assert_eq!(
+        error(&demo_with("unknown_source: pass ", "unknown_source: hold ")),
+        "inline.yaml:3:17: unknown_source hold needs pod_cidrs: a source is unknown only \
+         inside a pod range that no workload claims; list the pod ranges in pod_cidrs"
+    );
+    assert_eq!(
+        error(&format!("{DEMO}unknown_source_hold_ms: 500\n")),
+        "inline.yaml:23:25: unknown_source_hold_ms applies only to unknown_source hold, and \
+         this file says pass: remove it, or set unknown_source: hold"
+    );
+    let hold = format!(
+        "{}pod_cidrs: [198.18.1.0/24]\n",
+        demo_with("unknown_source: pass ", "unknown_source: hold ")
+    );
+    for ms in ["0", "30001"] {
+        assert_eq!(
+            error(&format!("{hold}unknown_source_hold_ms: {ms}\n")),
+            format!(
+                "inline.yaml:24:25: unknown_source_hold_ms {ms} is out of range: hold a SYN \
+                 for 1 to 30000 ms"
+            )
+        );
+    }
+}
+
+#[test]
+fn pod_cidr_refusals() {
+    let with = |list: &str| error(&format!("{DEMO}pod_cidrs: [{list}]\n"));
+    assert_eq!(
+        with("198.18.1.0"),
+        "inline.yaml:23:13: invalid CIDR \"198.18.1.0\": expected \
+         <address>/<prefix length>, such as 198.18.1.0/24 or fd00::/64"
+    );
+    assert_eq!(
+        with("10.0.0.0/8, 198.18.1.0/x"),
+        "inline.yaml:23:25: invalid CIDR \"198.18.1.0/x\": expected \
+         <address>/<prefix length>, such as 198.18.1.0/24 or fd00::/64"
+    );
+    assert_eq!(
+        with("198.18.1.0/33"),
+        "inline.yaml:23:13: invalid CIDR \"198.18.1.0/33\": prefix length 33 \
+         is out of range for IPv4 (0-32)"
+    );
+    assert_eq!(
+        with("\"fd00::/129\""),
+        "inline.yaml:23:13: invalid CIDR \"fd00::/129\": prefix length 129 \
+         is out of range for IPv6 (0-128)"
+    );
+    assert_eq!(
+        with("198.18.1.5/24"),
+        "inline.yaml:23:13: CIDR \"198.18.1.5/24\" has host bits set: write \
+         198.18.1.0/24"
+    );
+    assert_eq!(
+        error(&format!(
+            "{DEMO}pod_cidrs:\n  - 198.18.1.0/24\n  - 198.18.2.0/24\n  - 198.18.1.0/24\n"
+        )),
+        "inline.yaml:26:5: duplicate pod CIDR 198.18.1.0/24: already listed at line 24"
+    );
+    let many: Vec<String> = (0..257)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .collect();
+    assert_eq!(
+        with(&many.join(", ")),
+        "inline.yaml:23:12: pod_cidrs lists 257 ranges, more than the 256 the XDP program \
+         holds: merge adjacent ranges"
+    );
+}
+
+#[test]
+fn peer_authentication_per_workload_and_mesh_wide() {
+    // The mesh-wide default, and a workload's own setting over it.
+    let text = format!(
+        "{}peer_authentication: STRICT\n",
+        demo_with("protocol: TCP\n    ports", "protocol: HBONE\n    ports").replacen(
+            "protocol: TCP   ",
+            "protocol: HBONE ",
+            1
+        )
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.peer_authentication, PeerAuthentication::Strict);
+    assert!(cfg
+        .workloads
+        .iter()
+        .all(|w| w.peer_authentication == PeerAuthentication::Strict));
+    let text = demo_with(
+        "protocol: TCP\n    ports",
+        "protocol: HBONE\n    peer_authentication: STRICT\n    ports",
+    );
+    let cfg = parse(&text).unwrap();
+    assert_eq!(cfg.peer_authentication, PeerAuthentication::Permissive);
+    assert_eq!(
+        (
+            cfg.workloads[0].peer_authentication,
+            cfg.workloads[1].peer_authentication
+        ),
+        (PeerAuthentication::Permissive, PeerAuthentication::Strict)
+    );
+    assert_eq!(PeerAuthentication::Strict.to_string(), "STRICT");
+}
+
+#[test]
+fn strict_peer_authentication_refuses_plain_tcp_workloads() {
+    let strict_server = demo_with(
+        "protocol: TCP\n    ports",
+        "protocol: TCP\n    peer_authentication: STRICT\n    ports",
+    );
+    assert_eq!(
+        error(&strict_server),
+        "inline.yaml:22:26: workload default/server has peer_authentication STRICT and \
+         protocol TCP: STRICT accepts only HBONE, so the plain-TCP legs other gateways open to \
+         it would all be refused; give it protocol: HBONE, or peer_authentication: PERMISSIVE"
+    );
+    assert_eq!(
+        error(&format!("{DEMO}peer_authentication: STRICT\n")),
+        "inline.yaml:15:15: workload default/client has peer_authentication STRICT (the \
+         mesh-wide default) and protocol TCP: STRICT accepts only HBONE, so the plain-TCP legs \
+         other gateways open to it would all be refused; give it protocol: HBONE, or \
+         peer_authentication: PERMISSIVE"
+    );
+    assert_eq!(
+        error(&demo_with("protocol: TCP   ", "peer_authentication: DUAL")),
+        "inline.yaml:15:26: workloads[0].peer_authentication: unknown variant `DUAL`, expected \
+         `PERMISSIVE` or `STRICT`"
+    );
 }
 
 #[test]
@@ -208,7 +382,7 @@ fn bad_file_unknown_field() {
         e.to_string(),
         format!(
             "{}:15:5: workloads[0]: unknown field `protocl`, expected one of `name`, `namespace`, \
-             `service_account`, `node`, `addresses`, `protocol`, `ports`",
+             `service_account`, `node`, `addresses`, `protocol`, `ports`, `peer_authentication`",
             path.display()
         )
     );
@@ -284,7 +458,8 @@ fn unknown_top_level_field() {
     assert_eq!(
         error("trust_domain: x\nworkload: []\n"),
         "inline.yaml:2:1: unknown field `workload`, expected one of `trust_domain`, \
-         `unknown_source`, `nodes`, `workloads`, `policies`"
+         `unknown_source`, `unknown_source_hold_ms`, `pod_cidrs`, `peer_authentication`, \
+         `nodes`, `workloads`, `policies`"
     );
 }
 
@@ -328,7 +503,8 @@ fn bad_enum_values() {
     );
     assert_eq!(
         error(&demo_with("unknown_source: pass ", "unknown_source: drop ")),
-        "inline.yaml:3:17: unknown_source: unknown variant `drop`, expected `pass` or `reject`"
+        "inline.yaml:3:17: unknown_source: unknown variant `drop`, expected one of `pass`, \
+         `reject`, `hold`"
     );
 }
 

@@ -274,6 +274,7 @@ fn run(a: RunArgs) -> Result<()> {
     }
     let tables = open_tables(&a.shm, a.wait_tables)?;
 
+    let log_limiter = Arc::new(xdpmesh_dataplane::engine::admission::LogLimiter::default());
     let inboxes: Vec<_> = (0..queues)
         .map(|_| Arc::new(ArrayQueue::new(HANDOVER_QUEUE)))
         .collect();
@@ -308,6 +309,7 @@ fn run(a: RunArgs) -> Result<()> {
                 rx
             },
             hbone: a.hbone,
+            log_limiter: log_limiter.clone(),
         };
         let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
         handles.push(
@@ -351,7 +353,9 @@ fn run(a: RunArgs) -> Result<()> {
 
     let stats_path = a.run_dir.join("stats.json");
     let started = Instant::now();
+    let mut unknown = UnknownWatch::default();
     while !stop.load(Ordering::Relaxed) {
+        unknown.poll(&prog, &log_limiter, started);
         if let Some(store) = identities.poll() {
             let store = Arc::new(store);
             info!(
@@ -363,7 +367,7 @@ fn run(a: RunArgs) -> Result<()> {
                 let _ = tx.send(store.clone());
             }
         }
-        if let Err(e) = write_stats(&stats_path, &prog, &shared, started) {
+        if let Err(e) = write_stats(&stats_path, &prog, &shared, started, &unknown) {
             warn!(%e, "writing stats");
         }
         if handles.iter().any(|h| h.is_finished()) {
@@ -382,7 +386,7 @@ fn run(a: RunArgs) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
-    write_stats(&stats_path, &prog, &shared, started)?;
+    write_stats(&stats_path, &prog, &shared, started, &unknown)?;
     info!("stopped");
     Ok(())
 }
@@ -429,6 +433,53 @@ impl IdentityWatch {
     }
 }
 
+/// Logs the unknown sources the XDP program saw sending SYNs to mesh workloads of
+/// other nodes (under `unknown_source: pass` it hands them to the kernel, so no
+/// worker sees them): each source once a minute, from the `unknown_sources` map,
+/// read once a second off the packet path.
+#[derive(Default)]
+struct UnknownWatch {
+    syns: std::collections::HashMap<std::net::IpAddr, u64>,
+    last_poll: Option<Instant>,
+}
+
+impl UnknownWatch {
+    fn poll(
+        &mut self,
+        prog: &XdpProgram,
+        limiter: &xdpmesh_dataplane::engine::admission::LogLimiter,
+        started: Instant,
+    ) {
+        if self
+            .last_poll
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_poll = Some(Instant::now());
+        let Ok(seen) = prog.maps().unknown_sources() else {
+            return;
+        };
+        let now = started.elapsed().as_micros() as i64;
+        for u in seen {
+            let before = self.syns.insert(u.addr, u.syns).unwrap_or(0);
+            if u.syns > before && limiter.allow(u.addr, "xdp-unknown", now) {
+                info!(target: "access", src = %u.addr, syns = u.syns, "unknown source: SYNs to mesh workloads from an address inside a pod range that no workload claims (see unknown_source)");
+            }
+        }
+    }
+
+    /// The sources seen, for `stats`: address -> SYNs.
+    fn to_json(&self) -> serde_json::Value {
+        let mut v: Vec<_> = self.syns.iter().collect();
+        v.sort();
+        v.into_iter()
+            .map(|(a, n)| (a.to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -448,6 +499,7 @@ fn write_stats(
     prog: &XdpProgram,
     shared: &[Arc<Shared>],
     started: Instant,
+    unknown: &UnknownWatch,
 ) -> Result<()> {
     let mut total = Local::default();
     let mut min_generation = u64::MAX;
@@ -484,6 +536,7 @@ fn write_stats(
         "workers": workers,
         "totals": total.to_json(),
         "xdp": xdp,
+        "unknown_sources": unknown.to_json(),
         "rss_bytes": rss_bytes(),
     });
     let tmp = path.with_extension("json.tmp");

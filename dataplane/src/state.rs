@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ahash::AHashMap;
-use xdpmesh_shm::{PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource};
+use xdpmesh_shm::{PeerAuth, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource};
 
 /// What a worker knows about one workload address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct Index {
     by_addr: AHashMap<IpAddr, AddrInfo>,
     /// Per workload: indices of the policies that apply to it (DENY ones first).
     policies_of: Vec<Vec<u32>>,
+    /// Per workload: its identity in Istio's principal form, `<td>/ns/<ns>/sa/<sa>`.
+    principals: Vec<String>,
 }
 
 /// The authenticated identity of a connection's peer, as policies match it.
@@ -79,12 +81,59 @@ impl Index {
             applying.sort_by_key(|&pi| tables.policies[pi as usize].action == PolicyAction::Allow);
             policies_of[wi] = applying;
         }
+        let principals = tables
+            .workloads
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}/ns/{}/sa/{}",
+                    tables.trust_domain, w.namespace, w.service_account
+                )
+            })
+            .collect();
         Index {
             generation,
             tables,
             by_addr,
             policies_of,
+            principals,
         }
+    }
+
+    /// The identity of a workload, as policies match it.
+    pub fn peer(&self, workload: u32) -> Option<Peer<'_>> {
+        let w = self.tables.workloads.get(workload as usize)?;
+        Some(Peer {
+            principal: self.principals.get(workload as usize)?,
+            namespace: &w.namespace,
+        })
+    }
+
+    /// The peer authentication of a workload (PERMISSIVE for an unknown index).
+    pub fn peer_auth(&self, workload: u32) -> PeerAuth {
+        self.tables
+            .workloads
+            .get(workload as usize)
+            .map_or(PeerAuth::Permissive, |w| w.peer_auth)
+    }
+
+    /// Whether `ip` is an unknown source: inside a pod range, and no workload's.
+    pub fn is_unknown_source(&self, ip: IpAddr) -> bool {
+        !self.by_addr.contains_key(&ip) && self.tables.pod_cidrs.iter().any(|c| c.contains(ip))
+    }
+
+    /// The pod range `ip` lies in, if any.
+    pub fn pod_range_of(&self, ip: IpAddr) -> Option<xdpmesh_shm::Cidr> {
+        self.tables
+            .pod_cidrs
+            .iter()
+            .find(|c| c.contains(ip))
+            .copied()
+    }
+
+    /// How long [`UnknownSource::Hold`] holds a SYN, in microseconds.
+    pub fn hold_us(&self) -> i64 {
+        i64::from(self.tables.unknown_source_hold_ms) * 1000
     }
 
     /// Authorization, as Istio's L4 policies are evaluated: a connection matched by any
@@ -186,6 +235,7 @@ mod tests {
                     service_account: "c".into(),
                     node: 0,
                     protocol: Protocol::Tcp,
+                    peer_auth: xdpmesh_shm::PeerAuth::Permissive,
                 },
                 Workload {
                     name: "s".into(),
@@ -193,6 +243,7 @@ mod tests {
                     service_account: "s".into(),
                     node: 1,
                     protocol: Protocol::Hbone,
+                    peer_auth: xdpmesh_shm::PeerAuth::Permissive,
                 },
             ],
             addresses: vec![
@@ -231,6 +282,7 @@ mod tests {
             service_account: name.into(),
             node: 0,
             protocol: Protocol::Hbone,
+            peer_auth: xdpmesh_shm::PeerAuth::Permissive,
         };
         Index::build(
             1,

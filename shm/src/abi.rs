@@ -4,7 +4,8 @@
 //! ```text
 //! offset 0                 Header (4096 bytes, see `Header`)
 //! offset AREA_OFFSET[0]    area 0: TableHeader | NodeRecord[] | WorkloadRecord[] | AddressRecord[]
-//!                          | PolicyRecord[] | PolicySourceRecord[] | PolicyPortRecord[] | strings
+//!                          | PolicyRecord[] | PolicySourceRecord[] | PolicyPortRecord[]
+//!                          | CidrRecord[] | strings
 //! offset AREA_OFFSET[1]    area 1: same shape
 //! ```
 //!
@@ -16,7 +17,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// `b"XDPMESH\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"XDPMESH\0");
 /// Layout version; readers refuse any other.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// Worker acknowledgement slots in the header.
 pub const MAX_WORKERS: usize = 128;
 /// Size reserved for the header; areas start page-aligned after it.
@@ -80,7 +81,7 @@ pub struct TableHeader {
     pub trust_domain: StrRef,
     /// Index of the node this gateway serves, `u32::MAX` if none.
     pub local_node: u32,
-    /// [`UNKNOWN_SOURCE_PASS`] or [`UNKNOWN_SOURCE_REJECT`].
+    /// [`UNKNOWN_SOURCE_PASS`], [`UNKNOWN_SOURCE_REJECT`] or [`UNKNOWN_SOURCE_HOLD`].
     pub unknown_source: u8,
     /// Explicit padding.
     pub _pad: [u8; 3],
@@ -90,8 +91,13 @@ pub struct TableHeader {
     pub policy_source_count: u32,
     /// Number of [`PolicyPortRecord`]s (ABI 2).
     pub policy_port_count: u32,
+    /// Number of [`CidrRecord`]s: the pod ranges (ABI 3).
+    pub pod_cidr_count: u32,
+    /// How long a SYN from an unknown source is held, in milliseconds (ABI 3; used
+    /// with [`UNKNOWN_SOURCE_HOLD`]).
+    pub unknown_source_hold_ms: u32,
     /// Reserved for later fields; written as zero.
-    pub _reserved: [u8; 12],
+    pub _reserved: [u8; 4],
 }
 const _: () = assert!(size_of::<TableHeader>() == 64);
 
@@ -99,6 +105,14 @@ const _: () = assert!(size_of::<TableHeader>() == 64);
 pub const UNKNOWN_SOURCE_PASS: u8 = 0;
 /// Traffic from an unknown pod address is refused.
 pub const UNKNOWN_SOURCE_REJECT: u8 = 1;
+/// A SYN from an unknown pod address is held until its workload appears, then
+/// accepted, or refused when the hold time is up.
+pub const UNKNOWN_SOURCE_HOLD: u8 = 2;
+
+/// Peer authentication: plaintext from sources without an identity is accepted.
+pub const PEER_AUTH_PERMISSIVE: u8 = 0;
+/// Peer authentication: only HBONE (mutual TLS) is accepted.
+pub const PEER_AUTH_STRICT: u8 = 1;
 
 /// Address family tags.
 pub const FAMILY_V4: u8 = 4;
@@ -141,8 +155,10 @@ pub struct WorkloadRecord {
     pub node: u32,
     /// [`PROTOCOL_TCP`] or [`PROTOCOL_HBONE`].
     pub protocol: u8,
+    /// [`PEER_AUTH_PERMISSIVE`] or [`PEER_AUTH_STRICT`] (ABI 3).
+    pub peer_auth: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
     /// Reserved, zero.
     pub _reserved: [u8; 32],
 }
@@ -236,3 +252,19 @@ pub struct PolicyPortRecord {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<PolicyPortRecord>() == 4);
+
+/// One pod range (ABI 3): a source address inside one that no workload claims is an
+/// unknown source.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct CidrRecord {
+    /// The network address (IPv4 in the first 4 bytes), host bits zero.
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Prefix length: at most 32 for IPv4, 128 for IPv6.
+    pub prefix: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CidrRecord>() == 20);

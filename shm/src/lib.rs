@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use tables::{
-    Address, Node, Policy, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource,
-    Workload,
+    Address, Cidr, Node, PeerAuth, Policy, PolicyAction, PolicySource, Protocol, Route, Tables,
+    UnknownSource, Workload,
 };
 
 use map::Mapping;

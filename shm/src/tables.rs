@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::abi::{
-    self, AddressRecord, NodeRecord, PolicyPortRecord, PolicyRecord, PolicySourceRecord, StrRef,
-    TableHeader, WorkloadRecord,
+    self, AddressRecord, CidrRecord, NodeRecord, PolicyPortRecord, PolicyRecord,
+    PolicySourceRecord, StrRef, TableHeader, WorkloadRecord,
 };
 use crate::ShmError;
 
@@ -21,6 +21,54 @@ pub enum UnknownSource {
     Pass,
     /// Refuse it (counted, connection reset).
     Reject,
+    /// Hold its SYN for [`Tables::unknown_source_hold_ms`]: accepted if a new
+    /// generation gives the address a workload meanwhile, refused (reset) otherwise.
+    Hold,
+}
+
+/// Which peers a workload accepts, as Istio's `PeerAuthentication`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerAuth {
+    /// HBONE, and plaintext from sources without an identity (then subject to the
+    /// workload's policies as such).
+    #[default]
+    Permissive,
+    /// HBONE (mutual TLS) only: plaintext is refused.
+    Strict,
+}
+
+/// An address range: `addr/prefix`, host bits zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address.
+    pub addr: IpAddr,
+    /// Prefix length (at most 32 for IPv4, 128 for IPv6).
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the range (an IPv4 range holds no IPv6 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix.min(32));
+                let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// Workload protocol.
@@ -54,6 +102,8 @@ pub struct Workload {
     pub node: u32,
     /// Protocol.
     pub protocol: Protocol,
+    /// Which peers it accepts.
+    pub peer_auth: PeerAuth,
 }
 
 /// How the gateway reaches an address.
@@ -120,6 +170,10 @@ pub struct Tables {
     pub local_node: Option<u32>,
     /// Unknown-source policy.
     pub unknown_source: UnknownSource,
+    /// How long [`UnknownSource::Hold`] holds a SYN, in milliseconds.
+    pub unknown_source_hold_ms: u32,
+    /// The pod ranges: a source inside one that no workload claims is unknown.
+    pub pod_cidrs: Vec<Cidr>,
     /// Nodes.
     pub nodes: Vec<Node>,
     /// Workloads.
@@ -202,6 +256,10 @@ impl Tables {
                     Protocol::Tcp => abi::PROTOCOL_TCP,
                     Protocol::Hbone => abi::PROTOCOL_HBONE,
                 },
+                peer_auth: match w.peer_auth {
+                    PeerAuth::Permissive => abi::PEER_AUTH_PERMISSIVE,
+                    PeerAuth::Strict => abi::PEER_AUTH_STRICT,
+                },
                 ..Default::default()
             });
         }
@@ -264,6 +322,16 @@ impl Tables {
                 });
             }
         }
+        let mut cidrs = Vec::with_capacity(self.pod_cidrs.len());
+        for c in &self.pod_cidrs {
+            let (family, addr) = ip_to_bytes(c.addr);
+            cidrs.push(CidrRecord {
+                addr,
+                family,
+                prefix: c.prefix,
+                ..Default::default()
+            });
+        }
         let header = TableHeader {
             generation,
             node_count: count(nodes.len())?,
@@ -273,11 +341,14 @@ impl Tables {
             policy_count: count(policies.len())?,
             policy_source_count: count(sources.len())?,
             policy_port_count: count(ports.len())?,
+            pod_cidr_count: count(cidrs.len())?,
+            unknown_source_hold_ms: self.unknown_source_hold_ms,
             trust_domain,
             local_node: self.local_node.unwrap_or(u32::MAX),
             unknown_source: match self.unknown_source {
                 UnknownSource::Pass => abi::UNKNOWN_SOURCE_PASS,
                 UnknownSource::Reject => abi::UNKNOWN_SOURCE_REJECT,
+                UnknownSource::Hold => abi::UNKNOWN_SOURCE_HOLD,
             },
             ..Default::default()
         };
@@ -289,6 +360,7 @@ impl Tables {
         out.extend_from_slice(policies.as_bytes());
         out.extend_from_slice(sources.as_bytes());
         out.extend_from_slice(ports.as_bytes());
+        out.extend_from_slice(cidrs.as_bytes());
         out.extend_from_slice(&strings.0);
         Ok(out)
     }
@@ -301,6 +373,7 @@ impl Tables {
             + h.policy_count as usize * size_of::<PolicyRecord>()
             + h.policy_source_count as usize * size_of::<PolicySourceRecord>()
             + h.policy_port_count as usize * size_of::<PolicyPortRecord>()
+            + h.pod_cidr_count as usize * size_of::<CidrRecord>()
             + h.string_bytes as usize
     }
 
@@ -317,6 +390,7 @@ impl Tables {
             + u64::from(header.policy_count) * size_of::<PolicyRecord>() as u64
             + u64::from(header.policy_source_count) * size_of::<PolicySourceRecord>() as u64
             + u64::from(header.policy_port_count) * size_of::<PolicyPortRecord>() as u64
+            + u64::from(header.pod_cidr_count) * size_of::<CidrRecord>() as u64
             + u64::from(header.string_bytes);
         if needed > area.len() as u64 {
             return Err(ShmError::Corrupt(format!(
@@ -330,6 +404,7 @@ impl Tables {
         let (policies, rest) = read_records::<PolicyRecord>(rest, header.policy_count)?;
         let (sources, rest) = read_records::<PolicySourceRecord>(rest, header.policy_source_count)?;
         let (ports, rest) = read_records::<PolicyPortRecord>(rest, header.policy_port_count)?;
+        let (cidrs, rest) = read_records::<CidrRecord>(rest, header.pod_cidr_count)?;
         let strings = &rest[..header.string_bytes as usize];
         let s = |r: StrRef, what: &str| -> Result<String, ShmError> {
             let end = u64::from(r.offset) + u64::from(r.len);
@@ -354,10 +429,27 @@ impl Tables {
             unknown_source: match header.unknown_source {
                 abi::UNKNOWN_SOURCE_PASS => UnknownSource::Pass,
                 abi::UNKNOWN_SOURCE_REJECT => UnknownSource::Reject,
+                abi::UNKNOWN_SOURCE_HOLD => UnknownSource::Hold,
                 v => return Err(ShmError::Corrupt(format!("unknown_source {v}"))),
             },
+            unknown_source_hold_ms: header.unknown_source_hold_ms,
             ..Default::default()
         };
+        for c in &cidrs {
+            let addr = ip_from_bytes(c.family, c.addr, "pod CIDR")?
+                .ok_or_else(|| ShmError::Corrupt("pod CIDR without family".into()))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if c.prefix > max {
+                return Err(ShmError::Corrupt(format!(
+                    "pod CIDR {addr}/{}: prefix out of range",
+                    c.prefix
+                )));
+            }
+            t.pod_cidrs.push(Cidr {
+                addr,
+                prefix: c.prefix,
+            });
+        }
         for n in &nodes {
             t.nodes.push(Node {
                 name: s(n.name, "node name")?,
@@ -380,6 +472,11 @@ impl Tables {
                     abi::PROTOCOL_TCP => Protocol::Tcp,
                     abi::PROTOCOL_HBONE => Protocol::Hbone,
                     p => return Err(ShmError::Corrupt(format!("workload protocol {p}"))),
+                },
+                peer_auth: match w.peer_auth {
+                    abi::PEER_AUTH_PERMISSIVE => PeerAuth::Permissive,
+                    abi::PEER_AUTH_STRICT => PeerAuth::Strict,
+                    p => return Err(ShmError::Corrupt(format!("workload peer_auth {p}"))),
                 },
             });
         }
@@ -467,7 +564,18 @@ mod tests {
         Tables {
             trust_domain: "cluster.local".into(),
             local_node: Some(0),
-            unknown_source: UnknownSource::Reject,
+            unknown_source: UnknownSource::Hold,
+            unknown_source_hold_ms: 2000,
+            pod_cidrs: vec![
+                Cidr {
+                    addr: "198.18.1.0".parse().unwrap(),
+                    prefix: 24,
+                },
+                Cidr {
+                    addr: "fd00::".parse().unwrap(),
+                    prefix: 64,
+                },
+            ],
             nodes: vec![
                 Node {
                     name: "node-a".into(),
@@ -484,6 +592,7 @@ mod tests {
                 service_account: "client-sa".into(),
                 node: 1,
                 protocol: Protocol::Hbone,
+                peer_auth: PeerAuth::Strict,
             }],
             addresses: vec![Address {
                 addr: "198.18.1.2".parse().unwrap(),
@@ -526,7 +635,7 @@ mod tests {
             + "denydefault".len();
         assert_eq!(
             bytes.len(),
-            64 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4 + strings
+            64 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4 + 2 * 20 + strings
         );
         let (g, back) = Tables::decode(&bytes).unwrap();
         assert_eq!(g, 42);
@@ -560,6 +669,43 @@ mod tests {
         let mut b = bytes.clone();
         b[12] = 0xff; // workload_count = huge
         assert!(matches!(Tables::decode(&b), Err(ShmError::Corrupt(m)) if m.contains("needs")));
+    }
+
+    #[test]
+    fn cidrs_contain_their_addresses_only() {
+        let c = |s: &str, p: u8| Cidr {
+            addr: s.parse().unwrap(),
+            prefix: p,
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c("198.18.1.0", 24).contains(ip("198.18.1.255")));
+        assert!(!c("198.18.1.0", 24).contains(ip("198.18.2.0")));
+        assert!(c("0.0.0.0", 0).contains(ip("203.0.113.5")));
+        assert!(c("198.18.1.7", 32).contains(ip("198.18.1.7")));
+        assert!(!c("198.18.1.7", 32).contains(ip("198.18.1.8")));
+        assert!(c("fd00::", 64).contains(ip("fd00::1:2")));
+        assert!(!c("fd00::", 64).contains(ip("fd00:0:0:1::2")));
+        // Families never mix, not even through v4-mapped addresses.
+        assert!(!c("198.18.1.0", 24).contains(ip("::ffff:198.18.1.2")));
+        assert!(!c("::", 0).contains(ip("198.18.1.2")));
+        assert_eq!(c("fd00::", 64).to_string(), "fd00::/64");
+    }
+
+    #[test]
+    fn bad_cidr_records_are_refused() {
+        let bytes = sample().encode(1).unwrap();
+        // The first CIDR record follows header, nodes, workload, address, policies,
+        // sources and ports; its prefix byte is at offset 17.
+        let at = 64 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4;
+        let mut b = bytes.clone();
+        b[at + 17] = 33;
+        assert!(
+            matches!(Tables::decode(&b), Err(ShmError::Corrupt(m)) if m == "pod CIDR 198.18.1.0/33: prefix out of range")
+        );
+        b[at + 16] = 5;
+        assert!(
+            matches!(Tables::decode(&b), Err(ShmError::Corrupt(m)) if m == "pod CIDR: unknown address family 5")
+        );
     }
 
     #[test]

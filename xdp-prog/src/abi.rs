@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `XM_ABI_VERSION`: bump together with `abi.h` whenever a layout changes.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 /// `XM_MAX_QUEUES`: rx queues served per port (interface).
 pub const MAX_QUEUES: u32 = 64;
 /// `XM_MAX_PORTS`: interfaces the program can serve at once (capacity of
@@ -27,6 +27,16 @@ pub const MAX_PORTS: u32 = 8;
 pub const MAX_WORKLOADS: u32 = 65536;
 /// `XM_MAX_NEIGHBORS`: capacity of the LRU `neighbors` map.
 pub const MAX_NEIGHBORS: u32 = 4096;
+/// `XM_MAX_INBOUND`: capacity of the LRU `inbound` map (connections from outside
+/// the mesh to captured workloads).
+pub const MAX_INBOUND: u32 = 65536;
+/// `XM_MAX_POD_CIDRS`: capacity of the `pod_cidrs` LPM trie.
+pub const MAX_POD_CIDRS: u32 = 256;
+/// `XM_MAX_UNKNOWN_SOURCES`: capacity of the LRU `unknown_sources` map.
+pub const MAX_UNKNOWN_SOURCES: u32 = 1024;
+/// `XM_CIDR_DIVERT_UNKNOWN`: a pod range whose unknown sources' SYNs are diverted
+/// (`unknown_source` reject or hold) instead of passed.
+pub const CIDR_DIVERT_UNKNOWN: u32 = 1;
 /// `XM_WL_LOCAL`: the workload is captured and served by this gateway.
 pub const WL_LOCAL: u32 = 1;
 /// `XM_WL_MESH`: a mesh workload served by another gateway.
@@ -157,6 +167,119 @@ pub struct XmCounter {
 }
 const _: () = assert!(size_of::<XmCounter>() == 16);
 
+/// `struct xm_inbound_key`: key of the `inbound` map, a connection from outside the
+/// mesh to a captured workload (without the remote port).
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct XmInboundKey {
+    /// The remote (outside) address, as in [`XmAddr`].
+    pub remote: [u8; 16],
+    /// The workload's address, as in [`XmAddr`].
+    pub local: [u8; 16],
+    /// The workload's port, network byte order.
+    pub port: u16,
+    _pad: u16,
+}
+const _: () = assert!(size_of::<XmInboundKey>() == 36);
+
+impl XmInboundKey {
+    /// The key of connections from `remote` to `local`:`port`.
+    pub fn new(remote: IpAddr, local: IpAddr, port: u16) -> Self {
+        Self {
+            remote: XmAddr::from(remote).addr,
+            local: XmAddr::from(local).addr,
+            port: port.to_be(),
+            _pad: 0,
+        }
+    }
+}
+
+/// `struct xm_inbound`: value of the `inbound` map.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct XmInbound {
+    /// CLOCK_MONOTONIC nanoseconds of the SYN that made the entry.
+    pub created_ns: u64,
+}
+const _: () = assert!(size_of::<XmInbound>() == 8);
+
+/// `struct xm_cidr_key`: key of the `pod_cidrs` LPM trie; `prefixlen` counts bits of
+/// the 128-bit [`XmAddr`] form (96 + the prefix for IPv4).
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct XmCidrKey {
+    /// Prefix length in bits of [`XmCidrKey::addr`].
+    pub prefixlen: u32,
+    /// The network address, as in [`XmAddr`].
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<XmCidrKey>() == 20);
+
+impl XmCidrKey {
+    /// The key of `addr/prefix` (an IPv4 prefix counts from the v4-mapped form's
+    /// 96th bit).
+    pub fn new(addr: IpAddr, prefix: u8) -> Self {
+        let prefixlen = match addr {
+            IpAddr::V4(_) => 96 + u32::from(prefix.min(32)),
+            IpAddr::V6(_) => u32::from(prefix.min(128)),
+        };
+        Self {
+            prefixlen,
+            addr: XmAddr::from(addr).addr,
+        }
+    }
+
+    /// The range as (network address, prefix length in its own family).
+    pub fn cidr(&self) -> (IpAddr, u8) {
+        let ip = XmAddr { addr: self.addr }.ip();
+        let prefix = match ip {
+            IpAddr::V4(_) => self.prefixlen.saturating_sub(96),
+            IpAddr::V6(_) => self.prefixlen,
+        };
+        (ip, prefix.min(128) as u8)
+    }
+}
+
+/// `struct xm_cidr`: value of the `pod_cidrs` LPM trie.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct XmCidr {
+    /// `XM_CIDR_*` flags.
+    pub flags: u32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<XmCidr>() == 8);
+
+impl XmCidr {
+    /// The value with `flags`, padding zeroed.
+    pub const fn new(flags: u32) -> Self {
+        Self { flags, _pad: 0 }
+    }
+}
+
+/// `struct xm_unknown`: value of the `unknown_sources` map.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct XmUnknown {
+    /// CLOCK_MONOTONIC nanoseconds of the first SYN seen.
+    pub first_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the last SYN seen.
+    pub last_ns: u64,
+    /// SYNs seen (approximate: CPUs race on it).
+    pub syns: u64,
+}
+const _: () = assert!(size_of::<XmUnknown>() == 24);
+
 /// `struct xm_neigh_key`: key of the `neighbors` map.
 #[repr(C)]
 #[derive(
@@ -250,11 +373,19 @@ pub enum Reason {
     DropTruncatedTcp = 15,
     /// Mesh TCP with data offset below 5 or beyond the segment.
     DropBadTcpHeader = 16,
+    /// A segment of a connection from outside the mesh to a workload served here
+    /// (its SYN, or one of an `inbound` connection, either way), redirected.
+    RedirectPlaintext = 17,
+    /// A segment from an unknown source (in `pod_cidrs`, no workload) to a mesh
+    /// workload, passed to the kernel (`unknown_source: pass`, or not a SYN).
+    PassUnknownSource = 18,
+    /// A SYN from an unknown source, redirected (`unknown_source: reject | hold`).
+    RedirectUnknownSource = 19,
 }
 
 impl Reason {
     /// `XM_REASON_MAX`: number of reasons (and entries of `counters`).
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 20;
 
     /// Every reason, in discriminant order.
     pub const ALL: [Reason; Reason::COUNT] = [
@@ -275,6 +406,9 @@ impl Reason {
         Reason::DropIpv6Ext,
         Reason::DropTruncatedTcp,
         Reason::DropBadTcpHeader,
+        Reason::RedirectPlaintext,
+        Reason::PassUnknownSource,
+        Reason::RedirectUnknownSource,
     ];
 
     /// The snake_case name, used as the metric label.
@@ -297,6 +431,9 @@ impl Reason {
             Reason::DropIpv6Ext => "drop_ipv6_ext",
             Reason::DropTruncatedTcp => "drop_truncated_tcp",
             Reason::DropBadTcpHeader => "drop_bad_tcp_header",
+            Reason::RedirectPlaintext => "redirect_plaintext",
+            Reason::PassUnknownSource => "pass_unknown_source",
+            Reason::RedirectUnknownSource => "redirect_unknown_source",
         }
     }
 
@@ -308,7 +445,17 @@ impl Reason {
     /// Whether frames with this reason are dropped (as opposed to passed or
     /// redirected).
     pub const fn is_drop(&self) -> bool {
-        (*self as u32) >= Reason::DropTruncatedEth as u32
+        matches!(
+            self,
+            Reason::DropTruncatedEth
+                | Reason::DropTruncatedIp
+                | Reason::DropBadIpHeader
+                | Reason::DropMeshFragment
+                | Reason::DropIpOptions
+                | Reason::DropIpv6Ext
+                | Reason::DropTruncatedTcp
+                | Reason::DropBadTcpHeader
+        )
     }
 }
 
@@ -335,7 +482,7 @@ mod tests {
         assert_eq!(names.len(), Reason::COUNT);
         for r in Reason::ALL {
             let n = r.name();
-            assert!(n.starts_with("pass_") || n.starts_with("drop_") || n == "redirect_mesh");
+            assert!(n.starts_with("pass_") || n.starts_with("drop_") || n.starts_with("redirect_"));
             assert!(n
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
@@ -363,6 +510,10 @@ mod tests {
             ("XM_MAX_PORTS", MAX_PORTS.to_string()),
             ("XM_MAX_WORKLOADS", MAX_WORKLOADS.to_string()),
             ("XM_MAX_NEIGHBORS", MAX_NEIGHBORS.to_string()),
+            ("XM_MAX_INBOUND", MAX_INBOUND.to_string()),
+            ("XM_MAX_POD_CIDRS", MAX_POD_CIDRS.to_string()),
+            ("XM_MAX_UNKNOWN_SOURCES", MAX_UNKNOWN_SOURCES.to_string()),
+            ("XM_CIDR_DIVERT_UNKNOWN", format!("{CIDR_DIVERT_UNKNOWN}u")),
             ("XM_WL_LOCAL", format!("{WL_LOCAL}u")),
             ("XM_WL_MESH", format!("{WL_MESH}u")),
             ("XM_CFG_ENABLED", format!("{CFG_ENABLED}u")),
@@ -390,6 +541,11 @@ mod tests {
             ("xm_counter", size_of::<XmCounter>()),
             ("xm_neigh_key", size_of::<XmNeighKey>()),
             ("xm_neigh", size_of::<XmNeigh>()),
+            ("xm_inbound_key", size_of::<XmInboundKey>()),
+            ("xm_inbound", size_of::<XmInbound>()),
+            ("xm_cidr_key", size_of::<XmCidrKey>()),
+            ("xm_cidr", size_of::<XmCidr>()),
+            ("xm_unknown", size_of::<XmUnknown>()),
         ];
         let asserted: Vec<&str> = header
             .lines()
@@ -466,5 +622,31 @@ mod tests {
         };
         assert_eq!(counter.as_bytes(), cb);
         assert_eq!(XmCounter::read_from_bytes(&cb).ok(), Some(counter));
+        let ik = XmInboundKey::new(
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            80,
+        );
+        let outside = XmAddr::from(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)));
+        assert_eq!(
+            ik.as_bytes(),
+            cat(&[&outside.addr, &a.addr, &[0, 80], &[0; 2]])
+        );
+        let ck = XmCidrKey::new(IpAddr::V4(Ipv4Addr::new(198, 18, 1, 0)), 24);
+        assert_eq!(ck.prefixlen, 120);
+        assert_eq!(ck.cidr(), (IpAddr::V4(Ipv4Addr::new(198, 18, 1, 0)), 24));
+        let ck6 = XmCidrKey::new("fd00::".parse().unwrap(), 64);
+        assert_eq!(
+            ck6.as_bytes(),
+            cat(&[
+                &64u32.to_ne_bytes(),
+                &XmAddr::from("fd00::".parse::<IpAddr>().unwrap()).addr
+            ])
+        );
+        assert_eq!(ck6.cidr(), ("fd00::".parse().unwrap(), 64));
+        assert_eq!(
+            XmCidr::new(CIDR_DIVERT_UNKNOWN).as_bytes(),
+            cat(&[&1u32.to_ne_bytes(), &[0; 4]])
+        );
     }
 }

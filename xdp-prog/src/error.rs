@@ -173,6 +173,14 @@ pub enum XdpError {
         /// The fd.
         fd: i32,
     },
+    /// More pod ranges than the `pod_cidrs` trie holds.
+    #[error("{count} pod ranges requested but the XDP pod_cidrs map holds at most {max}")]
+    TooManyPodCidrs {
+        /// Requested.
+        count: usize,
+        /// Capacity.
+        max: u32,
+    },
     /// More workloads than the `workloads` map holds.
     #[error("{count} workload addresses requested but the XDP workloads map holds at most {max}")]
     TooManyWorkloads {

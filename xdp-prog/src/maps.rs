@@ -11,8 +11,9 @@ use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle, MapType};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::abi::{
-    xsk_slot, XmAddr, XmConfig, XmCounter, XmNeigh, XmNeighKey, XmPort, XmWorkload, CFG_ENABLED,
-    MAX_NEIGHBORS, MAX_PORTS, MAX_QUEUES, MAX_WORKLOADS,
+    xsk_slot, XmAddr, XmCidr, XmCidrKey, XmConfig, XmCounter, XmInbound, XmInboundKey, XmNeigh,
+    XmNeighKey, XmPort, XmUnknown, XmWorkload, CFG_ENABLED, MAX_INBOUND, MAX_NEIGHBORS,
+    MAX_POD_CIDRS, MAX_PORTS, MAX_QUEUES, MAX_UNKNOWN_SOURCES, MAX_WORKLOADS,
 };
 use crate::{Reason, XdpError};
 
@@ -28,14 +29,25 @@ pub const MAP_CONFIG: &str = "config";
 pub const MAP_COUNTERS: &str = "counters";
 /// Name of the snooped neighbour map.
 pub const MAP_NEIGHBORS: &str = "neighbors";
+/// Name of the map of connections from outside the mesh to captured workloads.
+pub const MAP_INBOUND: &str = "inbound";
+/// Name of the pod-range LPM trie.
+pub const MAP_POD_CIDRS: &str = "pod_cidrs";
+/// Name of the map of unknown sources' SYNs.
+pub const MAP_UNKNOWN_SOURCES: &str = "unknown_sources";
+/// How many maps the program has.
+pub const MAP_COUNT: usize = 9;
 /// Every map, i.e. every pin the program leaves under its pin directory.
-pub const MAP_NAMES: [&str; 6] = [
+pub const MAP_NAMES: [&str; MAP_COUNT] = [
     MAP_XSKS,
     MAP_PORTS,
     MAP_WORKLOADS,
     MAP_CONFIG,
     MAP_COUNTERS,
     MAP_NEIGHBORS,
+    MAP_INBOUND,
+    MAP_POD_CIDRS,
+    MAP_UNKNOWN_SOURCES,
 ];
 
 /// The size of a key or value type, as the kernel reports it.
@@ -44,7 +56,7 @@ const fn size<T>() -> u32 {
 }
 
 /// What each map must look like: (name, type, key size, value size, max entries).
-const EXPECTED: [(&str, MapType, u32, u32, u32); 6] = [
+const EXPECTED: [(&str, MapType, u32, u32, u32); MAP_COUNT] = [
     (
         MAP_XSKS,
         MapType::Xskmap,
@@ -86,6 +98,27 @@ const EXPECTED: [(&str, MapType, u32, u32, u32); 6] = [
         size::<XmNeighKey>(),
         size::<XmNeigh>(),
         MAX_NEIGHBORS,
+    ),
+    (
+        MAP_INBOUND,
+        MapType::LruHash,
+        size::<XmInboundKey>(),
+        size::<XmInbound>(),
+        MAX_INBOUND,
+    ),
+    (
+        MAP_POD_CIDRS,
+        MapType::LpmTrie,
+        size::<XmCidrKey>(),
+        size::<XmCidr>(),
+        MAX_POD_CIDRS,
+    ),
+    (
+        MAP_UNKNOWN_SOURCES,
+        MapType::LruHash,
+        size::<XmAddr>(),
+        size::<XmUnknown>(),
+        MAX_UNKNOWN_SOURCES,
     ),
 ];
 
@@ -162,6 +195,19 @@ pub struct Neighbor {
     pub updated_ns: u64,
 }
 
+/// SYNs of one unknown source, as the XDP program counted them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownSighting {
+    /// The source address.
+    pub addr: IpAddr,
+    /// CLOCK_MONOTONIC nanoseconds of its first and last SYN.
+    pub first_ns: u64,
+    /// See [`UnknownSighting::first_ns`].
+    pub last_ns: u64,
+    /// SYNs seen (approximate: CPUs race on the count).
+    pub syns: u64,
+}
+
 /// Handles on the program's maps, opened either by the loader or, in another
 /// process, from the pins. All operations are single map syscalls: safe to
 /// use while the program runs.
@@ -174,6 +220,9 @@ pub struct PinnedMaps {
     config: MapHandle,
     counters: MapHandle,
     neighbors: MapHandle,
+    inbound: MapHandle,
+    pod_cidrs: MapHandle,
+    unknown_sources: MapHandle,
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
@@ -215,13 +264,19 @@ impl PinnedMaps {
                 open(MAP_CONFIG)?,
                 open(MAP_COUNTERS)?,
                 open(MAP_NEIGHBORS)?,
+                open(MAP_INBOUND)?,
+                open(MAP_POD_CIDRS)?,
+                open(MAP_UNKNOWN_SOURCES)?,
             ],
         )
     }
 
     /// Builds the set from handles in [`MAP_NAMES`] order, checking each
     /// map's layout against this build's ABI.
-    pub(crate) fn from_handles(pin_dir: &Path, handles: [MapHandle; 6]) -> Result<Self, XdpError> {
+    pub(crate) fn from_handles(
+        pin_dir: &Path,
+        handles: [MapHandle; MAP_COUNT],
+    ) -> Result<Self, XdpError> {
         for (h, (name, ty, key, value, max)) in handles.iter().zip(EXPECTED) {
             let info = h.info().map_err(map_err(name, "reading map info"))?;
             let got = (
@@ -242,7 +297,8 @@ impl PinnedMaps {
                 });
             }
         }
-        let [xsks, ports, workloads, config, counters, neighbors] = handles;
+        let [xsks, ports, workloads, config, counters, neighbors, inbound, pod_cidrs, unknown_sources] =
+            handles;
         Ok(Self {
             pin_dir: pin_dir.to_path_buf(),
             xsks,
@@ -251,6 +307,9 @@ impl PinnedMaps {
             config,
             counters,
             neighbors,
+            inbound,
+            pod_cidrs,
+            unknown_sources,
         })
     }
 
@@ -477,6 +536,116 @@ impl PinnedMaps {
             });
         }
         Ok(out)
+    }
+}
+
+impl PinnedMaps {
+    /// The pod ranges in the `pod_cidrs` trie: (network, prefix length) -> `XM_CIDR_*`
+    /// flags.
+    pub fn pod_cidrs(&self) -> Result<BTreeMap<(IpAddr, u8), u32>, XdpError> {
+        let mut out = BTreeMap::new();
+        for key in self.pod_cidrs.keys() {
+            let Some(v) = self
+                .pod_cidrs
+                .lookup(&key, MapFlags::ANY)
+                .map_err(map_err(MAP_POD_CIDRS, "reading pod ranges"))?
+            else {
+                continue;
+            };
+            let k: XmCidrKey = decode(MAP_POD_CIDRS, &key)?;
+            let c: XmCidr = decode(MAP_POD_CIDRS, &v)?;
+            out.insert(k.cidr(), c.flags);
+        }
+        Ok(out)
+    }
+
+    /// Makes the `pod_cidrs` trie hold exactly `want` ((network, prefix) -> flags):
+    /// stale ranges are deleted first, then new and changed ones written; each step
+    /// is atomic per entry.
+    pub fn sync_pod_cidrs(
+        &self,
+        want: &BTreeMap<(IpAddr, u8), u32>,
+    ) -> Result<SyncStats, XdpError> {
+        if want.len() > MAX_POD_CIDRS as usize {
+            return Err(XdpError::TooManyPodCidrs {
+                count: want.len(),
+                max: MAX_POD_CIDRS,
+            });
+        }
+        let have = self.pod_cidrs()?;
+        let mut stats = SyncStats::default();
+        for (ip, prefix) in have.keys().filter(|k| !want.contains_key(k)) {
+            match self
+                .pod_cidrs
+                .delete(XmCidrKey::new(*ip, *prefix).as_bytes())
+            {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    return Err(map_err(MAP_POD_CIDRS, "deleting a stale pod range")(e));
+                }
+                _ => stats.deleted += 1,
+            }
+        }
+        for (&(ip, prefix), flags) in want {
+            match have.get(&(ip, prefix)) {
+                Some(f) if f == flags => {
+                    stats.unchanged += 1;
+                    continue;
+                }
+                Some(_) => stats.updated += 1,
+                None => stats.inserted += 1,
+            }
+            self.pod_cidrs
+                .update(
+                    XmCidrKey::new(ip, prefix).as_bytes(),
+                    XmCidr::new(*flags).as_bytes(),
+                    MapFlags::ANY,
+                )
+                .map_err(map_err(MAP_POD_CIDRS, "writing a pod range"))?;
+        }
+        Ok(stats)
+    }
+
+    /// The unknown sources whose SYNs the program saw (for logs and `doctor`).
+    pub fn unknown_sources(&self) -> Result<Vec<UnknownSighting>, XdpError> {
+        let mut out = Vec::new();
+        for key in self.unknown_sources.keys() {
+            let Some(v) = self
+                .unknown_sources
+                .lookup(&key, MapFlags::ANY)
+                .map_err(map_err(MAP_UNKNOWN_SOURCES, "reading unknown sources"))?
+            else {
+                continue;
+            };
+            let a: XmAddr = decode(MAP_UNKNOWN_SOURCES, &key)?;
+            let u: XmUnknown = decode(MAP_UNKNOWN_SOURCES, &v)?;
+            out.push(UnknownSighting {
+                addr: a.ip(),
+                first_ns: u.first_ns,
+                last_ns: u.last_ns,
+                syns: u.syns,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether the `inbound` map holds connections from `remote` to `local`:`port`.
+    pub fn inbound_contains(
+        &self,
+        remote: IpAddr,
+        local: IpAddr,
+        port: u16,
+    ) -> Result<bool, XdpError> {
+        let key = XmInboundKey::new(remote, local, port);
+        Ok(self
+            .inbound
+            .lookup(key.as_bytes(), MapFlags::ANY)
+            .map_err(map_err(MAP_INBOUND, "looking up an inbound connection"))?
+            .is_some())
+    }
+
+    /// Entries of the `inbound` map (for `stats` and `doctor`).
+    pub fn inbound_len(&self) -> usize {
+        self.inbound.keys().count()
     }
 }
 

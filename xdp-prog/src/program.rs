@@ -125,15 +125,13 @@ impl XdpProgram {
                 })?;
             MapHandle::try_from(&map).map_err(load_err)
         };
-        let [a, b, c, d, e, f] = MAP_NAMES;
-        let handles = [
-            handle(a)?,
-            handle(b)?,
-            handle(c)?,
-            handle(d)?,
-            handle(e)?,
-            handle(f)?,
-        ];
+        let mut handles = Vec::with_capacity(MAP_NAMES.len());
+        for name in MAP_NAMES {
+            handles.push(handle(name)?);
+        }
+        let handles: [MapHandle; MAP_NAMES.len()] = handles
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one handle per map name"));
         let maps = PinnedMaps::from_handles(pin_dir, handles)?;
         let prog = Self { obj, maps };
         // Fail here, not at attach time, if the object lacks the program.

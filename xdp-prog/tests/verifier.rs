@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use xdpmesh_xdp::abi::{WL_LOCAL, WL_MESH};
+use xdpmesh_xdp::abi::{CIDR_DIVERT_UNKNOWN, WL_LOCAL, WL_MESH};
 use xdpmesh_xdp::{
     action, remove_pins, PinnedMaps, Reason, ReasonCount, SyncStats, TestRunCtx, XdpError, XdpMode,
     XdpProgram, MAP_NAMES, MAP_PORTS,
@@ -452,9 +452,9 @@ fn ipv4_verdicts() {
         action::PASS,
         Reason::PassNotMesh,
     );
-    // The fragment's mesh test is the same rule: a captured workload's
-    // fragment to the outside is passthrough; an outside fragment to it has no
-    // port to show it is HBONE, so it stays with the kernel too.
+    // A captured workload's fragment to the outside is passthrough; a fragment to
+    // it from outside the mesh is dropped: the dataplane cannot take it, and the
+    // kernel would deliver it around the workload's policies.
     frag.src = LOCAL4;
     frag.dst = OUTSIDE4;
     f.expect(
@@ -468,8 +468,8 @@ fn ipv4_verdicts() {
     f.expect(
         "inbound fragment from outside the mesh",
         &frag.frame(&seg),
-        action::PASS,
-        Reason::PassNotMesh,
+        action::DROP,
+        Reason::DropMeshFragment,
     );
     frag.src = REMOTE4;
     f.expect(
@@ -500,6 +500,13 @@ fn ipv4_verdicts() {
         &opts.frame(&seg),
         action::PASS,
         Reason::PassNotMesh,
+    );
+    (opts.src, opts.dst) = (OUTSIDE4, LOCAL4);
+    f.expect(
+        "options from outside the mesh to a local workload",
+        &opts.frame(&seg),
+        action::DROP,
+        Reason::DropIpOptions,
     );
 
     // TCP header checks (mesh only).
@@ -724,8 +731,8 @@ fn ipv6_verdicts_and_ndp_snooping() {
     f.expect(
         "inbound ext header from outside the mesh",
         &v6(OUTSIDE6, LOCAL6, 0, 64, &hbh),
-        action::PASS,
-        Reason::PassNotMesh,
+        action::DROP,
+        Reason::DropIpv6Ext,
     );
     f.expect(
         "inbound mesh ext header",
@@ -850,31 +857,94 @@ fn mesh_rule() {
             reason,
         );
     }
-    // From outside the mesh only the HBONE port of a local workload is diverted:
-    // plaintext from outside and replies to a workload's passthrough connections
-    // (here: from port 80) stay with the kernel. Known sources are mesh on any port.
+    // From outside the mesh, every SYN to a local workload is diverted (so none
+    // reaches it around its peer authentication and policies) and remembered in
+    // `inbound`; other segments only when they belong to such a connection. The
+    // rest (here: a reply from port 80 to the workload's own passthrough
+    // connection) stays with the kernel. Known sources are mesh on any port.
     let mut http = seg.clone();
     http[2..4].copy_from_slice(&80u16.to_be_bytes());
-    for (what, src, reason) in [
-        ("unknown -> local:80", OUTSIDE4, not),
-        ("flagless workload -> local:80", FOREIGN4, not),
-        ("mesh -> local:80", REMOTE4, mesh),
-        ("local -> local:80", LOCAL4, mesh),
+    let mut http_ack = http.clone();
+    http_ack[13] = 0x10; // ACK
+    let mut http_synack = http.clone();
+    http_synack[13] = 0x12; // SYN+ACK
+    let plain = Reason::PassNoSocket; // diverted, no socket here
+    for (what, src, segment, reason) in [
+        (
+            "unknown -> local:80 ACK, no connection",
+            OUTSIDE4,
+            &http_ack,
+            not,
+        ),
+        (
+            "unknown -> local:80 SYN-ACK (passthrough reply)",
+            OUTSIDE4,
+            &http_synack,
+            not,
+        ),
+        ("unknown -> local:80 SYN", OUTSIDE4, &http, plain),
+        (
+            "unknown -> local:80 ACK of that connection",
+            OUTSIDE4,
+            &http_ack,
+            plain,
+        ),
+        (
+            "flagless workload -> local:80 ACK",
+            FOREIGN4,
+            &http_ack,
+            not,
+        ),
+        ("flagless workload -> local:80 SYN", FOREIGN4, &http, plain),
+        ("mesh -> local:80 ACK", REMOTE4, &http_ack, mesh),
+        ("local -> local:80 ACK", LOCAL4, &http_ack, mesh),
     ] {
         f.expect(
             &format!("IPv4 {what}"),
-            &V4::tcp(src, LOCAL4).frame(&http),
+            &V4::tcp(src, LOCAL4).frame(segment),
             action::PASS,
             reason,
         );
     }
+    let maps = f.prog.maps();
+    assert!(maps
+        .inbound_contains(OUTSIDE4.into(), LOCAL4.into(), 80)
+        .unwrap());
+    assert!(!maps
+        .inbound_contains(OUTSIDE4.into(), LOCAL4.into(), 81)
+        .unwrap());
+    // The workload's side of that connection, from port 80 to any port of the
+    // client (the dataplane's leg uses one of its own), is diverted too; from
+    // another port it is passthrough.
+    let mut reply = http_ack.clone();
+    reply[0..2].copy_from_slice(&80u16.to_be_bytes());
+    reply[2..4].copy_from_slice(&45123u16.to_be_bytes());
+    f.expect(
+        "IPv4 local:80 -> unknown, reply of an inbound connection",
+        &V4::tcp(LOCAL4, OUTSIDE4).frame(&reply),
+        action::PASS,
+        plain,
+    );
+    reply[0..2].copy_from_slice(&81u16.to_be_bytes());
+    f.expect(
+        "IPv4 local:81 -> unknown, passthrough",
+        &V4::tcp(LOCAL4, OUTSIDE4).frame(&reply),
+        action::PASS,
+        not,
+    );
     let mut doff4 = http.clone();
     doff4[12] = 4 << 4;
     f.expect(
-        "IPv4 malformed TCP from outside to local:80 is the kernel's",
+        "IPv4 malformed TCP from outside to local:80 is dropped",
         &V4::tcp(OUTSIDE4, LOCAL4).frame(&doff4),
-        action::PASS,
-        not,
+        action::DROP,
+        Reason::DropBadTcpHeader,
+    );
+    f.expect(
+        "IPv4 truncated TCP from outside to local:80 is dropped",
+        &V4::tcp(OUTSIDE4, LOCAL4).frame(&http[..12]),
+        action::DROP,
+        Reason::DropTruncatedTcp,
     );
     let cases6 = [
         ("local -> local", LOCAL6, LOCAL6, mesh),
@@ -935,6 +1005,120 @@ fn mesh_rule() {
         &udp.frame(&[0u8; 8]),
         action::PASS,
         Reason::PassNonTcp,
+    );
+}
+
+/// Unknown sources: an address inside `pod_cidrs` that no workload claims. To a
+/// mesh workload of another node, its SYNs are recorded in `unknown_sources` and
+/// passed, or diverted when the range says so (`unknown_source: reject | hold`);
+/// its other segments are the kernel's. Outside every range, or a workload, it is
+/// not unknown.
+#[test]
+fn unknown_sources_rule() {
+    require_root!("unknown_sources_rule");
+    let f = Fixture::new();
+    let maps = f.prog.maps();
+    let unknown4 = Ipv4Addr::new(198, 18, 1, 50);
+    let unknown6: Ipv6Addr = "fd00::99".parse().unwrap();
+    let ranges = |flags: u32| {
+        BTreeMap::from([
+            ((IpAddr::V4(Ipv4Addr::new(198, 18, 1, 0)), 24), flags),
+            ((IpAddr::V6("fd00::".parse().unwrap()), 64), flags),
+        ])
+    };
+    let s = maps.sync_pod_cidrs(&ranges(0)).unwrap();
+    assert_eq!((s.inserted, s.deleted), (2, 0));
+    assert_eq!(maps.pod_cidrs().unwrap(), ranges(0));
+    let mut syn = tcp(5, 0);
+    syn[2..4].copy_from_slice(&80u16.to_be_bytes());
+    let mut ack = syn.clone();
+    ack[13] = 0x10;
+    let unknown = Reason::PassUnknownSource;
+    for (what, src, dst, segment, reason) in [
+        ("unknown -> mesh SYN", unknown4, REMOTE4, &syn, unknown),
+        (
+            "unknown -> mesh SYN again",
+            unknown4,
+            REMOTE4,
+            &syn,
+            unknown,
+        ),
+        ("unknown -> mesh ACK", unknown4, REMOTE4, &ack, unknown),
+        (
+            "outside every range -> mesh SYN",
+            OUTSIDE4,
+            REMOTE4,
+            &syn,
+            Reason::PassNotMesh,
+        ),
+        (
+            "local workload in the range -> mesh SYN",
+            LOCAL4,
+            REMOTE4,
+            &syn,
+            Reason::PassNoSocket,
+        ),
+        (
+            "unknown -> outside SYN",
+            unknown4,
+            OUTSIDE4,
+            &syn,
+            Reason::PassNotMesh,
+        ),
+        (
+            "unknown -> local SYN",
+            unknown4,
+            LOCAL4,
+            &syn,
+            Reason::PassNoSocket,
+        ),
+    ] {
+        f.expect(
+            &format!("IPv4 {what}"),
+            &V4::tcp(src, dst).frame(segment),
+            action::PASS,
+            reason,
+        );
+    }
+    f.expect(
+        "IPv6 unknown -> mesh SYN",
+        &v6(unknown6, REMOTE6, 6, 64, &syn),
+        action::PASS,
+        unknown,
+    );
+    let mut seen = maps.unknown_sources().unwrap();
+    seen.sort_by_key(|u| u.addr);
+    let got: Vec<(IpAddr, u64)> = seen.iter().map(|u| (u.addr, u.syns)).collect();
+    assert_eq!(
+        got,
+        vec![(IpAddr::V4(unknown4), 2), (IpAddr::V6(unknown6), 1)],
+        "only SYNs to mesh workloads are recorded"
+    );
+    assert!(seen[0].first_ns > 0 && seen[0].last_ns >= seen[0].first_ns);
+
+    // Diverted: the SYN goes to the dataplane (no socket here), the rest stays the
+    // kernel's; a malformed segment of an unknown source is the kernel's too.
+    let s = maps.sync_pod_cidrs(&ranges(CIDR_DIVERT_UNKNOWN)).unwrap();
+    assert_eq!((s.updated, s.inserted), (2, 0));
+    for (what, segment, reason) in [
+        ("SYN", &syn, Reason::PassNoSocket),
+        ("ACK", &ack, unknown),
+        ("doff 4", &tcp(4, 0), unknown),
+    ] {
+        f.expect(
+            &format!("IPv4 unknown -> mesh {what}, diverting range"),
+            &V4::tcp(unknown4, REMOTE4).frame(segment),
+            action::PASS,
+            reason,
+        );
+    }
+    let s = maps.sync_pod_cidrs(&BTreeMap::new()).unwrap();
+    assert_eq!(s.deleted, 2);
+    f.expect(
+        "IPv4 former unknown -> mesh SYN, no ranges",
+        &V4::tcp(unknown4, REMOTE4).frame(&syn),
+        action::PASS,
+        Reason::PassNotMesh,
     );
 }
 

@@ -33,7 +33,7 @@ use xdpmesh_dataplane::stack::Buffers;
 use xdpmesh_dataplane::wire::{self, Mac};
 use xdpmesh_hbone::identity::SpiffeId;
 use xdpmesh_hbone::{Ca, Validity};
-use xdpmesh_shm::{Address, Node, Policy, Protocol, Route, Tables, Workload};
+use xdpmesh_shm::{Address, Node, PeerAuth, Policy, Protocol, Route, Tables, Workload};
 
 /// Port index of `pod0` on both gateways.
 pub const POD0: usize = 0;
@@ -119,6 +119,7 @@ pub fn tables(local: u32, protocol: Protocol, policies: Vec<Policy>) -> Tables {
         service_account: name.into(),
         node,
         protocol,
+        peer_auth: PeerAuth::Permissive,
     };
     Tables {
         trust_domain: TRUST_DOMAIN.into(),
@@ -173,6 +174,7 @@ fn engine(
         hbone: opts.hbone,
         resolver: Box::new(move |ifindex, ip| n.lock().unwrap().get(&(ifindex, ip)).copied()),
         inboxes: Vec::new(),
+        log_limiter: Default::default(),
     };
     let spec = |name: &str, ifindex, (ip, mac): (Ipv4Addr, Mac), mtu| PortSpec {
         name: format!("{name}{id_}"),

@@ -18,12 +18,15 @@
 //!
 //! # Rooms
 //!
+//! - [`admission`]: who a new connection's source is, peer authentication, unknown
+//!   sources (reject, hold).
 //! - [`flows`]: the flow table, the linger set, local port selection.
 //! - [`timers`]: per-object timers.
 //! - [`neigh`]: next-hop resolution (ARP) and the objects waiting for a MAC.
 //! - [`plain`]: plain TCP connections (two spliced legs).
 //! - [`crate::proxy`]: HBONE (outbound, inbound, pool, tunnel, stream).
 
+pub mod admission;
 pub mod flows;
 pub mod neigh;
 pub mod plain;
@@ -35,7 +38,7 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 use slotmap::SlotMap;
 use smoltcp::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 use xdpmesh_shm::Tables;
 
 use crate::identity::IdentityStore;
@@ -45,6 +48,7 @@ use crate::sink::FrameSink;
 use crate::stack::{Buffers, Leg, Net};
 use crate::state::Index;
 use crate::wire::{self, Mac, TcpFrame};
+use admission::{Holds, LogLimiter, Source};
 use flows::{Flows, Owner};
 use neigh::{Neigh, Resolver};
 use plain::Conn;
@@ -139,6 +143,8 @@ pub struct EngineConfig {
     pub resolver: Resolver,
     /// Every worker's handover inbox, indexed by worker (empty with one worker).
     pub inboxes: Vec<Arc<ArrayQueue<Handover>>>,
+    /// Once-a-minute logging of sources, shared by the workers.
+    pub log_limiter: Arc<LogLimiter>,
 }
 
 /// One worker's engine, generic over where it writes frames.
@@ -162,6 +168,9 @@ pub struct Engine<S> {
     /// Live connections (plain and stream) and tunnels, kept as objects come and go.
     live: Live,
     inboxes: Vec<Arc<ArrayQueue<Handover>>>,
+    /// SYNs of unknown sources held (`unknown_source: hold`).
+    pub(crate) holds: Holds,
+    pub(crate) log_limiter: Arc<LogLimiter>,
     pub(crate) rng: u64,
     pub(crate) stats: Local,
 }
@@ -191,6 +200,8 @@ impl<S: FrameSink> Engine<S> {
             due: Vec::new(),
             live: Live::default(),
             inboxes: cfg.inboxes,
+            holds: Holds::default(),
+            log_limiter: cfg.log_limiter,
             rng: 0x2545_f491_4f6c_dd1d ^ (u64::from(pid) << 16) ^ u64::from(cfg.id),
             stats: Local::default(),
         }
@@ -200,6 +211,7 @@ impl<S: FrameSink> Engine<S> {
     pub fn set_tables(&mut self, generation: u64, tables: Tables) {
         self.index = Index::build(generation, tables);
         self.stats.table_generation = generation;
+        self.recheck_holds();
     }
 
     /// Counts a table generation that failed validation (the one in force stays).
@@ -248,7 +260,7 @@ impl<S: FrameSink> Engine<S> {
                 }
                 self.service(obj, now);
             }
-            None if t.flags.syn && !t.flags.ack => self.accept(port, &t, ip, now),
+            None if t.flags.syn && !t.flags.ack => self.accept(port, &t, ip, frame, now),
             None if self.flows.lingering(&t.key) => {
                 self.stats.late_segments += 1;
                 if t.flags.fin && self.net.ack_late_fin(port, t.src_mac, ip) {
@@ -291,8 +303,9 @@ impl<S: FrameSink> Engine<S> {
         n
     }
 
-    /// A SYN for no connection: a new connection, of the kind its destination asks for.
-    fn accept(&mut self, port: usize, t: &TcpFrame, ip: &[u8], now: i64) {
+    /// A SYN for no connection: a new connection, of the kind its destination asks for,
+    /// if its source may open it (see [`admission`]).
+    fn accept(&mut self, port: usize, t: &TcpFrame, ip: &[u8], frame: &[u8], now: i64) {
         let target = t.key.dst;
         let Some(dst) = self.index.get(&target.ip()).copied() else {
             // Not a mesh destination: XDP diverts only mesh traffic, so this is a table
@@ -301,6 +314,10 @@ impl<S: FrameSink> Engine<S> {
             self.net.reset(port, t.src_mac, ip, now);
             return;
         };
+        let source = self.classify_source(port, t.key.src.ip());
+        if source == Source::Unknown && self.admit_unknown(port, t, ip, frame, now) {
+            return;
+        }
         if dst.local && target.port() == proxy::HBONE_PORT {
             self.accept_inbound_hbone(port, t, ip, now);
             return;
@@ -312,15 +329,17 @@ impl<S: FrameSink> Engine<S> {
             return;
         };
         if dst.local {
-            // Plain TCP to a workload served here: no authenticated identity, so only
-            // policies without `from` can allow it (as Istio treats plaintext).
-            if let Err(denied) = self.index.authorize(dst.workload, target.port(), None) {
-                self.stats.policy_denied += 1;
-                let workload = self.index.workload_name(dst.workload);
-                warn!(target: "access", src = %t.key.src, dst = %target, %workload, reason = %denied, "connection refused (reset): authorization policy");
-                self.net.reset(port, t.src_mac, ip, now);
+            if !self.admit_plaintext(port, t, ip, now, dst, source) {
                 return;
             }
+        } else if !matches!(source, Source::Local(_)) {
+            // Only a workload served here goes out through this gateway: XDP diverts
+            // nothing else to another node's workload, so this is a table race (or a
+            // held SYN whose source became another node's workload).
+            self.stats.no_route += 1;
+            debug!(worker = self.id, src = %t.key.src, %target, "source is not a workload served here: refused");
+            self.net.reset(port, t.src_mac, ip, now);
+            return;
         }
         if !dst.local && dst.protocol == xdpmesh_shm::Protocol::Hbone {
             self.accept_outbound_hbone(port, t, ip, now, up_port);
@@ -414,6 +433,7 @@ impl<S: FrameSink> Engine<S> {
         }
         self.flows.expire(now);
         self.resolve_pending(now);
+        self.service_holds(now);
         self.net.flush();
         work
     }
@@ -424,10 +444,14 @@ impl<S: FrameSink> Engine<S> {
         if self.net.pending() || !self.dirty_tunnels.is_empty() {
             return Some(now);
         }
-        [self.timers.next(), self.neigh.next_pass()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.timers.next(),
+            self.neigh.next_pass(),
+            self.holds.next(self.index.hold_us(), now),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The counters, with the live figures brought up to date.
@@ -438,6 +462,7 @@ impl<S: FrameSink> Engine<S> {
         self.stats.tx_no_frame = self.net.tx.no_frame;
         self.stats.sockets_reused = self.net.sockets.reused;
         self.stats.sockets_pooled = self.net.sockets.len() as u64;
+        self.stats.unknown_source_holding = self.holds.len() as u64;
         &self.stats
     }
 

@@ -55,6 +55,8 @@ pub struct WorkerSetup {
     pub identities: crossbeam::channel::Receiver<Arc<IdentityStore>>,
     /// HBONE pool limits.
     pub hbone: HboneLimits,
+    /// Once-a-minute logging of sources, shared by the workers.
+    pub log_limiter: std::sync::Arc<crate::engine::admission::LogLimiter>,
 }
 
 /// Counters are published every 100 ms under load, and within 10 ms of going idle (so
@@ -82,6 +84,7 @@ pub fn run(setup: WorkerSetup) {
         stop,
         identities,
         hbone,
+        log_limiter,
     } = setup;
     let epoch = std::time::Instant::now();
     let now = || epoch.elapsed().as_micros() as i64;
@@ -98,6 +101,7 @@ pub fn run(setup: WorkerSetup) {
         hbone,
         resolver,
         inboxes,
+        log_limiter,
     };
     let mut e = Engine::new(cfg, txs, now());
     let mut last_publish = 0i64;

@@ -7,7 +7,7 @@ use smoltcp::socket::tcp::State;
 use xdpmesh_dataplane::proxy::HboneLimits;
 use xdpmesh_dataplane::wire;
 use xdpmesh_hbone::{ConnectHeaders, Event, HboneClientConn, StatusCode, Validity};
-use xdpmesh_shm::{Address, Policy, PolicyAction, Protocol, Route, Workload};
+use xdpmesh_shm::{Address, PeerAuth, Policy, PolicyAction, Protocol, Route, Workload};
 
 use xdpmesh_sim::*;
 
@@ -363,6 +363,7 @@ fn a_stale_neighbour_wait_never_reaches_a_new_object() {
         service_account: "server".into(),
         node: 1,
         protocol: Protocol::Hbone,
+        peer_auth: PeerAuth::Permissive,
     });
     t.addresses.push(Address {
         addr: IpAddr::V4(other_ip),

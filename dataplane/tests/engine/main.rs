@@ -3,5 +3,6 @@
 //! (byte-exactness, half-close, resets, connect failure, the half-dead limit), the
 //! linger set, next-hop resolution, and HBONE (stream lifecycle, refusals, the pool).
 
+mod admission;
 mod hbone;
 mod plain;

@@ -14,7 +14,7 @@
 
 #include <linux/types.h>
 
-#define XM_ABI_VERSION 2
+#define XM_ABI_VERSION 3
 
 /* Map sizes. `xsks` has XM_MAX_PORTS * XM_MAX_QUEUES slots: one per
  * (port, rx queue), at slot * XM_MAX_QUEUES + rx_queue_index. */
@@ -22,6 +22,9 @@
 #define XM_MAX_PORTS 8
 #define XM_MAX_WORKLOADS 65536
 #define XM_MAX_NEIGHBORS 4096
+#define XM_MAX_INBOUND 65536
+#define XM_MAX_POD_CIDRS 256
+#define XM_MAX_UNKNOWN_SOURCES 1024
 
 /* HBONE inbound port (docs/ARCHITECTURE.md, "Ports and names"): diverted for a
  * local workload from any source. */
@@ -35,11 +38,19 @@ struct xm_addr {
 };
 
 /*
- * xm_workload.flags. A TCP segment is mesh traffic (diverted) iff
- *   (src LOCAL and dst LOCAL|MESH) or dst LOCAL,
- * i.e. inbound traffic to a captured pod and pod-to-mesh traffic; a captured
- * pod talking to a destination outside the mesh is left to the kernel
- * (passthrough). An address with neither flag counts as outside the mesh.
+ * xm_workload.flags. How a TCP segment is classified (divert.bpf.c, xm_classify):
+ * - src LOCAL|MESH to dst LOCAL, or src LOCAL to dst MESH: mesh traffic, diverted;
+ * - any other source to dst LOCAL: every SYN is diverted (and its connection
+ *   remembered in `inbound`), so no connection reaches a captured pod around its
+ *   peer authentication and policies; later segments are diverted when they
+ *   belong to such a connection, else passed (replies to the pod's own
+ *   connections to destinations outside the mesh);
+ * - src LOCAL to a destination outside the mesh: diverted when it belongs to an
+ *   `inbound` connection (the pod's side of it), else passed (passthrough);
+ * - a source in `pod_cidrs` that is no workload, to dst MESH: an unknown source;
+ *   its SYN is diverted when the range says XM_CIDR_DIVERT_UNKNOWN, else passed;
+ * - the rest is passed.
+ * An address with neither flag counts as outside the mesh.
  */
 #define XM_WL_LOCAL 1u /* captured workload served by this gateway */
 #define XM_WL_MESH 2u /* mesh workload served by another gateway */
@@ -47,6 +58,42 @@ struct xm_addr {
 struct xm_workload {
 	__u32 flags;
 	__u32 _pad;
+};
+
+/* Key of `inbound`: a connection from outside the mesh to a captured workload,
+ * without the remote port (the dataplane's leg to the pod uses a port of its own,
+ * and the pod's replies must match too). */
+struct xm_inbound_key {
+	__u8 remote[16]; /* as struct xm_addr */
+	__u8 local[16];	 /* the workload's address, as struct xm_addr */
+	__u16 port;	 /* the workload's port, network byte order */
+	__u16 _pad;
+};
+
+struct xm_inbound {
+	__u64 created_ns; /* bpf_ktime_get_ns() of the SYN that made it */
+};
+
+/* Key of the `pod_cidrs` LPM trie: prefixlen counts bits of the 128-bit address
+ * (96 + the IPv4 prefix for a v4-mapped range). */
+struct xm_cidr_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+#define XM_CIDR_DIVERT_UNKNOWN 1u /* divert unknown sources' SYNs (reject or hold) */
+
+struct xm_cidr {
+	__u32 flags;
+	__u32 _pad;
+};
+
+/* Value of `unknown_sources` (key: struct xm_addr): SYNs from an unknown source
+ * to mesh destinations, seen by this program. */
+struct xm_unknown {
+	__u64 first_ns;
+	__u64 last_ns;
+	__u64 syns;
 };
 
 /* Value of `ports` (key: __u32 ingress ifindex): the interface's port
@@ -109,7 +156,10 @@ enum xm_reason {
 	XM_REASON_DROP_IPV6_EXT = 14,
 	XM_REASON_DROP_TRUNCATED_TCP = 15,
 	XM_REASON_DROP_BAD_TCP_HEADER = 16,
-	XM_REASON_MAX = 17,
+	XM_REASON_REDIRECT_PLAINTEXT = 17,
+	XM_REASON_PASS_UNKNOWN_SOURCE = 18,
+	XM_REASON_REDIRECT_UNKNOWN_SOURCE = 19,
+	XM_REASON_MAX = 20,
 };
 
 _Static_assert(sizeof(struct xm_addr) == 16, "xm_addr ABI");
@@ -119,5 +169,10 @@ _Static_assert(sizeof(struct xm_config) == 8, "xm_config ABI");
 _Static_assert(sizeof(struct xm_counter) == 16, "xm_counter ABI");
 _Static_assert(sizeof(struct xm_neigh_key) == 20, "xm_neigh_key ABI");
 _Static_assert(sizeof(struct xm_neigh) == 16, "xm_neigh ABI");
+_Static_assert(sizeof(struct xm_inbound_key) == 36, "xm_inbound_key ABI");
+_Static_assert(sizeof(struct xm_inbound) == 8, "xm_inbound ABI");
+_Static_assert(sizeof(struct xm_cidr_key) == 20, "xm_cidr_key ABI");
+_Static_assert(sizeof(struct xm_cidr) == 8, "xm_cidr ABI");
+_Static_assert(sizeof(struct xm_unknown) == 24, "xm_unknown ABI");
 
 #endif /* XDPMESH_ABI_H */

@@ -2,13 +2,16 @@
 /*
  * xdpmesh_divert: the XDP program in front of the xdpmesh dataplane.
  *
- * It diverts mesh TCP segments (to a captured workload of this gateway, or
- * from one to another mesh workload: see XM_WL_* in abi.h) into the AF_XDP
- * socket of the ingress interface's receive queue (`ports`, `xsks`), and
- * hands everything else to the kernel untouched, including a captured
- * workload's traffic to destinations outside the mesh (passthrough). Malformed IP/TCP headers of mesh traffic are dropped here
- * so the userspace stack never sees them; malformed non-mesh traffic is the
- * kernel's business, but broken L2/L3 framing is dropped for all traffic.
+ * It diverts into the AF_XDP socket of the ingress interface's receive queue
+ * (`ports`, `xsks`) mesh TCP segments, every connection to a captured workload
+ * of this gateway whatever its source (so none reaches it around its peer
+ * authentication and policies), and the SYNs of unknown sources when the
+ * configuration asks (see xm_workload.flags in abi.h). Everything else goes to
+ * the kernel untouched, including a captured workload's own connections to
+ * destinations outside the mesh (passthrough). Malformed IP/TCP headers of
+ * diverted traffic are dropped here so the userspace stack never sees them;
+ * malformed other traffic is the kernel's business, but broken L2/L3 framing is
+ * dropped for all traffic.
  * Checksums are not verified here: the dataplane verifies them in userspace.
  *
  * Every frame increments exactly one `counters` slot (enum xm_reason, see
@@ -94,6 +97,38 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } neighbors SEC(".maps");
 
+/* Connections from outside the mesh to a captured workload (struct
+ * xm_inbound_key): made by their SYN, so that the rest of the connection, both
+ * ways, follows it to the dataplane. LRU: bounded, and an entry of a live
+ * connection is refreshed by each of its segments' lookups. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XM_MAX_INBOUND);
+	__type(key, struct xm_inbound_key);
+	__type(value, struct xm_inbound);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inbound SEC(".maps");
+
+/* The pod ranges (struct xm_cidr_key), written by the control process. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, XM_MAX_POD_CIDRS);
+	__type(key, struct xm_cidr_key);
+	__type(value, struct xm_cidr);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pod_cidrs SEC(".maps");
+
+/* SYNs of unknown sources to mesh workloads (struct xm_unknown), read by the
+ * dataplane to log them. LRU: a flood of sources cannot fill it for good. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XM_MAX_UNKNOWN_SOURCES);
+	__type(key, struct xm_addr);
+	__type(value, struct xm_unknown);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} unknown_sources SEC(".maps");
+
 static __always_inline int xm_count(int action, __u32 reason, __u64 bytes)
 {
 	struct xm_counter *c = bpf_map_lookup_elem(&counters, &reason);
@@ -131,29 +166,52 @@ static __always_inline __u32 xm_wl_flags(const struct xm_addr *addr)
 	return wl ? wl->flags : 0;
 }
 
-/* How the addresses classify a TCP segment (docs/ARCHITECTURE.md, "BPF map ABI"):
- * - XM_MESH: to a workload served here from a known mesh workload, or from a
- *   workload served here to a mesh workload;
- * - XM_MESH_IF_HBONE: to a workload served here from outside the mesh: only its
- *   HBONE port (15008) belongs to the dataplane; everything else (plaintext from
- *   outside, and the replies to a workload's own connections to destinations
- *   outside the mesh, which the kernel routed) stays with the kernel;
- * - XM_NOT_MESH: the rest, including a workload's traffic to destinations outside
- *   the mesh (passthrough: the kernel routes it).
- * Each address is looked up at most once. */
-enum xm_class { XM_NOT_MESH = 0, XM_MESH = 1, XM_MESH_IF_HBONE = 2 };
+/* How the addresses classify a TCP segment (abi.h, xm_workload.flags; and
+ * docs/ARCHITECTURE.md, "BPF map ABI"). Each address is looked up at most once
+ * in `workloads`, and `pod_cidrs` only for a source that is no workload sending
+ * to a mesh workload of another node. */
+enum xm_class {
+	XM_NOT_MESH = 0,     /* the kernel's */
+	XM_MESH = 1,	     /* mesh traffic: every segment diverted */
+	XM_TO_LOCAL = 2,     /* to a workload served here from outside the mesh */
+	XM_FROM_LOCAL = 3,   /* from a workload served here to outside the mesh */
+	XM_UNKNOWN_PASS = 4, /* from an unknown source to a mesh workload: passed */
+	XM_UNKNOWN_DIVERT = 5, /* the same, with its SYNs diverted (reject, hold) */
+};
 
 static __always_inline enum xm_class xm_classify(const struct xm_addr *src, const struct xm_addr *dst)
 {
 	__u32 dst_flags = xm_wl_flags(dst);
-	__u32 src_flags;
+	__u32 src_flags = xm_wl_flags(src);
+	struct xm_cidr_key key = { .prefixlen = 128 };
+	struct xm_cidr *cidr;
 
-	if (!(dst_flags & (XM_WL_LOCAL | XM_WL_MESH)))
-		return XM_NOT_MESH;
-	src_flags = xm_wl_flags(src);
 	if (dst_flags & XM_WL_LOCAL)
-		return (src_flags & (XM_WL_LOCAL | XM_WL_MESH)) ? XM_MESH : XM_MESH_IF_HBONE;
-	return (src_flags & XM_WL_LOCAL) ? XM_MESH : XM_NOT_MESH;
+		return (src_flags & (XM_WL_LOCAL | XM_WL_MESH)) ? XM_MESH : XM_TO_LOCAL;
+	if (src_flags & XM_WL_LOCAL)
+		return (dst_flags & XM_WL_MESH) ? XM_MESH : XM_FROM_LOCAL;
+	if (!(dst_flags & XM_WL_MESH) || (src_flags & XM_WL_MESH))
+		return XM_NOT_MESH;
+	__builtin_memcpy(key.addr, src->addr, sizeof(key.addr));
+	cidr = bpf_map_lookup_elem(&pod_cidrs, &key);
+	if (!cidr)
+		return XM_NOT_MESH;
+	return (cidr->flags & XM_CIDR_DIVERT_UNKNOWN) ? XM_UNKNOWN_DIVERT : XM_UNKNOWN_PASS;
+}
+
+/* Classes whose segments the dataplane may own even when malformed, fragmented or
+ * with options: dropped then, never passed, so nothing reaches a captured workload
+ * around the dataplane. */
+static __always_inline int xm_strict_class(enum xm_class class)
+{
+	return class == XM_MESH || class == XM_TO_LOCAL;
+}
+
+/* The reason a segment of `class` that the dataplane cannot take is passed with. */
+static __always_inline __u32 xm_pass_reason(enum xm_class class)
+{
+	return class == XM_UNKNOWN_PASS || class == XM_UNKNOWN_DIVERT ? XM_REASON_PASS_UNKNOWN_SOURCE
+								       : XM_REASON_PASS_NOT_MESH;
 }
 
 static __always_inline void xm_v4_mapped(struct xm_addr *out, const void *v4)
@@ -254,7 +312,7 @@ static __always_inline void xm_snoop_ndp(struct ipv6hdr *ip6, void *data_end, __
  * socket of (ingress interface's port, rx queue). An interface without a
  * port, a queue or port beyond the map, or an empty slot all mean XDP_PASS
  * (`pass_no_socket`): fail open. */
-static __always_inline int xm_redirect(struct xdp_md *ctx, __u64 bytes)
+static __always_inline int xm_redirect(struct xdp_md *ctx, __u64 bytes, __u32 reason)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
 	__u32 queue = ctx->rx_queue_index;
@@ -268,33 +326,115 @@ static __always_inline int xm_redirect(struct xdp_md *ctx, __u64 bytes)
 	action = bpf_redirect_map(&xsks, port->slot * XM_MAX_QUEUES + queue, XDP_PASS);
 
 	if (action == XDP_REDIRECT)
-		return xm_count(XDP_REDIRECT, XM_REASON_REDIRECT_MESH, bytes);
+		return xm_count(XDP_REDIRECT, reason, bytes);
 	return xm_count((int)action, XM_REASON_PASS_NO_SOCKET, bytes);
 }
 
-/* RFC 9293 section 3.1: data offset in 32-bit words, at least 5. Segments
- * that are mesh only if addressed to the HBONE port are left to the kernel when
- * malformed or addressed elsewhere. */
-static __always_inline int xm_tcp(struct xdp_md *ctx, struct xm_cursor *c, __u32 l4len,
-				  __u64 bytes, enum xm_class class)
+static __always_inline void xm_inbound_key(struct xm_inbound_key *key, const struct xm_addr *remote,
+					   const struct xm_addr *local, __be16 port)
 {
+	__builtin_memcpy(key->remote, remote->addr, sizeof(key->remote));
+	__builtin_memcpy(key->local, local->addr, sizeof(key->local));
+	key->port = port;
+	key->_pad = 0;
+}
+
+static __always_inline int xm_is_syn(const struct tcphdr *tcp)
+{
+	return tcp->syn && !tcp->ack;
+}
+
+/* To a captured workload from outside the mesh: its HBONE port, every SYN (which
+ * makes an `inbound` entry) and the segments of known `inbound` connections go to
+ * the dataplane; the rest are replies to the workload's own passthrough
+ * connections, the kernel's. */
+static __always_inline int xm_to_local(struct xdp_md *ctx, const struct tcphdr *tcp,
+				       const struct xm_addr *src, const struct xm_addr *dst,
+				       __u64 bytes)
+{
+	struct xm_inbound_key key;
+
+	if (tcp->dest == bpf_htons(XM_HBONE_PORT))
+		return xm_redirect(ctx, bytes, XM_REASON_REDIRECT_MESH);
+	xm_inbound_key(&key, src, dst, tcp->dest);
+	if (xm_is_syn(tcp)) {
+		struct xm_inbound val = { .created_ns = bpf_ktime_get_ns() };
+
+		/* Best effort: should the update fail, the dataplane still gets this
+		 * SYN, and the client retransmits it. */
+		bpf_map_update_elem(&inbound, &key, &val, BPF_ANY);
+		return xm_redirect(ctx, bytes, XM_REASON_REDIRECT_PLAINTEXT);
+	}
+	if (bpf_map_lookup_elem(&inbound, &key))
+		return xm_redirect(ctx, bytes, XM_REASON_REDIRECT_PLAINTEXT);
+	return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
+}
+
+/* An unknown source's SYN is recorded (for the dataplane's log) and, when its
+ * range says so, diverted; everything else of it is the kernel's. */
+static __always_inline int xm_unknown(struct xdp_md *ctx, const struct tcphdr *tcp,
+				      const struct xm_addr *src, __u64 bytes, enum xm_class class)
+{
+	struct xm_unknown *seen;
+	__u64 now;
+
+	if (!xm_is_syn(tcp))
+		return xm_count(XDP_PASS, XM_REASON_PASS_UNKNOWN_SOURCE, bytes);
+	now = bpf_ktime_get_ns();
+	seen = bpf_map_lookup_elem(&unknown_sources, src);
+	if (seen) {
+		/* Racy across CPUs, and only ever read as an approximate count. */
+		seen->last_ns = now;
+		seen->syns += 1;
+	} else {
+		struct xm_unknown first = { .first_ns = now, .last_ns = now, .syns = 1 };
+
+		bpf_map_update_elem(&unknown_sources, src, &first, BPF_NOEXIST);
+	}
+	if (class == XM_UNKNOWN_DIVERT)
+		return xm_redirect(ctx, bytes, XM_REASON_REDIRECT_UNKNOWN_SOURCE);
+	return xm_count(XDP_PASS, XM_REASON_PASS_UNKNOWN_SOURCE, bytes);
+}
+
+/* RFC 9293 section 3.1: data offset in 32-bit words, at least 5. Malformed
+ * segments of the strict classes are dropped, the others' are the kernel's. */
+static __always_inline int xm_tcp(struct xdp_md *ctx, struct xm_cursor *c, __u32 l4len,
+				  __u64 bytes, enum xm_class class, const struct xm_addr *src,
+				  const struct xm_addr *dst)
+{
+	struct xm_inbound_key key;
 	struct tcphdr *tcp;
-	int ours = class == XM_MESH;
 
 	if (l4len < sizeof(struct tcphdr))
 		goto truncated;
 	tcp = xm_parse_tcp(c);
 	if (!tcp)
 		goto truncated;
-	if (!ours && tcp->dest != bpf_htons(XM_HBONE_PORT))
+	if (tcp->doff < 5 || (__u32)tcp->doff * 4 > l4len) {
+		if (xm_strict_class(class))
+			return xm_count(XDP_DROP, XM_REASON_DROP_BAD_TCP_HEADER, bytes);
+		return xm_count(XDP_PASS, xm_pass_reason(class), bytes);
+	}
+	switch (class) {
+	case XM_MESH:
+		return xm_redirect(ctx, bytes, XM_REASON_REDIRECT_MESH);
+	case XM_TO_LOCAL:
+		return xm_to_local(ctx, tcp, src, dst, bytes);
+	case XM_FROM_LOCAL:
+		xm_inbound_key(&key, dst, src, tcp->source);
+		if (bpf_map_lookup_elem(&inbound, &key))
+			return xm_redirect(ctx, bytes, XM_REASON_REDIRECT_PLAINTEXT);
 		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
-	if (tcp->doff < 5 || (__u32)tcp->doff * 4 > l4len)
-		return xm_count(XDP_DROP, XM_REASON_DROP_BAD_TCP_HEADER, bytes);
-	return xm_redirect(ctx, bytes);
+	case XM_UNKNOWN_PASS:
+	case XM_UNKNOWN_DIVERT:
+		return xm_unknown(ctx, tcp, src, bytes, class);
+	default:
+		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
+	}
 truncated:
-	if (!ours)
-		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
-	return xm_count(XDP_DROP, XM_REASON_DROP_TRUNCATED_TCP, bytes);
+	if (xm_strict_class(class))
+		return xm_count(XDP_DROP, XM_REASON_DROP_TRUNCATED_TCP, bytes);
+	return xm_count(XDP_PASS, xm_pass_reason(class), bytes);
 }
 
 /* RFC 791 header checks; options and fragments are refused only for mesh
@@ -324,15 +464,20 @@ static __always_inline int xm_ipv4(struct xdp_md *ctx, struct xm_cursor *c, __u6
 	if (class == XM_NOT_MESH)
 		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
 
-	/* Ports are unknown in later fragments: only certain mesh traffic is refused. */
+	/* The userspace stack takes neither fragments nor options. To a captured
+	 * workload they are dropped whatever the source: passed, the kernel would
+	 * deliver them around the dataplane (a fragment's ports and flags are not
+	 * even known). */
 	if (iph->frag_off & bpf_htons(XM_IP_MF | XM_IP_OFFSET))
-		return class == XM_MESH ? xm_count(XDP_DROP, XM_REASON_DROP_MESH_FRAGMENT, bytes)
-					: xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
+		return xm_strict_class(class)
+			       ? xm_count(XDP_DROP, XM_REASON_DROP_MESH_FRAGMENT, bytes)
+			       : xm_count(XDP_PASS, xm_pass_reason(class), bytes);
 	if (iph->ihl != 5)
-		return class == XM_MESH ? xm_count(XDP_DROP, XM_REASON_DROP_IP_OPTIONS, bytes)
-					: xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
+		return xm_strict_class(class)
+			       ? xm_count(XDP_DROP, XM_REASON_DROP_IP_OPTIONS, bytes)
+			       : xm_count(XDP_PASS, xm_pass_reason(class), bytes);
 	/* ihl == 5: the cursor already sits on the TCP header. */
-	return xm_tcp(ctx, c, tot - hlen, bytes, class);
+	return xm_tcp(ctx, c, tot - hlen, bytes, class, &src, &dst);
 }
 
 /* RFC 8200 header checks. */
@@ -372,9 +517,9 @@ static __always_inline int xm_ipv6(struct xdp_md *ctx, struct xm_cursor *c, __u6
 		return xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
 	/* The userspace stack takes TCP directly after the fixed header only. */
 	if (nh != IPPROTO_TCP)
-		return class == XM_MESH ? xm_count(XDP_DROP, XM_REASON_DROP_IPV6_EXT, bytes)
-					: xm_count(XDP_PASS, XM_REASON_PASS_NOT_MESH, bytes);
-	return xm_tcp(ctx, c, plen, bytes, class);
+		return xm_strict_class(class) ? xm_count(XDP_DROP, XM_REASON_DROP_IPV6_EXT, bytes)
+					      : xm_count(XDP_PASS, xm_pass_reason(class), bytes);
+	return xm_tcp(ctx, c, plen, bytes, class, &src, &dst);
 }
 
 /* "xdp.frags" (BPF_F_XDP_HAS_FRAGS): the program takes multi-buffer frames, so
