@@ -342,6 +342,25 @@ fn sync_xdp(pin_dir: &Path, t: &Tables, quiet: bool) -> Result<bool> {
     Ok(true)
 }
 
+/// Before a new generation is published: makes the XDP maps divert what either
+/// generation diverts (the new flags win for an address in both), so that the
+/// workers never see a packet of a workload the new tables name go around them to
+/// the kernel (a held SYN's connection, say, whose ACK would otherwise meet the old
+/// maps). What only the old generation diverts is removed by the sync after the
+/// publication.
+fn sync_xdp_before(pin_dir: &Path, old: &Tables, new: &Tables) -> Result<()> {
+    let Ok(maps) = PinnedMaps::open(pin_dir) else {
+        return Ok(());
+    };
+    let mut divert = tables::divert_set(old);
+    divert.extend(tables::divert_set(new));
+    let mut cidrs = tables::pod_cidr_set(old);
+    cidrs.extend(tables::pod_cidr_set(new));
+    maps.sync_workloads(&divert)?;
+    maps.sync_pod_cidrs(&cidrs)?;
+    Ok(())
+}
+
 fn run(
     config: Option<PathBuf>,
     node: &str,
@@ -374,7 +393,9 @@ fn run(
                 let t = tables::build(&c, node, &mut KernelRoutes::default())?;
                 Ok((c, t))
             }) {
-                Ok((c, t)) => match writer.publish(&t, Duration::from_secs(5)) {
+                Ok((c, t)) => match sync_xdp_before(pin_dir, &tables, &t)
+                    .and_then(|()| Ok(writer.publish(&t, Duration::from_secs(5))?))
+                {
                     Ok(g) => {
                         info!(generation = g, "config reloaded and published");
                         tables = t;

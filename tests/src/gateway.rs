@@ -143,6 +143,16 @@ impl Topology {
     /// ([`CONTROL_READY`], [`DATAPLANE_READY`]), and fails with the logs' tails when one
     /// exits or [`GATEWAY_READY_TIMEOUT`] passes.
     pub fn start_gateways(&mut self, kind: GatewayKind, config: &Path) -> anyhow::Result<()> {
+        self.start_gateways_with(kind, [config, config])
+    }
+
+    /// [`Topology::start_gateways`] with a config file of its own for each gateway (A,
+    /// B): a mesh whose gateways disagree, as during a rollout.
+    pub fn start_gateways_with(
+        &mut self,
+        kind: GatewayKind,
+        configs: [&Path; 2],
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.gateways.kind.is_none(),
             "gateways already started on topology {}",
@@ -167,12 +177,18 @@ impl Topology {
                 b.display()
             );
         }
-        let config = config
-            .canonicalize()
-            .with_context(|| format!("config {}", config.display()))?;
-        let config = config.to_string_lossy().into_owned();
+        let mut paths = Vec::new();
+        for config in configs {
+            let config = config
+                .canonicalize()
+                .with_context(|| format!("config {}", config.display()))?;
+            paths.push(config.to_string_lossy().into_owned());
+        }
         self.gateways.kind = Some(kind);
-        for (node, mesh_node) in [(Node::GatewayA, "node-a"), (Node::GatewayB, "node-b")] {
+        for ((node, mesh_node), config) in [(Node::GatewayA, "node-a"), (Node::GatewayB, "node-b")]
+            .into_iter()
+            .zip(paths)
+        {
             let instance = self.instance(node);
             // Stale state of an earlier run with the same prefix would confuse both.
             remove_instance_state(&instance);

@@ -432,8 +432,9 @@ impl<S: FrameSink> Engine<S> {
             self.pump_tunnel(tid, now);
         }
         self.flows.expire(now);
-        self.resolve_pending(now);
+        // Before next hops: a released SYN's new leg may wait for one.
         self.service_holds(now);
+        self.resolve_pending(now);
         self.net.flush();
         work
     }

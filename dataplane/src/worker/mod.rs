@@ -145,7 +145,9 @@ pub fn run(setup: WorkerSetup) {
         if work == 0 && !busy_poll {
             let t = now();
             let cap = SLEEP_CAP_US[usize::from(workers > 1)];
-            let timeout_us = e.next_wake(t).map_or(cap, |at| (at - t).clamp(0, cap));
+            let timeout_us = e
+                .next_wake(t)
+                .map_or(cap, |at| at.saturating_sub(t).clamp(0, cap));
             if timeout_us > 0 {
                 let refs: Vec<&RxPart> = rxs.iter().collect();
                 xsk::wait_readable(&refs, timeout_us);
