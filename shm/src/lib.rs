@@ -19,8 +19,12 @@
 //!   the writer.
 //!
 //! Layout: see [`abi`]. `unsafe` lives in `map` only.
+//!
+//! [`lock`] holds the per-instance lock that both binaries take before they touch the
+//! table file or any other state the instance shares.
 
 pub mod abi;
+pub mod lock;
 mod map;
 mod tables;
 
@@ -33,6 +37,8 @@ pub use tables::{
     Address, Node, Policy, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource,
     Workload,
 };
+
+pub use lock::{InstanceLock, LockError};
 
 use map::Mapping;
 
