@@ -16,7 +16,8 @@ use xdpmesh_control::certs::{self, IdentitySource, SourceKind};
 use xdpmesh_control::config::MeshConfig;
 use xdpmesh_control::tables::{self, KernelRoutes};
 use xdpmesh_hbone::{SpiffeId, Validity};
-use xdpmesh_shm::{ShmWriter, Tables};
+use xdpmesh_shm::lock::Role;
+use xdpmesh_shm::{InstanceLock, ShmWriter, Tables};
 use xdpmesh_xdp::PinnedMaps;
 
 #[derive(Parser)]
@@ -48,6 +49,10 @@ enum Cmd {
         /// Size of each table area in bytes.
         #[arg(long, default_value_t = 4 << 20)]
         shm_area_size: usize,
+        /// Run directory of the instance, where this process holds `control.lock`
+        /// (default /run/xdpmesh/<instance>; the dataplane's --run-dir).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
         #[command(flatten)]
         identity: IdentityArgs,
         /// Identity directory written for the dataplane (default
@@ -203,20 +208,31 @@ fn main() {
             pin_root,
             shm,
             shm_area_size,
+            run_dir,
             identity,
             identity_out,
-        } => identity.source().and_then(|source| {
-            run(
-                config,
-                &node,
-                &pin_root
-                    .unwrap_or_else(|| PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))),
-                &shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
-                shm_area_size,
-                source,
-                &identity_out.unwrap_or_else(|| certs::default_identity_out(&instance)),
-            )
-        }),
+        } => {
+            let run_dir = run_dir.unwrap_or_else(|| xdpmesh_shm::lock::default_run_dir(&instance));
+            // One control per instance, held for this process's whole life (until `run`
+            // returns, then exit): taken before the table file, the identity directory
+            // or the divert set is touched.
+            InstanceLock::acquire(&run_dir, &instance, Role::Control)
+                .map_err(anyhow::Error::from)
+                .and_then(|_lock| {
+                    let source = identity.source()?;
+                    run(
+                        config,
+                        &node,
+                        &pin_root.unwrap_or_else(|| {
+                            PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))
+                        }),
+                        &shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
+                        shm_area_size,
+                        source,
+                        &identity_out.unwrap_or_else(|| certs::default_identity_out(&instance)),
+                    )
+                })
+        }
     };
     if let Err(e) = r {
         eprintln!("xdpmesh-control: error: {e:#}");
