@@ -17,7 +17,7 @@ use xdpmesh_control::config::MeshConfig;
 use xdpmesh_control::tables::{self, KernelRoutes};
 use xdpmesh_hbone::{SpiffeId, Validity};
 use xdpmesh_shm::lock::Role;
-use xdpmesh_shm::{InstanceLock, ShmWriter, Tables};
+use xdpmesh_shm::{InstanceLock, Opened, ShmWriter, Tables};
 use xdpmesh_xdp::PinnedMaps;
 
 #[derive(Parser)]
@@ -46,7 +46,8 @@ enum Cmd {
         /// Table file (default /dev/shm/xdpmesh-<instance>).
         #[arg(long)]
         shm: Option<PathBuf>,
-        /// Size of each table area in bytes.
+        /// Size of each table area in bytes. A table file that a running dataplane
+        /// uses keeps its own size (a warning says so) until the dataplane is stopped.
         #[arg(long, default_value_t = 4 << 20)]
         shm_area_size: usize,
         /// Run directory of the instance, where this process holds `control.lock`
@@ -365,7 +366,27 @@ fn run(
 
     let cfg = load(config.as_deref())?;
     let mut tables = tables::build(&cfg, node, &mut KernelRoutes::default())?;
-    let mut writer = ShmWriter::open_or_create(shm, area)?;
+    let (mut writer, opened) = ShmWriter::open_or_create(shm, area)?;
+    match opened {
+        Opened::Created => {
+            info!(shm = %shm.display(), area_size = writer.area_size(), "table file created")
+        }
+        Opened::Reused => {
+            info!(shm = %shm.display(), generation = writer.generation(), "table file reused")
+        }
+        Opened::Resized { from, to } => info!(
+            shm = %shm.display(),
+            "table file recreated: areas of {from} bytes resized to {to} (no dataplane used it)"
+        ),
+        Opened::KeptAreaSize {
+            requested,
+            kept,
+            workers,
+        } => warn!(
+            shm = %shm.display(),
+            "--shm-area-size {requested} ignored: {workers} running dataplane worker(s) use the table file with areas of {kept} bytes; the new size applies once the dataplane is stopped and control restarted"
+        ),
+    }
     let generation = writer.publish(&tables, Duration::from_secs(5))?;
     info!(generation, shm = %shm.display(), workloads = tables.workloads.len(), "tables published");
     publish_identities(&mut identities, &cfg, node, identity_out, generation)?;
