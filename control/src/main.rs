@@ -16,7 +16,8 @@ use xdpmesh_control::certs::{self, IdentitySource, SourceKind};
 use xdpmesh_control::config::MeshConfig;
 use xdpmesh_control::tables::{self, KernelRoutes};
 use xdpmesh_hbone::{SpiffeId, Validity};
-use xdpmesh_shm::{ShmWriter, Tables};
+use xdpmesh_shm::lock::Role;
+use xdpmesh_shm::{InstanceLock, Opened, ShmWriter, Tables};
 use xdpmesh_xdp::PinnedMaps;
 
 #[derive(Parser)]
@@ -45,9 +46,14 @@ enum Cmd {
         /// Table file (default /dev/shm/xdpmesh-<instance>).
         #[arg(long)]
         shm: Option<PathBuf>,
-        /// Size of each table area in bytes.
+        /// Size of each table area in bytes. A table file that a running dataplane
+        /// uses keeps its own size (a warning says so) until the dataplane is stopped.
         #[arg(long, default_value_t = 4 << 20)]
         shm_area_size: usize,
+        /// Run directory of the instance, where this process holds `control.lock`
+        /// (default /run/xdpmesh/<instance>; the dataplane's --run-dir).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
         #[command(flatten)]
         identity: IdentityArgs,
         /// Identity directory written for the dataplane (default
@@ -203,20 +209,31 @@ fn main() {
             pin_root,
             shm,
             shm_area_size,
+            run_dir,
             identity,
             identity_out,
-        } => identity.source().and_then(|source| {
-            run(
-                config,
-                &node,
-                &pin_root
-                    .unwrap_or_else(|| PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))),
-                &shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
-                shm_area_size,
-                source,
-                &identity_out.unwrap_or_else(|| certs::default_identity_out(&instance)),
-            )
-        }),
+        } => {
+            let run_dir = run_dir.unwrap_or_else(|| xdpmesh_shm::lock::default_run_dir(&instance));
+            // One control per instance, held for this process's whole life (until `run`
+            // returns, then exit): taken before the table file, the identity directory
+            // or the divert set is touched.
+            InstanceLock::acquire(&run_dir, &instance, Role::Control)
+                .map_err(anyhow::Error::from)
+                .and_then(|_lock| {
+                    let source = identity.source()?;
+                    run(
+                        config,
+                        &node,
+                        &pin_root.unwrap_or_else(|| {
+                            PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))
+                        }),
+                        &shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
+                        shm_area_size,
+                        source,
+                        &identity_out.unwrap_or_else(|| certs::default_identity_out(&instance)),
+                    )
+                })
+        }
     };
     if let Err(e) = r {
         eprintln!("xdpmesh-control: error: {e:#}");
@@ -378,7 +395,27 @@ fn run(
 
     let cfg = load(config.as_deref())?;
     let mut tables = tables::build(&cfg, node, &mut KernelRoutes::default())?;
-    let mut writer = ShmWriter::open_or_create(shm, area)?;
+    let (mut writer, opened) = ShmWriter::open_or_create(shm, area)?;
+    match opened {
+        Opened::Created => {
+            info!(shm = %shm.display(), area_size = writer.area_size(), "table file created")
+        }
+        Opened::Reused => {
+            info!(shm = %shm.display(), generation = writer.generation(), "table file reused")
+        }
+        Opened::Resized { from, to } => info!(
+            shm = %shm.display(),
+            "table file recreated: areas of {from} bytes resized to {to} (no dataplane used it)"
+        ),
+        Opened::KeptAreaSize {
+            requested,
+            kept,
+            workers,
+        } => warn!(
+            shm = %shm.display(),
+            "--shm-area-size {requested} ignored: {workers} running dataplane worker(s) use the table file with areas of {kept} bytes; the new size applies once the dataplane is stopped and control restarted"
+        ),
+    }
     let generation = writer.publish(&tables, Duration::from_secs(5))?;
     info!(generation, shm = %shm.display(), workloads = tables.workloads.len(), "tables published");
     publish_identities(&mut identities, &cfg, node, identity_out, generation)?;

@@ -791,6 +791,8 @@ fn run_writes_identities_and_rewrites_them_on_sighup() {
             p(&t.path().join("shm")),
             "--shm-area-size",
             "65536",
+            "--run-dir",
+            p(&t.path().join("run")),
             "--ca-dir",
             p(&t.path().join("ca")),
             "--identity-out",

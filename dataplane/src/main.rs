@@ -16,7 +16,8 @@ use xdpmesh_dataplane::metrics::{Local, Shared};
 use xdpmesh_dataplane::stack::Buffers;
 use xdpmesh_dataplane::worker::{self, HboneLimits, PortSpec, WorkerSetup, HANDOVER_QUEUE};
 use xdpmesh_dataplane::{host, xsk};
-use xdpmesh_shm::ShmReader;
+use xdpmesh_shm::lock::Role;
+use xdpmesh_shm::{InstanceLock, ShmReader};
 use xdpmesh_xdp::{PinnedMaps, XdpMode, XdpProgram};
 
 /// jemalloc with background purge threads: connection buffers freed by a worker go
@@ -79,7 +80,8 @@ enum Cmd {
         /// Table file written by xdpmesh-control (default /dev/shm/xdpmesh-<instance>).
         #[arg(long)]
         shm: Option<PathBuf>,
-        /// Run directory for stats.json (default /run/xdpmesh/<instance>).
+        /// Run directory for stats.json and dataplane.lock (default
+        /// /run/xdpmesh/<instance>).
         #[arg(long)]
         run_dir: Option<PathBuf>,
         /// How long to wait for the control process's table file at start.
@@ -175,7 +177,7 @@ fn main() {
 }
 
 fn default_run_dir(instance: &str) -> PathBuf {
-    PathBuf::from(format!("/run/xdpmesh/{instance}"))
+    xdpmesh_shm::lock::default_run_dir(instance)
 }
 
 struct RunArgs {
@@ -211,6 +213,10 @@ fn open_tables(path: &Path, wait: Duration) -> Result<ShmReader> {
 }
 
 fn run(a: RunArgs) -> Result<()> {
+    // One dataplane per instance, held for this process's whole life: taken before the
+    // XDP program is loaded or attached, the pins or the table slots are touched, or
+    // stats.json is written. It creates the run directory.
+    let _lock = InstanceLock::acquire(&a.run_dir, &a.instance, Role::Dataplane)?;
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         warn!(%e, "jemalloc background purging unavailable: freed memory returns to the OS only under load");
     }
@@ -235,9 +241,6 @@ fn run(a: RunArgs) -> Result<()> {
     if queues == 0 || queues > queues_avail {
         bail!("--queues {queues}: the interfaces have {queues_avail} RX queue(s); use at most that many workers");
     }
-    std::fs::create_dir_all(&a.run_dir)
-        .with_context(|| format!("creating {}", a.run_dir.display()))?;
-
     // Order: program and sockets, attach with diversion off (everything passes), wait
     // for the tables, start the workers, then divert. Interface and XDP-mode errors
     // therefore show at once, and no frame is diverted before a worker can take it.

@@ -19,8 +19,12 @@
 //!   the writer.
 //!
 //! Layout: see [`abi`]. `unsafe` lives in `map` only.
+//!
+//! [`lock`] holds the per-instance lock that both binaries take before they touch the
+//! table file or any other state the instance shares.
 
 pub mod abi;
+pub mod lock;
 mod map;
 mod tables;
 
@@ -33,6 +37,8 @@ pub use tables::{
     Address, Cidr, Node, PeerAuth, Policy, PolicyAction, PolicySource, Protocol, Route, Tables,
     UnknownSource, Workload,
 };
+
+pub use lock::{InstanceLock, LockError};
 
 use map::Mapping;
 
@@ -54,7 +60,7 @@ pub enum ShmError {
     #[error("table area is corrupt: {0}")]
     Corrupt(String),
     /// The tables do not fit the area.
-    #[error("tables need {needed} bytes but an area holds {area}: restart control with a larger --shm-area-size")]
+    #[error("tables need {needed} bytes but an area holds {area}: restart control with a larger --shm-area-size (a table file in use by a running dataplane keeps its size: stop the dataplane first)")]
     AreaFull {
         /// Encoded size.
         needed: usize,
@@ -103,6 +109,33 @@ fn owner_pid(owner: u64) -> u32 {
     (owner >> 32) as u32
 }
 
+/// What [`ShmWriter::open_or_create`] found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// There was no usable table file (missing, foreign or of another ABI version): a
+    /// new one was created.
+    Created,
+    /// A valid file of the requested area size: publishing continues in it.
+    Reused,
+    /// A valid file of another area size that no live worker used: recreated.
+    Resized {
+        /// Its old area size, in bytes.
+        from: usize,
+        /// The new (requested, rounded up to 4096) area size.
+        to: usize,
+    },
+    /// A valid file of another area size that a running dataplane uses: kept at its own
+    /// size; the requested size is ignored until the dataplane is stopped.
+    KeptAreaSize {
+        /// The requested area size (rounded up to 4096).
+        requested: usize,
+        /// The file's area size, in force.
+        kept: usize,
+        /// Live worker slots in the file.
+        workers: usize,
+    },
+}
+
 /// The single writer (the control process).
 #[derive(Debug)]
 pub struct ShmWriter {
@@ -118,12 +151,62 @@ impl ShmWriter {
     }
 
     /// Opens an existing file to continue publishing into it (a control restart keeps
-    /// the workers' tables and the generation sequence), or creates it.
-    pub fn open_or_create(path: &Path, area_size: usize) -> Result<Self, ShmError> {
-        match Mapping::open(path) {
-            Ok(map) if map.area_size() >= area_size => Ok(ShmWriter { map }),
-            _ => Self::create(path, area_size),
+    /// the workers' tables and the generation sequence), or creates it with areas of at
+    /// least `area_size` bytes. Says which it did in the returned [`Opened`].
+    ///
+    /// An existing file whose areas have another size is never truncated under a
+    /// running dataplane: its workers map it with the offsets of its own area size,
+    /// and a file rewritten under them would make them read garbage or fault. So:
+    ///
+    /// - no usable file (missing, foreign, another ABI version): created
+    ///   ([`Opened::Created`]);
+    /// - a valid file of the requested area size: reused ([`Opened::Reused`]);
+    /// - a valid file of another area size that no live worker uses: recreated at the
+    ///   requested size ([`Opened::Resized`]);
+    /// - a valid file of another area size that live workers use: reused at its own
+    ///   area size, the requested one being ignored until the dataplane is stopped
+    ///   ([`Opened::KeptAreaSize`]; the caller warns). Tables that do not fit that
+    ///   size are refused by [`ShmWriter::publish`] ([`ShmError::AreaFull`]), and the
+    ///   dataplane keeps the tables it has.
+    ///
+    /// The caller holds the instance's control lock ([`lock`]), so no other writer
+    /// races with this.
+    pub fn open_or_create(path: &Path, area_size: usize) -> Result<(Self, Opened), ShmError> {
+        let requested = map::rounded_area_size(area_size);
+        let map = match Mapping::open(path) {
+            Ok(map) => map,
+            Err(_) => return Ok((Self::create(path, area_size)?, Opened::Created)),
+        };
+        let existing = ShmWriter { map };
+        let kept = existing.map.area_size();
+        if kept == requested {
+            return Ok((existing, Opened::Reused));
         }
+        let workers = existing.workers().len();
+        if workers > 0 {
+            return Ok((
+                existing,
+                Opened::KeptAreaSize {
+                    requested,
+                    kept,
+                    workers,
+                },
+            ));
+        }
+        drop(existing);
+        Ok((
+            Self::create(path, area_size)?,
+            Opened::Resized {
+                from: kept,
+                to: requested,
+            },
+        ))
+    }
+
+    /// The size of each table area of the file, in bytes (the largest encoded tables
+    /// [`ShmWriter::publish`] accepts).
+    pub fn area_size(&self) -> usize {
+        self.map.area_size()
     }
 
     /// The last published generation (0 = none).
@@ -394,6 +477,88 @@ mod tests {
             "{err}"
         );
         assert_eq!(w.generation(), 1);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_restart_with_another_area_size_keeps_the_file_a_live_dataplane_maps() {
+        let path = tmp("resize-live");
+        let (mut w, opened) = ShmWriter::open_or_create(&path, 4096).unwrap();
+        assert_eq!(opened, Opened::Created);
+        w.publish(&tables(1), Duration::from_secs(1)).unwrap();
+        let r = ShmReader::open(&path).unwrap();
+        let mut slot = r.register(0).unwrap();
+        let (g, _) = slot.load().unwrap().unwrap();
+        slot.ack(g);
+        drop(w);
+        // Control restarts asking for bigger areas (not a multiple of 4096: rounded).
+        let (mut w, opened) = ShmWriter::open_or_create(&path, 10_000).unwrap();
+        assert_eq!(
+            opened,
+            Opened::KeptAreaSize {
+                requested: 12_288,
+                kept: 4096,
+                workers: 1
+            }
+        );
+        assert_eq!(w.area_size(), 4096);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            (abi::HEADER_SIZE + 2 * 4096) as u64
+        );
+        // The worker is undisturbed: its slot counts, the generations continue, and it
+        // loads the next tables through its old mapping.
+        assert_eq!(w.workers(), vec![(std::process::id(), 1)]);
+        assert_eq!(w.publish(&tables(2), Duration::from_secs(1)).unwrap(), 2);
+        assert_eq!(slot.load().unwrap().unwrap(), (2, tables(2)));
+        slot.ack(2);
+        // Tables that only the requested size would hold are refused; the worker keeps
+        // generation 2.
+        let big = Tables {
+            trust_domain: "x".repeat(5000),
+            ..Default::default()
+        };
+        let err = w.publish(&big, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tables need 5064 bytes but an area holds 4096: restart control with a larger --shm-area-size (a table file in use by a running dataplane keeps its size: stop the dataplane first)"
+        );
+        assert_eq!(slot.changed(), None);
+        // Once the dataplane is gone, the next restart gets the requested size.
+        drop(slot);
+        drop(r);
+        drop(w);
+        let (mut w, opened) = ShmWriter::open_or_create(&path, 10_000).unwrap();
+        assert_eq!(
+            opened,
+            Opened::Resized {
+                from: 4096,
+                to: 12_288
+            }
+        );
+        assert_eq!(w.area_size(), 12_288);
+        assert_eq!(w.publish(&big, Duration::from_secs(1)).unwrap(), 1);
+        drop(w);
+        // The same size again: reused, the generation sequence continues.
+        let (w, opened) = ShmWriter::open_or_create(&path, 12_288).unwrap();
+        assert_eq!(opened, Opened::Reused);
+        assert_eq!(w.generation(), 1);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_foreign_or_missing_file_is_created() {
+        let path = tmp("create-foreign");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let (w, opened) = ShmWriter::open_or_create(&path, 4096).unwrap();
+        assert_eq!(
+            (opened, w.generation(), w.area_size()),
+            (Opened::Created, 0, 4096)
+        );
+        drop(w);
+        std::fs::remove_file(&path).unwrap();
+        let (_, opened) = ShmWriter::open_or_create(&path, 4096).unwrap();
+        assert_eq!(opened, Opened::Created);
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -25,10 +25,15 @@ pub(crate) struct Mapping {
     _file: File,
 }
 
+/// The area size a file created for `area_size` gets: rounded up to whole pages.
+pub(crate) fn rounded_area_size(area_size: usize) -> usize {
+    area_size.next_multiple_of(4096)
+}
+
 impl Mapping {
     /// Creates (or truncates) the file with mode 0600 and maps it, initialising the header.
     pub(crate) fn create(path: &Path, area_size: usize) -> Result<Self, ShmError> {
-        let area_size = area_size.next_multiple_of(4096);
+        let area_size = rounded_area_size(area_size);
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -63,6 +63,8 @@ pub(crate) struct GatewayProcs {
     pub(crate) kind: Option<GatewayKind>,
     /// (node, control, dataplane)
     procs: Vec<(Node, ProcHandle, ProcHandle)>,
+    /// (node, control argv, dataplane argv) as started, for restarts and second starts.
+    argv: Vec<(Node, Vec<String>, Vec<String>)>,
     instances: Vec<String>,
 }
 
@@ -185,6 +187,7 @@ impl Topology {
             paths.push(config.to_string_lossy().into_owned());
         }
         self.gateways.kind = Some(kind);
+        self.gateways.argv.clear();
         for ((node, mesh_node), config) in [(Node::GatewayA, "node-a"), (Node::GatewayB, "node-b")]
             .into_iter()
             .zip(paths)
@@ -193,23 +196,24 @@ impl Topology {
             // Stale state of an earlier run with the same prefix would confuse both.
             remove_instance_state(&instance);
             self.gateways.instances.push(instance.clone());
-            let control = self.spawn(
-                node,
-                &[
-                    &control_bin.to_string_lossy(),
-                    "run",
-                    "--config",
-                    &config,
-                    "--node",
-                    mesh_node,
-                    "--instance",
-                    &instance,
-                    // One CA per topology, shared by both gateways (HBONE peers must
-                    // chain to the same root); tests issue peer certificates from it.
-                    "--ca-dir",
-                    &self.ca_dir().to_string_lossy(),
-                ],
-            )?;
+            let control_bin = control_bin.to_string_lossy();
+            let ca_dir = self.ca_dir();
+            let ca_dir = ca_dir.to_string_lossy();
+            let control_argv = [
+                &*control_bin,
+                "run",
+                "--config",
+                &config,
+                "--node",
+                mesh_node,
+                "--instance",
+                &instance,
+                // One CA per topology, shared by both gateways (HBONE peers must
+                // chain to the same root); tests issue peer certificates from it.
+                "--ca-dir",
+                &ca_dir,
+            ];
+            let control = self.spawn(node, &control_argv)?;
             let dataplane_bin = dataplane_bin.to_string_lossy();
             let mut args = vec![
                 &*dataplane_bin,
@@ -233,6 +237,10 @@ impl Topology {
                 }
             };
             self.gateways.procs.push((node, control, dataplane));
+            let owned = |argv: &[&str]| argv.iter().map(|a| a.to_string()).collect();
+            self.gateways
+                .argv
+                .push((node, owned(&control_argv), owned(&args)));
         }
         let deadline = Instant::now() + GATEWAY_READY_TIMEOUT;
         let mut failures = Vec::new();
@@ -290,6 +298,55 @@ impl Topology {
             }
         }
         Ok(out)
+    }
+
+    /// The pids of a gateway's running (control, dataplane): the pids that their
+    /// instance lock files name (`nsenter` execs the program, so it is the same process).
+    pub fn gateway_pids(&self, node: Node) -> anyhow::Result<(u32, u32)> {
+        let (_, control, dataplane) = self
+            .gateways
+            .procs
+            .iter()
+            .find(|(n, _, _)| *n == node)
+            .with_context(|| format!("no gateway processes on {node:?}"))?;
+        Ok((control.pid(), dataplane.pid()))
+    }
+
+    /// The command lines [`Topology::start_gateways`] started a gateway's (control,
+    /// dataplane) with, program first: run them in the gateway's namespace to start a
+    /// second process of the same instance.
+    pub fn gateway_argv(&self, node: Node) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let (_, control, dataplane) = self
+            .gateways
+            .argv
+            .iter()
+            .find(|(n, _, _)| *n == node)
+            .with_context(|| format!("no gateway started on {node:?}"))?;
+        Ok((control.clone(), dataplane.clone()))
+    }
+
+    /// Stops a gateway's control process with `signal` (SIGKILL: it cleans nothing up),
+    /// starts it again with the same command line and waits for its [`CONTROL_READY`]
+    /// line; the dataplane keeps running. Returns the new control's pid. Fails with the
+    /// new log's tail when it exits or [`GATEWAY_READY_TIMEOUT`] passes.
+    pub fn restart_gateway_control(&mut self, node: Node, signal: Signal) -> anyhow::Result<u32> {
+        let (argv, _) = self.gateway_argv(node)?;
+        let i = self
+            .gateways
+            .procs
+            .iter()
+            .position(|(n, _, _)| *n == node)
+            .with_context(|| format!("no gateway processes on {node:?}"))?;
+        self.gateways.procs[i]
+            .1
+            .stop(signal, Duration::from_secs(10))?;
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut control = self.spawn(node, &argv)?;
+        control.wait_for_log(CONTROL_READY, GATEWAY_READY_TIMEOUT)?;
+        let pid = control.pid();
+        // The old handle was reaped by `stop`: dropping it kills nothing.
+        self.gateways.procs[i].1 = control;
+        Ok(pid)
     }
 
     /// Log file paths of the gateway processes: (node, control log, dataplane log).

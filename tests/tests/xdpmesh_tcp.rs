@@ -655,6 +655,109 @@ fn test_xdpmesh_sigterm_detaches_and_a_second_start_works() {
     assert_eq!(counter(&a, &["totals", "opened_connections"]), 20, "{a:#}");
 }
 
+/// One owner per instance: a second `xdpmesh-control run` and a second
+/// `xdpmesh-dataplane run` of a live instance (same command line, same namespace) exit
+/// at once naming the holder's pid, and traffic through the running ones is undisturbed.
+/// A control killed with SIGKILL leaves its lock file behind, and a new one starts anyway.
+#[test]
+fn test_xdpmesh_second_start_of_a_live_instance_is_refused_and_a_killed_control_restarts() {
+    if !require_root(
+        "test_xdpmesh_second_start_of_a_live_instance_is_refused_and_a_killed_control_restarts",
+    ) {
+        return;
+    }
+    let mut topo = xdpmesh_topology("xlock", TopologyOpts::default(), 1);
+    let _server = topo
+        .start_fileserver(Node::Server, FILESERVER_PORT)
+        .unwrap();
+    let size = 8 * MIB;
+    let download = |topo: &Topology, seed: u64| {
+        let url = format!("http://{SERVER_ADDR}:{FILESERVER_PORT}/blob?size={size}&seed={seed}");
+        let t = topo.http_download(Node::Client, &url).unwrap();
+        assert_eq!(
+            (t.bytes, t.sha256.as_str()),
+            (size, blob_sha256(size, seed).as_str())
+        );
+    };
+    download(&topo, 1);
+    let generation = counter(
+        &topo.gateway_stats(Node::GatewayA).unwrap(),
+        &["generation"],
+    );
+
+    let instance = topo.instance(Node::GatewayA);
+    let run_dir = xdpmesh_netns::gateway::run_dir(&instance);
+    let (control_pid, dataplane_pid) = topo.gateway_pids(Node::GatewayA).unwrap();
+    let (control_argv, dataplane_argv) = topo.gateway_argv(Node::GatewayA).unwrap();
+    for (argv, program, pid, lock) in [
+        (
+            &control_argv,
+            "xdpmesh-control",
+            control_pid,
+            "control.lock",
+        ),
+        (
+            &dataplane_argv,
+            "xdpmesh-dataplane",
+            dataplane_pid,
+            "dataplane.lock",
+        ),
+    ] {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut second = topo.spawn(Node::GatewayA, &argv).unwrap();
+        let status = second.wait_timeout(Duration::from_secs(5)).unwrap();
+        let log = second.log();
+        let status =
+            status.unwrap_or_else(|| panic!("a second {program} still runs after 5 s:\n{log}"));
+        assert_eq!(status.code(), Some(1), "{program}: {log}");
+        let want = format!(
+            "{program}: error: instance \"{instance}\" is already run by {program} pid {pid} (lock {}); stop it first or pick another --instance",
+            run_dir.join(lock).display()
+        );
+        assert!(log.contains(&want), "want {want:?} in:\n{log}");
+        assert_eq!(
+            std::fs::read_to_string(run_dir.join(lock)).unwrap(),
+            format!("{pid}\n"),
+            "the refused {program} must not overwrite the holder's pid"
+        );
+    }
+    // Nothing was disturbed: both gateways run, no table was published, XDP is attached
+    // and traffic flows byte-exact.
+    assert_eq!(topo.dead_gateway_processes(), Vec::<String>::new());
+    assert_eq!(
+        counter(
+            &topo.gateway_stats(Node::GatewayA).unwrap(),
+            &["generation"]
+        ),
+        generation
+    );
+    download(&topo, 2);
+
+    // kill -9 leaves control.lock behind; the kernel released the lock, so a new control
+    // with the same command line starts and continues the table file's generations.
+    let new_pid = topo
+        .restart_gateway_control(Node::GatewayA, Signal::SIGKILL)
+        .unwrap();
+    assert_ne!(new_pid, control_pid);
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("control.lock")).unwrap(),
+        format!("{new_pid}\n")
+    );
+    assert_eq!(
+        topo.gateway_pids(Node::GatewayA).unwrap(),
+        (new_pid, dataplane_pid)
+    );
+    topo.wait_for_stats(Node::GatewayA, Duration::from_secs(10), |s| {
+        let g = counter(s, &["generation"]);
+        (g > generation)
+            .then_some(())
+            .ok_or(format!("generation {g}, want > {generation}"))
+    })
+    .unwrap();
+    download(&topo, 3);
+    assert_eq!(topo.dead_gateway_processes(), Vec::<String>::new());
+}
+
 #[test]
 fn test_bad_input_is_refused_with_a_reason() {
     if !require_root("test_bad_input_is_refused_with_a_reason") {
