@@ -285,13 +285,20 @@ fn tables_from(c: &mut Cursor) -> (u64, xdpmesh_shm::Tables) {
     let g = u64::from(c.u32());
     let mut t = Tables {
         trust_domain: c.string(),
-        unknown_source: if c.bool() {
-            UnknownSource::Reject
-        } else {
-            UnknownSource::Pass
+        unknown_source: match c.u8() % 3 {
+            0 => UnknownSource::Pass,
+            1 => UnknownSource::Reject,
+            _ => UnknownSource::Hold,
         },
+        unknown_source_hold_ms: c.u32(),
         ..Default::default()
     };
+    for _ in 0..c.u8() % 3 {
+        let addr = c.ip();
+        let max = if addr.is_ipv4() { 33 } else { 129 };
+        let prefix = c.u8() % max;
+        t.pod_cidrs.push(Cidr { addr, prefix });
+    }
     for _ in 0..c.u8() % 4 {
         let name = c.string();
         let gateway = c.bool().then(|| c.ip());
@@ -309,6 +316,11 @@ fn tables_from(c: &mut Cursor) -> (u64, xdpmesh_shm::Tables) {
                     Protocol::Hbone
                 } else {
                     Protocol::Tcp
+                },
+                peer_auth: if c.bool() {
+                    PeerAuth::Strict
+                } else {
+                    PeerAuth::Permissive
                 },
             });
         }
