@@ -131,6 +131,7 @@ fn bench_flows(c: &mut Criterion) {
 fn tables(n: u32) -> Tables {
     Tables {
         trust_domain: "cluster.local".into(),
+        cluster_name: "Kubernetes".into(),
         local_node: Some(0),
         unknown_source: UnknownSource::Pass,
         unknown_source_hold_ms: 0,

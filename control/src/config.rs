@@ -44,6 +44,9 @@ pub const DEFAULT_UNKNOWN_SOURCE: UnknownSource = UnknownSource::Pass;
 /// The protocol of a workload whose entry does not say.
 pub const DEFAULT_PROTOCOL: Protocol = Protocol::Tcp;
 
+/// The cluster's name when the file does not say (ztunnel's default `CLUSTER_ID`).
+pub const DEFAULT_CLUSTER_NAME: &str = "Kubernetes";
+
 /// The mesh-wide peer authentication when the file does not say (Istio's default).
 pub const DEFAULT_PEER_AUTHENTICATION: PeerAuthentication = PeerAuthentication::Permissive;
 
@@ -62,6 +65,9 @@ pub const MAX_POD_CIDRS: usize = 256;
 pub struct MeshConfig {
     /// The SPIFFE trust domain of every workload identity.
     pub trust_domain: TrustDomain,
+    /// The cluster's name: `k8s.cluster.name` in the `baggage` of HBONE requests.
+    /// 1-63 letters, digits, `.`, `-` and `_`.
+    pub cluster_name: String,
     /// What to do with traffic from a pod address no workload owns.
     pub unknown_source: UnknownSource,
     /// How long [`UnknownSource::Hold`] holds a SYN, in milliseconds.
@@ -434,6 +440,8 @@ fn serde_error(e: &serde_norway::Error, file: &Path) -> ConfigError {
 struct RawConfig {
     trust_domain: String,
     #[serde(default)]
+    cluster_name: Option<String>,
+    #[serde(default)]
     unknown_source: Option<UnknownSource>,
     #[serde(default)]
     unknown_source_hold_ms: Option<u32>,
@@ -519,6 +527,26 @@ impl RawConfig {
             nodes.push(node);
         }
 
+        let cluster_name = self
+            .cluster_name
+            .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_owned());
+        let bad = cluster_name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+        if cluster_name.is_empty() || cluster_name.len() > 63 || bad.is_some() {
+            let problem = match bad {
+                Some(c) => format!("{c:?} is not allowed"),
+                None if cluster_name.is_empty() => "it is empty".to_owned(),
+                None => format!("it is {} characters long", cluster_name.len()),
+            };
+            return Err(at.error(
+                "cluster_name",
+                format!(
+                    "cluster_name {cluster_name:?} is not valid: {problem}; it goes into HBONE \
+                     baggage, so use 1-63 letters, digits, '.', '-' and '_'"
+                ),
+            ));
+        }
         let unknown_source = self.unknown_source.unwrap_or(DEFAULT_UNKNOWN_SOURCE);
         let pod_cidrs = pod_cidrs(&self.pod_cidrs, at)?;
         if unknown_source != UnknownSource::Pass && pod_cidrs.is_empty() {
@@ -586,6 +614,7 @@ impl RawConfig {
 
         Ok(MeshConfig {
             trust_domain,
+            cluster_name,
             unknown_source,
             unknown_source_hold_ms,
             pod_cidrs,

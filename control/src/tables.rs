@@ -109,6 +109,7 @@ pub fn build(
         .collect();
     let mut t = Tables {
         trust_domain: cfg.trust_domain.as_str().to_owned(),
+        cluster_name: cfg.cluster_name.clone(),
         local_node: Some(local_node as u32),
         unknown_source: match cfg.unknown_source {
             config::UnknownSource::Pass => UnknownSource::Pass,
@@ -237,6 +238,7 @@ mod tests {
         let cfg = MeshConfig::embedded_default();
         let t = build(&cfg, "node-a", &mut Fixed).unwrap();
         assert_eq!(t.trust_domain, "cluster.local");
+        assert_eq!(t.cluster_name, "Kubernetes");
         assert_eq!(t.local_node, Some(0));
         assert_eq!(t.nodes[1].gateway, Some("198.18.0.2".parse().unwrap()));
         assert_eq!(t.workloads.len(), 2);

@@ -48,6 +48,7 @@ fn error(text: &str) -> String {
 fn expected_demo() -> MeshConfig {
     MeshConfig {
         trust_domain: TrustDomain::new("cluster.local").unwrap(),
+        cluster_name: "Kubernetes".into(),
         unknown_source: UnknownSource::Pass,
         unknown_source_hold_ms: 2000,
         pod_cidrs: vec![],
@@ -211,6 +212,23 @@ fn unknown_source_refusals() {
             )
         );
     }
+}
+
+#[test]
+fn cluster_name_defaults_and_is_checked() {
+    assert_eq!(parse(DEMO).unwrap().cluster_name, "Kubernetes");
+    let named = format!("{DEMO}cluster_name: east-1.prod_a\n");
+    assert_eq!(parse(&named).unwrap().cluster_name, "east-1.prod_a");
+    assert_eq!(
+        error(&format!("{DEMO}cluster_name: \"a,b\"\n")),
+        "inline.yaml:23:15: cluster_name \"a,b\" is not valid: ',' is not allowed; it goes \
+         into HBONE baggage, so use 1-63 letters, digits, '.', '-' and '_'"
+    );
+    assert_eq!(
+        error(&format!("{DEMO}cluster_name: \"\"\n")),
+        "inline.yaml:23:15: cluster_name \"\" is not valid: it is empty; it goes into HBONE \
+         baggage, so use 1-63 letters, digits, '.', '-' and '_'"
+    );
 }
 
 #[test]
@@ -458,8 +476,8 @@ fn unknown_top_level_field() {
     assert_eq!(
         error("trust_domain: x\nworkload: []\n"),
         "inline.yaml:2:1: unknown field `workload`, expected one of `trust_domain`, \
-         `unknown_source`, `unknown_source_hold_ms`, `pod_cidrs`, `peer_authentication`, \
-         `nodes`, `workloads`, `policies`"
+         `cluster_name`, `unknown_source`, `unknown_source_hold_ms`, `pod_cidrs`, \
+         `peer_authentication`, `nodes`, `workloads`, `policies`"
     );
 }
 

@@ -285,6 +285,7 @@ fn tables_from(c: &mut Cursor) -> (u64, xdpmesh_shm::Tables) {
     let g = u64::from(c.u32());
     let mut t = Tables {
         trust_domain: c.string(),
+        cluster_name: c.string(),
         unknown_source: match c.u8() % 3 {
             0 => UnknownSource::Pass,
             1 => UnknownSource::Reject,

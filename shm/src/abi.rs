@@ -96,10 +96,17 @@ pub struct TableHeader {
     /// How long a SYN from an unknown source is held, in milliseconds (ABI 3; used
     /// with [`UNKNOWN_SOURCE_HOLD`]).
     pub unknown_source_hold_ms: u32,
-    /// Reserved for later fields; written as zero.
-    pub _reserved: [u8; 4],
+    /// Explicit padding.
+    pub _pad2: [u8; 4],
+    /// The cluster's name, for HBONE `baggage` (ABI 3).
+    pub cluster_name: StrRef,
+    /// Reserved for later fields; written as zero (two arrays: `Default` is derived
+    /// for arrays of at most 32).
+    pub _reserved: [u8; 32],
+    /// See [`TableHeader::_reserved`].
+    pub _reserved2: [u8; 24],
 }
-const _: () = assert!(size_of::<TableHeader>() == 64);
+const _: () = assert!(size_of::<TableHeader>() == 128);
 
 /// Traffic from an unknown pod address is passed to the kernel.
 pub const UNKNOWN_SOURCE_PASS: u8 = 0;

@@ -470,7 +470,7 @@ mod tests {
             matches!(
                 err,
                 ShmError::AreaFull {
-                    needed: 5064,
+                    needed: 5128,
                     area: 4096
                 }
             ),
@@ -521,7 +521,7 @@ mod tests {
         let err = w.publish(&big, Duration::from_secs(1)).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "tables need 5064 bytes but an area holds 4096: restart control with a larger --shm-area-size (a table file in use by a running dataplane keeps its size: stop the dataplane first)"
+            "tables need 5128 bytes but an area holds 4096: restart control with a larger --shm-area-size (a table file in use by a running dataplane keeps its size: stop the dataplane first)"
         );
         assert_eq!(slot.changed(), None);
         // Once the dataplane is gone, the next restart gets the requested size.

@@ -166,6 +166,8 @@ pub struct Policy {
 pub struct Tables {
     /// SPIFFE trust domain.
     pub trust_domain: String,
+    /// The cluster's name (`k8s.cluster.name` in HBONE `baggage`).
+    pub cluster_name: String,
     /// Index of the node this gateway serves.
     pub local_node: Option<u32>,
     /// Unknown-source policy.
@@ -226,6 +228,7 @@ impl Tables {
     pub fn encode(&self, generation: u64) -> Result<Vec<u8>, ShmError> {
         let mut strings = StringPool(Vec::new());
         let trust_domain = strings.add(&self.trust_domain)?;
+        let cluster_name = strings.add(&self.cluster_name)?;
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for n in &self.nodes {
             let (gateway_family, gateway) = match n.gateway {
@@ -344,6 +347,7 @@ impl Tables {
             pod_cidr_count: count(cidrs.len())?,
             unknown_source_hold_ms: self.unknown_source_hold_ms,
             trust_domain,
+            cluster_name,
             local_node: self.local_node.unwrap_or(u32::MAX),
             unknown_source: match self.unknown_source {
                 UnknownSource::Pass => abi::UNKNOWN_SOURCE_PASS,
@@ -417,6 +421,7 @@ impl Tables {
         };
         let mut t = Tables {
             trust_domain: s(header.trust_domain, "trust domain")?,
+            cluster_name: s(header.cluster_name, "cluster name")?,
             local_node: match header.local_node {
                 u32::MAX => None,
                 n if n < header.node_count => Some(n),
@@ -563,6 +568,7 @@ mod tests {
     fn sample() -> Tables {
         Tables {
             trust_domain: "cluster.local".into(),
+            cluster_name: "Kubernetes".into(),
             local_node: Some(0),
             unknown_source: UnknownSource::Hold,
             unknown_source_hold_ms: 2000,
@@ -630,12 +636,12 @@ mod tests {
     fn round_trip() {
         let t = sample();
         let bytes = t.encode(42).unwrap();
-        let strings = "cluster.localnode-anode-bclientdefaultclient-sa".len()
+        let strings = "cluster.localKubernetesnode-anode-bclientdefaultclient-sa".len()
             + "only-adefaultclienttd/ns/x/sa/ay".len()
             + "denydefault".len();
         assert_eq!(
             bytes.len(),
-            64 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4 + 2 * 20 + strings
+            128 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4 + 2 * 20 + strings
         );
         let (g, back) = Tables::decode(&bytes).unwrap();
         assert_eq!(g, 42);
@@ -645,7 +651,7 @@ mod tests {
     #[test]
     fn header_bytes_are_exact() {
         let bytes = Tables::default().encode(7).unwrap();
-        let mut want = vec![0u8; 64];
+        let mut want = vec![0u8; 128];
         want[0] = 7; // generation
         want[32..36].copy_from_slice(&u32::MAX.to_le_bytes()); // local_node none
         assert_eq!(bytes, want);
@@ -696,7 +702,7 @@ mod tests {
         let bytes = sample().encode(1).unwrap();
         // The first CIDR record follows header, nodes, workload, address, policies,
         // sources and ports; its prefix byte is at offset 17.
-        let at = 64 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4;
+        let at = 128 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4;
         let mut b = bytes.clone();
         b[at + 17] = 33;
         assert!(
@@ -714,7 +720,7 @@ mod tests {
         let bytes = t.encode(1).unwrap();
         // The first policy record starts after header, nodes, workloads, addresses;
         // its source_count is at offset 32 within the record.
-        let at = 64 + 2 * 32 + 64 + 48 + 32;
+        let at = 128 + 2 * 32 + 64 + 48 + 32;
         let mut b = bytes.clone();
         b[at] = 9; // 9 sources, 2 exist
         assert!(

@@ -634,8 +634,12 @@ fn test_interop_xdpmesh_outbound_to_python_server() {
         assert!(forwarded.starts_with(&client_prefix), "{req:#}");
         let traceparent = req["traceparent"].as_str().unwrap_or_default();
         assert!(is_traceparent(traceparent), "{req:#}");
-        let baggage = req["baggage"].as_str().unwrap_or_default();
-        assert!(baggage.contains("k8s.namespace.name=default"), "{req:#}");
+        // The cluster name comes from the config (`cluster_name`).
+        assert_eq!(
+            req["baggage"].as_str(),
+            Some("k8s.cluster.name=interop-east,k8s.namespace.name=default,k8s.pod.name=client"),
+            "{req:#}"
+        );
     }
     // Fresh trace per connection.
     let mut traces: Vec<&str> = requests

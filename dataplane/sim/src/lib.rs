@@ -123,6 +123,7 @@ pub fn tables(local: u32, protocol: Protocol, policies: Vec<Policy>) -> Tables {
     };
     Tables {
         trust_domain: TRUST_DOMAIN.into(),
+        cluster_name: "Kubernetes".into(),
         local_node: Some(local),
         nodes: vec![
             Node {

@@ -43,8 +43,8 @@ impl<S: FrameSink> Engine<S> {
             .and_then(|a| self.index.tables.workloads.get(a.workload as usize))
             .map(|w| {
                 format!(
-                    "k8s.cluster.name=Kubernetes,k8s.namespace.name={},k8s.pod.name={}",
-                    w.namespace, w.name
+                    "k8s.cluster.name={},k8s.namespace.name={},k8s.pod.name={}",
+                    self.index.tables.cluster_name, w.namespace, w.name
                 )
             });
         let headers = ConnectHeaders {
