@@ -217,7 +217,7 @@ impl IdentitySource {
         let mut certs = Vec::with_capacity(ids.len());
         for id in ids {
             let cert = match self.cache.get(id) {
-                Some(c) if more_than_half_left(&c.validity, now) => {
+                Some(c) if now < renewal_time(&c.validity, self.validity) => {
                     reused += 1;
                     c.clone()
                 }
@@ -243,14 +243,33 @@ impl IdentitySource {
     }
 }
 
-fn more_than_half_left(v: &Validity, now: SystemTime) -> bool {
-    let Ok(total) = v.not_after.duration_since(v.not_before) else {
-        return false;
-    };
-    match v.not_after.duration_since(now) {
-        Ok(left) => left > total / 2,
-        Err(_) => false,
+impl IdentitySource {
+    /// When the first issued certificate reaches half its lifetime and is renewed at
+    /// the next publication (`None`: nothing issued, e.g. ready-made certificates,
+    /// which their owner renews).
+    pub fn next_renewal(&self) -> Option<SystemTime> {
+        self.cache
+            .values()
+            .map(|c| renewal_time(&c.validity, self.validity))
+            .min()
     }
+
+    /// The lifetime of issued certificates.
+    pub fn validity(&self) -> Duration {
+        self.validity
+    }
+}
+
+/// When a certificate issued for `ttl` is renewed: at half its lifetime, counted from
+/// its end (`not_before` is backdated for clock skew, so counting from it would renew a
+/// short-lived certificate at once).
+fn renewal_time(v: &Validity, ttl: Duration) -> SystemTime {
+    let total = v
+        .not_after
+        .duration_since(v.not_before)
+        .unwrap_or_default()
+        .min(ttl);
+    v.not_after - total / 2
 }
 
 fn obtain_ready_made(dir: &Path, ids: &[SpiffeId]) -> Result<Obtained> {
@@ -579,18 +598,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn half_life() {
+    fn renewal_at_half_life_counted_from_the_end() {
         let now = SystemTime::now();
         let h = Duration::from_secs(3600);
-        assert!(more_than_half_left(
-            &Validity::between(now - h, now + 2 * h),
-            now
-        ));
-        assert!(!more_than_half_left(
-            &Validity::between(now - 2 * h, now + h),
-            now
-        ));
-        assert!(!more_than_half_left(&expired_validity(), now));
+        let day = 24 * h;
+        // Issued for 3 h, 1 h ago: renewed 1.5 h before its end, i.e. in 30 min.
+        assert_eq!(
+            renewal_time(&Validity::between(now - h, now + 2 * h), day),
+            now + h / 2
+        );
+        // A 10 s certificate backdated 60 s for clock skew is renewed 5 s before its
+        // end, not at once.
+        let ten = Duration::from_secs(10);
+        let v = Validity::for_duration(ten);
+        let at = renewal_time(&v, ten);
+        assert_eq!(
+            v.not_after.duration_since(at).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert!(at > now);
+        assert!(renewal_time(&expired_validity(), day) < now);
     }
 
     #[test]

@@ -8,3 +8,4 @@
 pub mod certs;
 pub mod config;
 pub mod tables;
+pub mod watch;

@@ -1,6 +1,6 @@
 //! `xdpmesh-control`: validates the mesh config, publishes the gateway's tables to the
 //! dataplane workers through shared memory and keeps the XDP divert set in sync.
-//! SIGHUP reloads the config; a bad file is rejected with its line and reason and the
+//! SIGHUP, or a change of the config file (inotify), reloads the config; a bad file is rejected with its line and reason and the
 //! tables in force stay in force. With every publication it also writes the local
 //! workloads' certificates to the identity directory (see `xdpmesh_control::certs`).
 
@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 use xdpmesh_control::certs::{self, IdentitySource, SourceKind};
 use xdpmesh_control::config::MeshConfig;
 use xdpmesh_control::tables::{self, KernelRoutes};
+use xdpmesh_control::watch::ConfigWatch;
 use xdpmesh_hbone::{SpiffeId, Validity};
 use xdpmesh_shm::lock::Role;
 use xdpmesh_shm::{InstanceLock, Opened, ShmWriter, Tables};
@@ -134,6 +135,11 @@ struct IdentityArgs {
     /// Lifetime of issued workload certificates in hours.
     #[arg(long, default_value_t = 24)]
     cert_validity_hours: u64,
+    /// Lifetime of issued workload certificates as a duration (`10s`, `30m`, `24h`);
+    /// overrides --cert-validity-hours. Certificates are renewed at half their
+    /// lifetime.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cert_ttl: Option<Duration>,
 }
 
 impl CaArgs {
@@ -159,9 +165,26 @@ impl IdentityArgs {
             Some(dir) => SourceKind::ReadyMade { dir: dir.clone() },
             None => self.ca.kind(),
         };
-        Ok(IdentitySource::new(kind, hours(self.cert_validity_hours)?))
+        let validity = match self.cert_ttl {
+            Some(ttl) if ttl < MIN_CERT_TTL || ttl > MAX_CERT_TTL => anyhow::bail!(
+                "--cert-ttl {} is out of range: use {} to {} (certificates are renewed at half their lifetime)",
+                humantime::format_duration(ttl),
+                humantime::format_duration(MIN_CERT_TTL),
+                humantime::format_duration(MAX_CERT_TTL)
+            ),
+            Some(ttl) => ttl,
+            None => hours(self.cert_validity_hours)?,
+        };
+        Ok(IdentitySource::new(kind, validity))
     }
 }
+
+/// The shortest `--cert-ttl`: renewal at half of it, checked every loop iteration.
+const MIN_CERT_TTL: Duration = Duration::from_secs(2);
+/// The longest `--cert-ttl` (as --cert-validity-hours): ten years.
+const MAX_CERT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// After a failed renewal, the next try comes this much later.
+const RENEWAL_RETRY: Duration = Duration::from_secs(5);
 
 fn hours(h: u64) -> Result<Duration> {
     if h == 0 || h > 10 * 365 * 24 {
@@ -393,7 +416,7 @@ fn run(
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())?;
 
-    let cfg = load(config.as_deref())?;
+    let mut cfg = load(config.as_deref())?;
     let mut tables = tables::build(&cfg, node, &mut KernelRoutes::default())?;
     let (mut writer, opened) = ShmWriter::open_or_create(shm, area)?;
     match opened {
@@ -424,8 +447,28 @@ fn run(
     // does, the tables wait in shared memory and nothing is diverted.
     let mut announced = false;
     let mut last_sync = Instant::now() - Duration::from_secs(10);
+    let mut renewals = 0u64;
+    let mut renew_after: Option<Instant> = None;
+    // The config file is watched as well as SIGHUP: a file replaced by rename or
+    // rewritten in place is reloaded within one loop iteration (50 ms).
+    let mut watch = match config.as_deref().map(ConfigWatch::new).transpose() {
+        Ok(w) => w,
+        Err(e) => {
+            warn!("not watching the config file ({e}); reload it with SIGHUP");
+            None
+        }
+    };
     while !term.load(Ordering::Relaxed) {
-        if hup.swap(false, Ordering::Relaxed) {
+        let hupped = hup.swap(false, Ordering::Relaxed);
+        let edited = watch.as_mut().is_some_and(ConfigWatch::changed);
+        if hupped || edited {
+            if hupped {
+                if let Some(w) = watch.as_mut() {
+                    w.mark_seen();
+                }
+            }
+            let why = if hupped { "SIGHUP" } else { "the file changed" };
+            info!("reloading the config: {why}");
             match load(config.as_deref()).and_then(|c| {
                 let t = tables::build(&c, node, &mut KernelRoutes::default())?;
                 Ok((c, t))
@@ -436,9 +479,10 @@ fn run(
                     Ok(g) => {
                         info!(generation = g, "config reloaded and published");
                         tables = t;
+                        cfg = c;
                         last_sync = Instant::now() - Duration::from_secs(10);
                         if let Err(e) =
-                            publish_identities(&mut identities, &c, node, identity_out, g)
+                            publish_identities(&mut identities, &cfg, node, identity_out, g)
                         {
                             error!(
                                 "identities for generation {g} not written, the identity directory keeps the previous ones: {e:#}"
@@ -454,6 +498,37 @@ fn run(
                     "rejected config: {e:#}; generation {} stays in force",
                     writer.generation()
                 ),
+            }
+        }
+        // Certificates are renewed at half their lifetime; the dataplane picks the new
+        // identity directory up for new handshakes, established tunnels go on.
+        let due = identities
+            .next_renewal()
+            .is_some_and(|t| std::time::SystemTime::now() >= t);
+        if due && renew_after.is_none_or(|t| Instant::now() >= t) {
+            match publish_identities(
+                &mut identities,
+                &cfg,
+                node,
+                identity_out,
+                writer.generation(),
+            ) {
+                Ok(()) => {
+                    renewals += 1;
+                    renew_after = None;
+                    info!(
+                        renewals,
+                        ttl = %humantime::format_duration(identities.validity()),
+                        "workload certificates renewed at half their lifetime"
+                    );
+                }
+                Err(e) => {
+                    renew_after = Some(Instant::now() + RENEWAL_RETRY);
+                    error!(
+                        "renewing workload certificates failed, retrying in {}s; the identities in force stay: {e:#}",
+                        RENEWAL_RETRY.as_secs()
+                    );
+                }
             }
         }
         if last_sync.elapsed() >= Duration::from_secs(1) {

@@ -370,7 +370,14 @@ fn run(a: RunArgs) -> Result<()> {
                 let _ = tx.send(store.clone());
             }
         }
-        if let Err(e) = write_stats(&stats_path, &prog, &shared, started, &unknown) {
+        if let Err(e) = write_stats(
+            &stats_path,
+            &prog,
+            &shared,
+            started,
+            &unknown,
+            identities.loads,
+        ) {
             warn!(%e, "writing stats");
         }
         if handles.iter().any(|h| h.is_finished()) {
@@ -389,7 +396,14 @@ fn run(a: RunArgs) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
-    write_stats(&stats_path, &prog, &shared, started, &unknown)?;
+    write_stats(
+        &stats_path,
+        &prog,
+        &shared,
+        started,
+        &unknown,
+        identities.loads,
+    )?;
     info!("stopped");
     Ok(())
 }
@@ -401,6 +415,9 @@ struct IdentityWatch {
     dir: PathBuf,
     seen: Option<std::time::SystemTime>,
     reported: bool,
+    /// Identity sets loaded so far: the first, then one per renewal or reload
+    /// (`identity_loads` in stats).
+    loads: u64,
 }
 
 impl IdentityWatch {
@@ -409,6 +426,7 @@ impl IdentityWatch {
             dir,
             seen: None,
             reported: false,
+            loads: 0,
         }
     }
 
@@ -423,6 +441,7 @@ impl IdentityWatch {
             Ok(s) => {
                 self.seen = Some(mtime);
                 self.reported = false;
+                self.loads += 1;
                 Some(s)
             }
             Err(e) => {
@@ -503,6 +522,7 @@ fn write_stats(
     shared: &[Arc<Shared>],
     started: Instant,
     unknown: &UnknownWatch,
+    identity_loads: u64,
 ) -> Result<()> {
     let mut total = Local::default();
     let mut min_generation = u64::MAX;
@@ -540,6 +560,7 @@ fn write_stats(
         "totals": total.to_json(),
         "xdp": xdp,
         "unknown_sources": unknown.to_json(),
+        "identity_loads": identity_loads,
         "rss_bytes": rss_bytes(),
     });
     let tmp = path.with_extension("json.tmp");

@@ -350,7 +350,8 @@ class H2ServerConn:
             await self.close_transport()
             return
         self.log("conn_accepted", client_san=self.client_san, tls_version=version, alpn=alpn,
-                 cipher=sslobj.cipher()[0], sni=self.sni, **conn_log)
+                 cipher=sslobj.cipher()[0], sni=self.sni,
+                 client_serial=(cert or {}).get("serialNumber"), **conn_log)
 
         cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8",
                                         validate_inbound_headers=False,

@@ -66,6 +66,9 @@ pub(crate) struct GatewayProcs {
     /// (node, control argv, dataplane argv) as started, for restarts and second starts.
     argv: Vec<(Node, Vec<String>, Vec<String>)>,
     instances: Vec<String>,
+    /// Extra arguments for every control and dataplane started
+    /// ([`Topology::set_gateway_args`]).
+    extra_args: (Vec<String>, Vec<String>),
 }
 
 impl GatewayProcs {
@@ -213,6 +216,8 @@ impl Topology {
                 "--ca-dir",
                 &ca_dir,
             ];
+            let mut control_argv = control_argv.to_vec();
+            control_argv.extend(self.gateways.extra_args.0.iter().map(String::as_str));
             let control = self.spawn(node, &control_argv)?;
             let dataplane_bin = dataplane_bin.to_string_lossy();
             let mut args = vec![
@@ -229,6 +234,7 @@ impl Topology {
                 args.extend(["--queues", &queues]);
             }
             args.extend(["--xdp-mode", &xdp_mode]);
+            args.extend(self.gateways.extra_args.1.iter().map(String::as_str));
             let dataplane = match self.spawn(node, &args) {
                 Ok(d) => d,
                 Err(e) => {
@@ -268,6 +274,13 @@ impl Topology {
             bail!("xdpmesh gateways did not become ready:\n{msg}");
         }
         Ok(())
+    }
+
+    /// Extra arguments for the control and dataplane processes the next
+    /// [`Topology::start_gateways`] starts (e.g. `--cert-ttl 10s`, `--hbone-idle-secs 2`).
+    pub fn set_gateway_args(&mut self, control: &[&str], dataplane: &[&str]) {
+        let own = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
+        self.gateways.extra_args = (own(control), own(dataplane));
     }
 
     /// The mesh CA directory of this topology (created by the first control process).
