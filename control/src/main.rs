@@ -533,6 +533,8 @@ fn run(
         }
         if last_sync.elapsed() >= Duration::from_secs(1) {
             last_sync = Instant::now();
+            // Readers tell a live control process from a dead one by this.
+            writer.heartbeat();
             match sync_xdp(pin_dir, &tables, announced) {
                 Ok(true) if !announced => {
                     announced = true;

@@ -357,8 +357,10 @@ fn run(a: RunArgs) -> Result<()> {
     let stats_path = a.run_dir.join("stats.json");
     let started = Instant::now();
     let mut unknown = UnknownWatch::default();
+    let mut control = ControlWatch::default();
     while !stop.load(Ordering::Relaxed) {
         unknown.poll(&prog, &log_limiter, started);
+        control.poll(&tables);
         if let Some(store) = identities.poll() {
             let store = Arc::new(store);
             info!(
@@ -377,6 +379,7 @@ fn run(a: RunArgs) -> Result<()> {
             started,
             &unknown,
             identities.loads,
+            &control,
         ) {
             warn!(%e, "writing stats");
         }
@@ -403,6 +406,7 @@ fn run(a: RunArgs) -> Result<()> {
         started,
         &unknown,
         identities.loads,
+        &control,
     )?;
     info!("stopped");
     Ok(())
@@ -452,6 +456,64 @@ impl IdentityWatch {
                 None
             }
         }
+    }
+}
+
+/// How long the control process may miss its heartbeat (it beats every second) before
+/// the dataplane reports it gone.
+const CONTROL_GONE_MS: u64 = 5_000;
+
+/// The control process as the table file's header shows it: its last publication and
+/// heartbeat. When the heartbeat stops the workers keep forwarding on the tables in
+/// force; this logs it once (and once when a control process is back) and `stats`
+/// shows the tables' age.
+#[derive(Default)]
+struct ControlWatch {
+    status: Option<xdpmesh_shm::WriterStatus>,
+    gone: bool,
+}
+
+impl ControlWatch {
+    fn poll(&mut self, tables: &ShmReader) {
+        let s = tables.writer_status();
+        self.status = Some(s);
+        let silent = xdpmesh_shm::WriterStatus::age_ms(s.heartbeat_unix_ms);
+        let gone = silent.is_some_and(|ms| ms > CONTROL_GONE_MS);
+        let age = xdpmesh_shm::WriterStatus::age_ms(s.published_unix_ms).unwrap_or(0);
+        if gone && !self.gone {
+            warn!(
+                control_pid = s.writer_pid,
+                silent_ms = silent.unwrap_or(0),
+                generation = s.generation,
+                tables_age_ms = age,
+                "the control process is gone (no heartbeat): forwarding on the tables in force"
+            );
+        } else if !gone && self.gone {
+            info!(
+                control_pid = s.writer_pid,
+                generation = s.generation,
+                "a control process is back"
+            );
+        }
+        self.gone = gone;
+    }
+
+    /// `stats`' view: the generation published and the one every worker runs, when it
+    /// was published, and the control process's liveness.
+    fn to_json(&self, in_force: u64) -> serde_json::Value {
+        let Some(s) = self.status else {
+            return json!({});
+        };
+        let age = |ms| xdpmesh_shm::WriterStatus::age_ms(ms).unwrap_or(0);
+        json!({
+            "published": s.generation,
+            "in_force": if in_force == u64::MAX { 0 } else { in_force },
+            "published_unix_ms": s.published_unix_ms,
+            "age_ms": age(s.published_unix_ms),
+            "control_pid": s.writer_pid,
+            "control_heartbeat_age_ms": age(s.heartbeat_unix_ms),
+            "control_alive": !self.gone,
+        })
     }
 }
 
@@ -523,6 +585,7 @@ fn write_stats(
     started: Instant,
     unknown: &UnknownWatch,
     identity_loads: u64,
+    control: &ControlWatch,
 ) -> Result<()> {
     let mut total = Local::default();
     let mut min_generation = u64::MAX;
@@ -561,6 +624,7 @@ fn write_stats(
         "xdp": xdp,
         "unknown_sources": unknown.to_json(),
         "identity_loads": identity_loads,
+        "tables": control.to_json(min_generation),
         "rss_bytes": rss_bytes(),
     });
     let tmp = path.with_extension("json.tmp");

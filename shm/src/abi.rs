@@ -38,6 +38,11 @@ pub mod header {
     pub const GENERATION: usize = 24;
     /// AtomicU64: pid of the writer that published last.
     pub const WRITER_PID: usize = 32;
+    /// AtomicU64: wall-clock time (Unix milliseconds) of the last publication (ABI 3).
+    pub const PUBLISHED_MS: usize = 40;
+    /// AtomicU64: wall-clock time (Unix milliseconds) of the writer's last heartbeat:
+    /// a live control process refreshes it every second (ABI 3).
+    pub const HEARTBEAT_MS: usize = 48;
     /// Start of the worker slots: `MAX_WORKERS` × (AtomicU64 owner, AtomicU64 acked generation).
     pub const SLOTS: usize = 64;
     /// Bytes per worker slot.

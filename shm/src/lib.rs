@@ -234,8 +234,17 @@ impl ShmWriter {
         self.map
             .writer_pid()
             .store(u64::from(std::process::id()), Ordering::Relaxed);
+        self.map.published_ms().store(unix_ms(), Ordering::Relaxed);
+        self.map.heartbeat_ms().store(unix_ms(), Ordering::Relaxed);
         self.map.generation().store(next, Ordering::Release);
         Ok(next)
+    }
+
+    /// Tells readers this writer is alive (call it about once a second): they report
+    /// how long ago it last did, and that the tables in force are getting old when it
+    /// stops.
+    pub fn heartbeat(&self) {
+        self.map.heartbeat_ms().store(unix_ms(), Ordering::Relaxed);
     }
 
     fn wait_acks(&self, needed: u64, timeout: Duration) -> Result<(), ShmError> {
@@ -280,6 +289,33 @@ impl ShmWriter {
     }
 }
 
+/// The writer's side of the header, as a reader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterStatus {
+    /// The generation published last (0: none yet).
+    pub generation: u64,
+    /// The pid of the process that published it.
+    pub writer_pid: u32,
+    /// When it was published (Unix milliseconds; 0: never).
+    pub published_unix_ms: u64,
+    /// The writer's last heartbeat (Unix milliseconds; 0: never).
+    pub heartbeat_unix_ms: u64,
+}
+
+impl WriterStatus {
+    /// Milliseconds from `earlier` (Unix ms) to now; `None` when it never happened.
+    pub fn age_ms(earlier: u64) -> Option<u64> {
+        (earlier != 0).then(|| unix_ms().saturating_sub(earlier))
+    }
+}
+
+/// The wall clock in Unix milliseconds (shared by processes, unlike a monotonic clock).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A reader's view of the file, shared by the workers of one process.
 #[derive(Debug, Clone)]
 pub struct ShmReader {
@@ -292,6 +328,16 @@ impl ShmReader {
         Ok(ShmReader {
             map: Arc::new(Mapping::open(path)?),
         })
+    }
+
+    /// What the header says about the writer and its last publication.
+    pub fn writer_status(&self) -> WriterStatus {
+        WriterStatus {
+            generation: self.map.generation().load(Ordering::Acquire),
+            writer_pid: self.map.writer_pid().load(Ordering::Relaxed) as u32,
+            published_unix_ms: self.map.published_ms().load(Ordering::Relaxed),
+            heartbeat_unix_ms: self.map.heartbeat_ms().load(Ordering::Relaxed),
+        }
     }
 
     /// Claims a worker slot. The slot is released when the returned handle drops (and
@@ -424,6 +470,32 @@ mod tests {
         // Generation 2 goes to area 0, which never held anything: no wait needed.
         assert_eq!(w.publish(&tables(2), Duration::from_secs(1)).unwrap(), 2);
         assert_eq!(w.workers(), vec![(std::process::id(), 1)]);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn writer_status_tells_the_last_publication_and_heartbeat() {
+        let path = tmp("status");
+        let mut w = ShmWriter::create(&path, 64 * 1024).unwrap();
+        let r = ShmReader::open(&path).unwrap();
+        let s = r.writer_status();
+        assert_eq!(
+            (s.generation, s.published_unix_ms, s.heartbeat_unix_ms),
+            (0, 0, 0)
+        );
+        assert_eq!(WriterStatus::age_ms(s.published_unix_ms), None);
+        let before = unix_ms();
+        w.publish(&tables(1), Duration::from_secs(1)).unwrap();
+        let s = r.writer_status();
+        assert_eq!((s.generation, s.writer_pid), (1, std::process::id()));
+        assert!(s.published_unix_ms >= before && s.published_unix_ms <= unix_ms());
+        assert_eq!(s.heartbeat_unix_ms, s.published_unix_ms);
+        std::thread::sleep(Duration::from_millis(20));
+        w.heartbeat();
+        let t = r.writer_status();
+        assert!(t.heartbeat_unix_ms >= s.heartbeat_unix_ms + 20);
+        assert_eq!(t.published_unix_ms, s.published_unix_ms);
+        assert!(WriterStatus::age_ms(t.published_unix_ms).unwrap() >= 20);
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -143,6 +143,14 @@ impl Mapping {
         self.atomic(header::WRITER_PID)
     }
 
+    pub(crate) fn published_ms(&self) -> &AtomicU64 {
+        self.atomic(header::PUBLISHED_MS)
+    }
+
+    pub(crate) fn heartbeat_ms(&self) -> &AtomicU64 {
+        self.atomic(header::HEARTBEAT_MS)
+    }
+
     /// Slot `i`: (owner, acked generation).
     pub(crate) fn slot(&self, i: usize) -> (&AtomicU64, &AtomicU64) {
         assert!(i < MAX_WORKERS);

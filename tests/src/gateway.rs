@@ -343,16 +343,26 @@ impl Topology {
     /// line; the dataplane keeps running. Returns the new control's pid. Fails with the
     /// new log's tail when it exits or [`GATEWAY_READY_TIMEOUT`] passes.
     pub fn restart_gateway_control(&mut self, node: Node, signal: Signal) -> anyhow::Result<u32> {
-        let (argv, _) = self.gateway_argv(node)?;
-        let i = self
-            .gateways
-            .procs
-            .iter()
-            .position(|(n, _, _)| *n == node)
-            .with_context(|| format!("no gateway processes on {node:?}"))?;
+        self.stop_gateway_control(node, signal)?;
+        self.start_gateway_control(node)
+    }
+
+    /// Stops a gateway's control process with `signal` and reaps it; the dataplane keeps
+    /// running on the tables in force.
+    pub fn stop_gateway_control(&mut self, node: Node, signal: Signal) -> anyhow::Result<()> {
+        let i = self.gateway_index(node)?;
         self.gateways.procs[i]
             .1
             .stop(signal, Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// Starts a gateway's control process again with its first command line (after
+    /// [`Topology::stop_gateway_control`]) and waits for its [`CONTROL_READY`] line.
+    /// Returns its pid.
+    pub fn start_gateway_control(&mut self, node: Node) -> anyhow::Result<u32> {
+        let (argv, _) = self.gateway_argv(node)?;
+        let i = self.gateway_index(node)?;
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let mut control = self.spawn(node, &argv)?;
         control.wait_for_log(CONTROL_READY, GATEWAY_READY_TIMEOUT)?;
@@ -360,6 +370,14 @@ impl Topology {
         // The old handle was reaped by `stop`: dropping it kills nothing.
         self.gateways.procs[i].1 = control;
         Ok(pid)
+    }
+
+    fn gateway_index(&self, node: Node) -> anyhow::Result<usize> {
+        self.gateways
+            .procs
+            .iter()
+            .position(|(n, _, _)| *n == node)
+            .with_context(|| format!("no gateway processes on {node:?}"))
     }
 
     /// Log file paths of the gateway processes: (node, control log, dataplane log).
