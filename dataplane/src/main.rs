@@ -97,6 +97,30 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         hbone_idle_secs: u64,
     },
+    /// Inspect this gateway (run it in the gateway's network namespace): per finding,
+    /// what it saw, what that breaks and the fix. Exit status 0: nothing wrong; 1: a
+    /// warning or a failure.
+    Doctor {
+        /// Instance name.
+        #[arg(long)]
+        instance: String,
+        /// Interfaces to inspect (repeat; default: those with an XDP program attached,
+        /// else every interface).
+        #[arg(long = "iface")]
+        ifaces: Vec<String>,
+        /// Run directory (default /run/xdpmesh/<instance>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Table file (default /dev/shm/xdpmesh-<instance>).
+        #[arg(long)]
+        shm: Option<PathBuf>,
+        /// Identity directory (default /run/xdpmesh/<instance>/identity).
+        #[arg(long)]
+        identity_dir: Option<PathBuf>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the last stats snapshot of a running (or stopped) instance.
     Stats {
         /// Instance name.
@@ -156,6 +180,33 @@ fn main() {
             frames,
             wait_tables: Duration::from_secs(wait_tables_secs),
         }),
+        Cmd::Doctor {
+            instance,
+            ifaces,
+            run_dir,
+            shm,
+            identity_dir,
+            json,
+        } => {
+            let paths = xdpmesh_dataplane::doctor::Paths {
+                ifaces,
+                run_dir: run_dir.unwrap_or_else(|| default_run_dir(&instance)),
+                shm: shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
+                identity_dir: identity_dir
+                    .unwrap_or_else(|| default_run_dir(&instance).join("identity")),
+            };
+            let findings = xdpmesh_dataplane::doctor::gather(&paths);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&xdpmesh_dataplane::doctor::to_json(&findings))
+                        .unwrap_or_default()
+                );
+            } else {
+                print!("{}", xdpmesh_dataplane::doctor::render(&findings));
+            }
+            std::process::exit(xdpmesh_dataplane::doctor::exit_code(&findings));
+        }
         Cmd::Stats { instance, run_dir } => {
             let path = run_dir
                 .unwrap_or_else(|| default_run_dir(&instance))

@@ -539,6 +539,25 @@ fn test_unknown_source_pass_reaches_the_kernel() {
     );
     assert_eq!(seen.len(), 1, "once a minute: {seen:#?}");
     assert_has_all(&seen[0], &[&format!("src={late}"), "syns="]);
+    // doctor names the source too.
+    let instance = topo.instance(Node::GatewayA);
+    let out = topo
+        .cmd(
+            Node::GatewayA,
+            xdpmesh_netns::bin("xdpmesh-dataplane"),
+            ["doctor", "--instance", &instance],
+        )
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines().any(|l| l
+            == format!(
+                "[WARN] unknown-sources: SYNs to mesh workloads from pod addresses no workload claims: {late} (2 SYNs)"
+            )),
+        "{text}"
+    );
     let seen_b = log_lines(&topo, Node::GatewayB, "unknown source");
     assert_eq!(seen_b.len(), 1, "once a minute: {seen_b:#?}");
     assert_has_all(&seen_b[0], &["handled as a source outside the mesh"]);
