@@ -247,7 +247,7 @@ impl<S: FrameSink> Engine<S> {
                         let streams = t.streams.len();
                         let (waited_ms, timeout_ms) = (waited_us / 1000, timeout_us / 1000);
                         warn!(%peer, %identity, waited_ms, timeout_ms, streams,
-                            "HBONE tunnel closed: no answer to a keepalive PING for {waited_ms} ms (timeout {timeout_ms} ms), the peer is unreachable; resetting its {streams} streams");
+                            "HBONE tunnel closed: no answer to a keepalive PING for {waited_ms} ms (timeout {timeout_ms} ms), the peer is unreachable; resetting its streams");
                     } else {
                         match e.identity_error() {
                             Some(ie) => {
