@@ -96,6 +96,14 @@ enum Cmd {
         /// HBONE: idle pooled connections are closed after this many seconds.
         #[arg(long, default_value_t = 300)]
         hbone_idle_secs: u64,
+        /// HBONE: every tunnel sends an HTTP/2 PING this long after it is up and after
+        /// each answer (ztunnel: 10 s).
+        #[arg(long, default_value_t = 10_000)]
+        hbone_keepalive_interval_ms: u64,
+        /// HBONE: a tunnel whose PING has had no answer for this long is closed and its
+        /// streams reset (ztunnel: 20 s).
+        #[arg(long, default_value_t = 20_000)]
+        hbone_keepalive_timeout_ms: u64,
     },
     /// Inspect this gateway (run it in the gateway's network namespace): per finding,
     /// what it saw, what that breaks and the fix. Exit status 0: nothing wrong; 1: a
@@ -160,12 +168,16 @@ fn main() {
             identity_dir,
             hbone_stream_cap,
             hbone_idle_secs,
+            hbone_keepalive_interval_ms,
+            hbone_keepalive_timeout_ms,
         } => run(RunArgs {
             identity_dir: identity_dir
                 .unwrap_or_else(|| default_run_dir(&instance).join("identity")),
             hbone: HboneLimits {
                 stream_cap: hbone_stream_cap.max(1),
                 idle_timeout_us: hbone_idle_secs as i64 * 1_000_000,
+                keepalive_interval_us: hbone_keepalive_interval_ms.max(1) as i64 * 1000,
+                keepalive_timeout_us: hbone_keepalive_timeout_ms.max(1) as i64 * 1000,
             },
             pin_dir: pin_root
                 .unwrap_or_else(|| PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))),

@@ -97,6 +97,8 @@ counters!(
     hbone_tunnels_closed,
     hbone_tunnels_live,
     hbone_tunnel_failures,
+    hbone_keepalive_timeouts,
+    hbone_pings_sent,
     hbone_streams,
     hbone_refused,
     policy_denied,

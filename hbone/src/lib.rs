@@ -48,8 +48,8 @@ pub const HBONE_PORT: u16 = 15008;
 pub use certs::{roots_from_pem, Ca, CertError, Validity, WorkloadCert};
 pub use conn::{
     validate_request, BadAuthority, BufferStats, ConnError, ConnectHeaders, Event, H2Settings,
-    HboneClientConn, HboneConn, HboneServerConn, OpenStreamError, Reason, Request, RequestError,
-    StatusCode, StreamError, StreamId, TlsInfo,
+    HboneClientConn, HboneConn, HboneServerConn, Keepalive, KeepaliveStats, OpenStreamError,
+    Reason, Request, RequestError, StatusCode, StreamError, StreamId, TlsInfo,
 };
 pub use identity::{SpiffeId, SpiffeIdError};
 pub use manifest::{Manifest, ManifestError, ManifestIdentity, MANIFEST_FILE};

@@ -11,6 +11,8 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const ACK: u8 = 0x1;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
@@ -199,4 +201,46 @@ fn ok_response_is_headers_without_end_stream() {
         u32::from_be_bytes(wu[..4].try_into().unwrap()),
         16 * 1024 * 1024 - 65535
     );
+}
+
+/// The server's keepalive PING on the wire: a PING frame on stream 0, flags 0, h2's
+/// user payload, one interval (10 s by default) after the connection is up; the
+/// client's PING ACK with the same payload is the answer.
+#[test]
+fn server_keepalive_is_a_ping_frame_answered_by_its_ack() {
+    const PAYLOAD: [u8; 8] = [0x3b, 0x7c, 0xdb, 0x7a, 0x0b, 0x87, 0x16, 0xb4];
+    let mesh = Mesh::new();
+    let mut raw = connect_raw(&mesh);
+    let mut buf = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut buf, SETTINGS, 0, 0, &[]);
+    std::io::Write::write_all(&mut raw.tls.writer(), &buf).unwrap();
+    raw.run();
+    let pings = |raw: &Raw| -> Vec<_> {
+        frames(&raw.plaintext_from_server)
+            .into_iter()
+            .filter(|f| f.0 == PING)
+            .collect()
+    };
+    raw.server.handle_timeout(0).unwrap();
+    assert_eq!(raw.server.poll_timeout(), Some(10_000_000));
+    raw.server.handle_timeout(9_999_999).unwrap();
+    raw.run();
+    assert_eq!(pings(&raw), vec![]);
+    raw.server.handle_timeout(10_000_000).unwrap();
+    raw.run();
+    assert_eq!(pings(&raw), vec![(PING, 0, 0, PAYLOAD.to_vec())]);
+    assert_eq!(raw.server.poll_timeout(), Some(30_000_000));
+    let mut ack = Vec::new();
+    frame(&mut ack, PING, ACK, 0, &PAYLOAD);
+    std::io::Write::write_all(&mut raw.tls.writer(), &ack).unwrap();
+    raw.run();
+    raw.server.handle_timeout(10_000_500).unwrap();
+    assert_eq!(
+        raw.server.keepalive_stats(),
+        xdpmesh_hbone::KeepaliveStats {
+            pings_sent: 1,
+            pongs_received: 1
+        }
+    );
+    assert_eq!(raw.server.poll_timeout(), Some(20_000_500));
 }

@@ -392,3 +392,121 @@ fn iperf3_both_directions(name: &str, (pod, uplink): (u32, u32)) {
         );
     }
 }
+
+/// Keepalive (issue 9, item 7): a tunnel whose peer is cut off without FIN or reset
+/// (gateway B's uplink brought down) is closed within interval + timeout (10 s + 20 s,
+/// the defaults), its stream's pod connections reset, counted on both sides.
+#[test]
+fn test_hbone_cut_off_peer_is_detected_by_keepalive_within_30s() {
+    if !require_root("test_hbone_cut_off_peer_is_detected_by_keepalive_within_30s") {
+        return;
+    }
+    let topo = hbone_topology("hka");
+    let mut echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    // A long-lived connection: one echo, then it waits for whatever ends it.
+    let client = format!(
+        "import socket\n\
+         c=socket.create_connection(('{SERVER_ADDR}', {ECHO_PORT}))\n\
+         c.sendall(b'hello'); got=b''\n\
+         while len(got) < 5:\n    got += c.recv(5 - len(got))\n\
+         print('echoed', got.decode(), flush=True)\n\
+         try:\n    d = c.recv(1); print('eof' if not d else 'data', flush=True)\n\
+         except ConnectionResetError:\n    print('reset', flush=True)\n"
+    );
+    let mut cli = topo
+        .spawn(Node::Client, &["python3", "-u", "-c", &client])
+        .unwrap();
+    cli.wait_for_log("echoed hello", Duration::from_secs(10))
+        .unwrap();
+    for node in [Node::GatewayA, Node::GatewayB] {
+        topo.wait_for_stats(node, Duration::from_secs(5), |s| {
+            let live = counter(s, &["totals", "hbone_tunnels_live"]);
+            let conns = counter(s, &["totals", "live_connections"]);
+            if (live, conns) == (1, 1) {
+                Ok(())
+            } else {
+                Err(format!("{live} tunnels, {conns} connections live"))
+            }
+        })
+        .unwrap();
+    }
+    // Let a few keepalive rounds pass first: a live peer answers them.
+    std::thread::sleep(Duration::from_secs(12));
+    let a = topo.gateway_stats(Node::GatewayA).unwrap();
+    assert!(
+        counter(&a, &["totals", "hbone_pings_sent"]) >= 1,
+        "no PING in 12 s: {a:#}"
+    );
+    assert_eq!(
+        counter(&a, &["totals", "hbone_keepalive_timeouts"]),
+        0,
+        "{a:#}"
+    );
+    assert!(!cli.log().contains("reset"), "{}", cli.log());
+    let down = std::time::Instant::now();
+    topo.run(Node::GatewayB, &["ip", "link", "set", "up0", "down"])
+        .unwrap();
+    // Nothing reaches A any more (no FIN, no reset): only its keepalive can tell.
+    cli.wait_for_log("reset", Duration::from_secs(31)).unwrap();
+    let detected = down.elapsed();
+    eprintln!("keepalive: the client's connection was reset {detected:?} after the cut");
+    // At most interval + timeout after the last PONG before the cut (and the PING in
+    // flight at the cut, if any, times out 20 s after it was sent).
+    assert!(
+        detected >= Duration::from_millis(19_500) && detected <= Duration::from_secs(30),
+        "reset {detected:?} after the cut"
+    );
+    assert!(
+        !cli.log().contains("eof"),
+        "a reset, not a FIN: {}",
+        cli.log()
+    );
+    let a = topo
+        .wait_for_stats(Node::GatewayA, Duration::from_secs(5), |s| {
+            let live = counter(s, &["totals", "hbone_tunnels_live"]);
+            let conns = counter(s, &["totals", "live_connections"]);
+            if (live, conns) == (0, 0) {
+                Ok(())
+            } else {
+                Err(format!("{live} tunnels, {conns} connections live"))
+            }
+        })
+        .unwrap();
+    for (name, want) in [
+        ("hbone_keepalive_timeouts", 1),
+        ("hbone_tunnel_failures", 1),
+        ("hbone_tunnels_closed", 1),
+        ("closed_connections", 1),
+    ] {
+        assert_eq!(counter(&a, &["totals", name]), want, "A {name}: {a:#}");
+    }
+    // B's own keepalive closes its side too, and resets the leg to the echo server.
+    let b = topo
+        .wait_stat(
+            Node::GatewayB,
+            &["totals", "hbone_keepalive_timeouts"],
+            1,
+            Duration::from_secs(31).saturating_sub(down.elapsed()),
+        )
+        .unwrap();
+    eprintln!(
+        "keepalive: gateway B closed its tunnel within {:?} of the cut",
+        down.elapsed()
+    );
+    assert_eq!(
+        counter(&b, &["totals", "hbone_tunnel_failures"]),
+        1,
+        "{b:#}"
+    );
+    echo.wait_for_log("ConnectionResetError", Duration::from_secs(2))
+        .unwrap();
+    let logs = topo.gateway_logs();
+    let (_, _, a_log) = logs.iter().find(|(n, _, _)| *n == Node::GatewayA).unwrap();
+    let a_log = std::fs::read_to_string(a_log).unwrap();
+    assert!(
+        a_log.contains("HBONE tunnel closed: no answer to a keepalive PING for")
+            && a_log.contains("the peer is unreachable; resetting its streams")
+            && a_log.contains("streams=1"),
+        "gateway A's log:\n{a_log}"
+    );
+}

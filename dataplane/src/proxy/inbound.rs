@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 
 use tracing::{debug, warn};
-use xdpmesh_hbone::conn::{HboneServerConn, Request, StreamId};
+use xdpmesh_hbone::conn::{H2Settings, HboneServerConn, Request, StreamId};
 use xdpmesh_hbone::StatusCode;
 
 use super::stream::{Direction, Stream};
@@ -25,11 +25,14 @@ impl<S: FrameSink> Engine<S> {
     /// A connection to a served workload's port 15008: the server side of a tunnel.
     pub(crate) fn accept_inbound_hbone(&mut self, port: usize, t: &TcpFrame, ip: &[u8], now: i64) {
         let local = t.key.dst;
+        let settings = self.hbone.h2_settings(H2Settings::server());
         let conn = self
             .identity_of(local.ip())
             .ok_or_else(|| "no identity".to_string())
             .and_then(|id| self.ids.server_config(&id))
-            .and_then(|cfg| HboneServerConn::new(cfg, local.ip()).map_err(|e| e.to_string()));
+            .and_then(|cfg| {
+                HboneServerConn::with_settings(cfg, local.ip(), settings).map_err(|e| e.to_string())
+            });
         let conn = match conn {
             Ok(c) => c,
             Err(reason) => {

@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 use xdpmesh_hbone::identity::SpiffeId;
+use xdpmesh_hbone::H2Settings;
 
 use crate::engine::Engine;
 use crate::identity::IdentityStore;
@@ -53,13 +54,36 @@ pub struct HboneLimits {
     pub stream_cap: usize,
     /// Idle pooled connections are closed after this long (µs).
     pub idle_timeout_us: i64,
+    /// Every tunnel (client and server) sends an HTTP/2 PING this long after it is up
+    /// and after each PONG (µs). ztunnel: 10 s.
+    pub keepalive_interval_us: i64,
+    /// A tunnel whose PING has had no PONG for this long is closed, its streams reset
+    /// (µs). ztunnel: 20 s.
+    pub keepalive_timeout_us: i64,
 }
 
 impl Default for HboneLimits {
     fn default() -> Self {
+        let ka = xdpmesh_hbone::Keepalive::default();
         HboneLimits {
             stream_cap: 100,
             idle_timeout_us: 300_000_000,
+            keepalive_interval_us: ka.interval_us,
+            keepalive_timeout_us: ka.timeout_us,
+        }
+    }
+}
+
+impl HboneLimits {
+    /// The HTTP/2 settings of a tunnel: ztunnel's for the role, with these keepalive
+    /// figures.
+    pub(crate) fn h2_settings(&self, base: H2Settings) -> H2Settings {
+        H2Settings {
+            keepalive: Some(xdpmesh_hbone::Keepalive {
+                interval_us: self.keepalive_interval_us,
+                timeout_us: self.keepalive_timeout_us,
+            }),
+            ..base
         }
     }
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ahash::AHashMap;
 use tracing::debug;
-use xdpmesh_hbone::conn::HboneClientConn;
+use xdpmesh_hbone::conn::{H2Settings, HboneClientConn};
 use xdpmesh_hbone::identity::SpiffeId;
 
 use super::tunnel::{Side, Tunnel};
@@ -83,7 +83,12 @@ impl<S: FrameSink> Engine<S> {
             }
         }
         let cfg = self.ids.client_config(src_id, dst_id)?;
-        let conn = HboneClientConn::new(cfg, dst_ip).map_err(|e| e.to_string())?;
+        let conn = HboneClientConn::with_settings(
+            cfg,
+            dst_ip,
+            self.hbone.h2_settings(H2Settings::client()),
+        )
+        .map_err(|e| e.to_string())?;
         let remote = SocketAddr::new(dst_ip, HBONE_PORT);
         let local_port = self
             .flows

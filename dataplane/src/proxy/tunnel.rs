@@ -91,8 +91,16 @@ impl Tunnel {
         &self.leg
     }
 
+    /// The tunnel's own deadline: the idle limit of a pooled tunnel without streams, and
+    /// the keepalive's next PING or the deadline of the PING in flight. Only a live
+    /// tunnel is driven, so only a live one waits for its keepalive.
     pub(crate) fn deadline(&self, limits: &HboneLimits) -> Option<i64> {
-        self.idle_since.map(|s| s + limits.idle_timeout_us)
+        let idle = self.idle_since.map(|s| s + limits.idle_timeout_us);
+        let keepalive = match self.phase {
+            Phase::Live => self.side.conn_ref().poll_timeout(),
+            Phase::Closing => None,
+        };
+        [idle, keepalive].into_iter().flatten().min()
     }
 
     /// A client tunnel that can take one more stream under `cap`.
@@ -162,8 +170,8 @@ fn stream_mut(
     }
 }
 
-/// Ciphertext in, TLS/HTTP/2 progress, events out.
-fn drive(t: &mut Tunnel, events: &mut Vec<Event>) -> Result<(), ConnError> {
+/// Ciphertext in, TLS/HTTP/2 progress, the keepalive, events out.
+fn drive(t: &mut Tunnel, now: i64, events: &mut Vec<Event>) -> Result<(), ConnError> {
     let s = t.leg.socket();
     while s.can_recv() && t.side.conn().can_feed() {
         let mut err = None;
@@ -196,6 +204,8 @@ fn drive(t: &mut Tunnel, events: &mut Vec<Event>) -> Result<(), ConnError> {
         t.side.conn().feed_eof()?;
     }
     t.side.conn().poll()?;
+    // After the ciphertext: a PONG that just arrived counts before any deadline.
+    t.side.conn().handle_timeout(now)?;
     while let Some(ev) = t.side.conn().poll_event() {
         events.push(ev);
     }
@@ -212,13 +222,39 @@ impl<S: FrameSink> Engine<S> {
                 return;
             };
             if t.phase == Phase::Live {
-                if let Err(e) = drive(t, &mut events) {
+                let pings = t.side.conn_ref().keepalive_stats().pings_sent;
+                let r = drive(t, now, &mut events);
+                self.stats.hbone_pings_sent +=
+                    t.side.conn_ref().keepalive_stats().pings_sent - pings;
+                if let Err(e) = r {
                     t.phase = Phase::Closing;
                     self.stats.hbone_tunnel_failures += 1;
                     let peer = t.leg.key.src;
-                    match e.identity_error() {
-                        Some(ie) => warn!(%peer, reason = %ie, "HBONE tunnel refused: identity"),
-                        None => warn!(%peer, reason = %e, "HBONE tunnel failed"),
+                    if let ConnError::KeepaliveTimeout {
+                        waited_us,
+                        timeout_us,
+                    } = e
+                    {
+                        // The peer vanished (cut off, or gone without FIN): nothing
+                        // else would ever end this tunnel or its streams.
+                        self.stats.hbone_keepalive_timeouts += 1;
+                        let identity = t
+                            .side
+                            .conn_ref()
+                            .peer_identity()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default();
+                        let streams = t.streams.len();
+                        let (waited_ms, timeout_ms) = (waited_us / 1000, timeout_us / 1000);
+                        warn!(%peer, %identity, waited_ms, timeout_ms, streams,
+                            "HBONE tunnel closed: no answer to a keepalive PING for {waited_ms} ms (timeout {timeout_ms} ms), the peer is unreachable; resetting its streams");
+                    } else {
+                        match e.identity_error() {
+                            Some(ie) => {
+                                warn!(%peer, reason = %ie, "HBONE tunnel refused: identity")
+                            }
+                            None => warn!(%peer, reason = %e, "HBONE tunnel failed"),
+                        }
                     }
                     t.leg.abort();
                     events.push(Event::Closed);

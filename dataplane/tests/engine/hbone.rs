@@ -197,6 +197,7 @@ fn streams_fill_pooled_tunnels_up_to_the_cap_and_idle_tunnels_close() {
         HboneLimits {
             stream_cap: CAP,
             idle_timeout_us: 500_000,
+            ..Default::default()
         },
         Vec::new(),
     );
@@ -353,6 +354,7 @@ fn a_stale_neighbour_wait_never_reaches_a_new_object() {
         hbone: HboneLimits {
             stream_cap: 100,
             idle_timeout_us: 100_000,
+            ..Default::default()
         },
         ..Default::default()
     });

@@ -20,8 +20,8 @@ use h2::server::SendResponse;
 use http::StatusCode;
 
 use super::{
-    h2_err, BufferStats, ConnError, Core, Event, H2Settings, Pipe, Reason, StreamError, StreamId,
-    StreamPoll, StreamState, TlsInfo,
+    h2_err, BufferStats, ConnError, Core, Event, H2Settings, Keepalive, Pipe, Reason, StreamError,
+    StreamId, StreamPoll, StreamState, TlsInfo,
 };
 use crate::identity::SpiffeId;
 
@@ -127,6 +127,44 @@ impl Stream {
     }
 }
 
+/// Where the keepalive of a connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeepalivePhase {
+    /// Not started (the connection is not up yet), or over (closed, failed, h2 refused).
+    Off,
+    /// The next PING goes at this time (µs).
+    Due(i64),
+    /// A PING went at this time (µs) and has had no PONG yet.
+    Outstanding(i64),
+}
+
+/// The keepalive's configuration and progress.
+struct KeepaliveState {
+    cfg: Keepalive,
+    /// h2's user-PING handle, taken once the connection is up.
+    ping_pong: Option<h2::PingPong>,
+    phase: KeepalivePhase,
+    stats: KeepaliveStats,
+}
+
+/// What a connection's keepalive has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepaliveStats {
+    /// PINGs sent.
+    pub pings_sent: u64,
+    /// PONGs received in answer.
+    pub pongs_received: u64,
+}
+
+/// What one keepalive check decided (computed under the keepalive's borrow).
+enum KeepaliveStep {
+    Nothing,
+    /// A PING was queued: write it out.
+    Sent,
+    /// The PING sent at this time had no answer in time.
+    TimedOut(i64),
+}
+
 /// An HBONE connection (sans-IO), client or server. See the [module docs](super) for
 /// the model.
 ///
@@ -142,6 +180,7 @@ pub struct HboneConn {
     pub(super) h2: H2,
     pub(super) streams: BTreeMap<u32, Stream>,
     closed_reported: bool,
+    keepalive: Option<KeepaliveState>,
 }
 
 impl fmt::Debug for HboneConn {
@@ -168,6 +207,12 @@ impl HboneConn {
             h2: handshake(pipe),
             streams: BTreeMap::new(),
             closed_reported: false,
+            keepalive: settings.keepalive.map(|cfg| KeepaliveState {
+                cfg,
+                ping_pong: None,
+                phase: KeepalivePhase::Off,
+                stats: KeepaliveStats::default(),
+            }),
         };
         c.poll()?;
         Ok(c)
@@ -260,6 +305,118 @@ impl HboneConn {
             }
         }
         Ok(())
+    }
+
+    /// Passes the time to the keepalive (µs on the caller's monotonic clock, any epoch):
+    /// starts it once the connection is up, takes a PONG, sends the PING that is due,
+    /// and fails the connection with [`ConnError::KeepaliveTimeout`] when a PING has
+    /// waited for its PONG for the timeout. Call it after feeding ciphertext (so that a
+    /// PONG is taken when it arrives) and whenever [`poll_timeout`](Self::poll_timeout)
+    /// is due; then take the ciphertext (a PING may be waiting).
+    pub fn handle_timeout(&mut self, now: i64) -> Result<(), ConnError> {
+        self.core.check()?;
+        let established = self.core.is_established();
+        let waker = self.core.waker();
+        let mut cx = Context::from_waker(&waker);
+        let Some(ka) = self.keepalive.as_mut() else {
+            return Ok(());
+        };
+        if matches!(self.h2, H2::Closed) {
+            ka.phase = KeepalivePhase::Off;
+            return Ok(());
+        }
+        if ka.ping_pong.is_none() {
+            if !established {
+                return Ok(());
+            }
+            let pp = match &mut self.h2 {
+                H2::Client { conn, .. } => conn.ping_pong(),
+                H2::Server(conn) => conn.ping_pong(),
+                // The h2 handshake is still running.
+                _ => return Ok(()),
+            };
+            let Some(pp) = pp else {
+                // Taken once per connection: only a second start could see None.
+                return Ok(());
+            };
+            ka.ping_pong = Some(pp);
+            ka.phase = KeepalivePhase::Due(now + ka.cfg.interval_us);
+        }
+        let Some(pp) = ka.ping_pong.as_mut() else {
+            return Ok(());
+        };
+        let mut step = KeepaliveStep::Nothing;
+        if let KeepalivePhase::Outstanding(sent) = ka.phase {
+            // `send_ping`/`poll_pong` are what hyper's keepalive uses (`ping` is only
+            // their async wrapper, which would borrow the handle across polls).
+            match pp.poll_pong(&mut cx) {
+                Poll::Ready(Ok(_)) => {
+                    ka.stats.pongs_received += 1;
+                    ka.phase = KeepalivePhase::Due(now + ka.cfg.interval_us);
+                    tracing::trace!(rtt_us = now - sent, "HBONE keepalive PONG");
+                }
+                Poll::Ready(Err(e)) => {
+                    // The HTTP/2 connection is gone; its own end reports why.
+                    tracing::debug!(error = %e, "HBONE keepalive over: the connection ended");
+                    ka.phase = KeepalivePhase::Off;
+                }
+                Poll::Pending if now - sent >= ka.cfg.timeout_us => {
+                    ka.phase = KeepalivePhase::Off;
+                    step = KeepaliveStep::TimedOut(sent);
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let KeepalivePhase::Due(at) = ka.phase {
+            if now >= at {
+                match pp.send_ping(h2::Ping::opaque()) {
+                    Ok(()) => {
+                        ka.stats.pings_sent += 1;
+                        ka.phase = KeepalivePhase::Outstanding(now);
+                        step = KeepaliveStep::Sent;
+                    }
+                    Err(e) => {
+                        // Only a closed connection refuses (one PING is in flight at most).
+                        tracing::debug!(error = %e, "HBONE keepalive over: PING refused");
+                        ka.phase = KeepalivePhase::Off;
+                    }
+                }
+            }
+        }
+        let timeout_us = ka.cfg.timeout_us;
+        match step {
+            KeepaliveStep::Nothing => Ok(()),
+            KeepaliveStep::Sent => {
+                self.core.bump();
+                self.poll()
+            }
+            KeepaliveStep::TimedOut(sent) => Err(self.core.fail(ConnError::KeepaliveTimeout {
+                waited_us: now - sent,
+                timeout_us,
+            })),
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next (µs, the
+    /// caller's clock): the next PING, or the deadline of the one in flight. `None`
+    /// without a keepalive, before it started, and once the connection has ended.
+    pub fn poll_timeout(&self) -> Option<i64> {
+        if self.is_closed() {
+            return None;
+        }
+        let ka = self.keepalive.as_ref()?;
+        match ka.phase {
+            KeepalivePhase::Off => None,
+            KeepalivePhase::Due(at) => Some(at),
+            KeepalivePhase::Outstanding(sent) => Some(sent + ka.cfg.timeout_us),
+        }
+    }
+
+    /// PINGs sent and PONGs received so far.
+    pub fn keepalive_stats(&self) -> KeepaliveStats {
+        self.keepalive
+            .as_ref()
+            .map_or_else(KeepaliveStats::default, |ka| ka.stats)
     }
 
     fn drive_h2(&mut self) -> Result<(), ConnError> {

@@ -60,7 +60,7 @@ mod common;
 mod server;
 
 pub use client::{ConnectHeaders, HboneClientConn, OpenStreamError};
-pub use common::HboneConn;
+pub use common::{HboneConn, KeepaliveStats};
 pub use h2::Reason;
 pub use http::{HeaderMap, Method, StatusCode};
 pub use server::{
@@ -89,6 +89,36 @@ pub struct H2Settings {
     pub max_send_buffer_size: usize,
     /// Cap of each plaintext queue between rustls and h2. 64 KiB.
     pub plaintext_buffer_limit: usize,
+    /// HTTP/2 PING keepalive; `None`: never ping. ztunnel's 10 s / 20 s on both sides.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// HTTP/2 keepalive, as ztunnel's `do_ping_pong` (both roles): the first PING goes
+/// `interval_us` after the connection is up (TLS and HTTP/2), the next one `interval_us`
+/// after each PONG, and the connection fails with [`ConnError::KeepaliveTimeout`] when a
+/// PING has had no PONG for `timeout_us`. Only the PONG counts as an answer (as in
+/// ztunnel and hyper): it proves the peer's HTTP/2 layer is alive, and h2 writes it ahead
+/// of queued stream data, so only the bounded buffers in front of it can delay it.
+///
+/// Time is the caller's: see [`HboneConn::handle_timeout`] and
+/// [`HboneConn::poll_timeout`]. A connection whose caller never passes the time never
+/// pings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keepalive {
+    /// µs from the connection coming up, or from a PONG, to the next PING. 10 s.
+    pub interval_us: i64,
+    /// µs a PING may wait for its PONG before the connection fails. 20 s.
+    pub timeout_us: i64,
+}
+
+impl Default for Keepalive {
+    /// ztunnel's figures: PING every 10 s, 20 s for the answer.
+    fn default() -> Self {
+        Keepalive {
+            interval_us: 10_000_000,
+            timeout_us: 20_000_000,
+        }
+    }
 }
 
 impl H2Settings {
@@ -103,6 +133,7 @@ impl H2Settings {
             max_header_list_size: 16 * 1024,
             max_send_buffer_size: 4 * 1024 * 1024,
             plaintext_buffer_limit: 64 * 1024,
+            keepalive: Some(Keepalive::default()),
         }
     }
 
@@ -190,6 +221,19 @@ pub enum ConnError {
     /// HTTP/2 protocol error.
     #[error("HTTP/2 error: {0}")]
     H2(String),
+    /// A keepalive PING had no PONG within [`Keepalive::timeout_us`]: the peer vanished
+    /// (cut off, crashed without FIN) or stopped reading.
+    #[error(
+        "no answer to an HTTP/2 keepalive PING for {} ms (timeout {} ms): the peer is unreachable or stalled",
+        .waited_us / 1000,
+        .timeout_us / 1000
+    )]
+    KeepaliveTimeout {
+        /// µs since the PING was sent.
+        waited_us: i64,
+        /// The configured timeout, µs.
+        timeout_us: i64,
+    },
 }
 
 impl ConnError {
