@@ -28,6 +28,7 @@ pub mod sink;
 pub mod sockets;
 pub mod stack;
 pub mod state;
+pub mod top;
 pub mod worker;
 pub mod xsk;
 

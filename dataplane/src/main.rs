@@ -137,6 +137,16 @@ enum Cmd {
         /// Run directory (default /run/xdpmesh/<instance>).
         #[arg(long)]
         run_dir: Option<PathBuf>,
+        /// A live per-worker view (packets, bytes, drops, connections, tunnels, ring
+        /// full), refreshed like `top` until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes of --watch.
+        #[arg(long, default_value_t = 1.0, requires = "watch")]
+        interval: f64,
+        /// Stop --watch after this many screens (default: run until interrupted).
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
     },
 }
 
@@ -219,7 +229,21 @@ fn main() {
             }
             std::process::exit(xdpmesh_dataplane::doctor::exit_code(&findings));
         }
-        Cmd::Stats { instance, run_dir } => {
+        Cmd::Stats {
+            instance,
+            run_dir,
+            watch: true,
+            interval,
+            count,
+        } => {
+            let path = run_dir
+                .unwrap_or_else(|| default_run_dir(&instance))
+                .join("stats.json");
+            watch_stats(&instance, &path, interval, count)
+        }
+        Cmd::Stats {
+            instance, run_dir, ..
+        } => {
             let path = run_dir
                 .unwrap_or_else(|| default_run_dir(&instance))
                 .join("stats.json");
@@ -236,6 +260,42 @@ fn main() {
     if let Err(e) = r {
         eprintln!("xdpmesh-dataplane: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `stats --watch`: redraws the per-worker view every `interval` seconds (the screen
+/// is cleared on a terminal; elsewhere each view follows the last).
+fn watch_stats(instance: &str, path: &Path, interval: f64, count: Option<u64>) -> Result<()> {
+    anyhow::ensure!(
+        (0.2..=3600.0).contains(&interval),
+        "--interval {interval} is out of range: 0.2 to 3600 seconds"
+    );
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut before: Option<serde_json::Value> = None;
+    let mut shown = 0u64;
+    loop {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading {} (is the dataplane instance {instance} running?)",
+                path.display()
+            )
+        })?;
+        let now: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let screen = xdpmesh_dataplane::top::render(instance, before.as_ref(), &now);
+        if tty {
+            print!("\x1b[H\x1b[2J{screen}");
+        } else {
+            println!("{screen}");
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        before = Some(now);
+        shown += 1;
+        if count.is_some_and(|c| shown >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs_f64(interval));
     }
 }
 

@@ -119,6 +119,50 @@ fn test_reverse_path_filters_leave_xdpmesh_unaffected_and_doctor_names_them() {
         .unwrap();
     assert_eq!((r.ok, r.failed), (200, 0), "{:?}", r.errors);
 
+    // `stats --watch`: two screens, rates from the dataplane's own snapshots.
+    let instance = topo.instance(Node::GatewayA);
+    let out = topo
+        .cmd(
+            Node::GatewayA,
+            bin("xdpmesh-dataplane"),
+            [
+                "stats",
+                "--instance",
+                &instance,
+                "--watch",
+                "--interval",
+                "0.5",
+                "--count",
+                "2",
+            ],
+        )
+        .output()
+        .unwrap();
+    let watch = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{watch}");
+    let headers: Vec<&str> = watch
+        .lines()
+        .filter(|l| l.starts_with(&format!("xdpmesh-dataplane {instance}: up ")))
+        .collect();
+    assert_eq!(headers.len(), 2, "{watch}");
+    let rows: Vec<Vec<&str>> = watch
+        .lines()
+        .filter(|l| l.trim_start().starts_with("0 ") || l.trim_start().starts_with("all "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        4,
+        "a worker row and a totals row per screen:\n{watch}"
+    );
+    assert!(rows.iter().all(|r| r.len() == 11), "{watch}");
+    assert!(
+        watch
+            .lines()
+            .any(|l| l.starts_with("xdp: ") && l.contains("redirect_mesh ")),
+        "{watch}"
+    );
+
     let (rc, text) = doctor(&topo, Node::GatewayA);
     assert_eq!(rc, 1, "{text}");
     for line in [
