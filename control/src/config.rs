@@ -23,7 +23,7 @@
 
 use std::cell::OnceCell;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -85,6 +85,38 @@ pub struct MeshConfig {
     pub workloads: Vec<Workload>,
     /// Authorization policies, in file order; `namespace/name` is unique.
     pub policies: Vec<Policy>,
+    /// Services, in file order; `namespace/name` is unique, and so is every virtual
+    /// address (no workload's or node's either).
+    pub services: Vec<Service>,
+}
+
+/// A service, in the style of a Kubernetes Service as ztunnel's local config has it:
+/// virtual addresses whose ports map to a target port on one of its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// DNS-1123 label, unique in its namespace.
+    pub name: String,
+    /// DNS-1123 label.
+    pub namespace: String,
+    /// Its DNS name (`forwarded: host=` of HBONE requests); default
+    /// `<name>.<namespace>.svc.cluster.local`.
+    pub hostname: String,
+    /// Virtual addresses: at least one, unicast, owned by no workload or node.
+    pub addresses: Vec<IpAddr>,
+    /// Ports: at least one; `port` unique, neither port 0.
+    pub ports: Vec<ServicePort>,
+    /// The endpoints: indices into [`MeshConfig::workloads`], in file order of the
+    /// workloads, each once (from the selector, or listed by name). May be empty.
+    pub endpoints: Vec<usize>,
+}
+
+/// One port of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port clients connect to on the virtual address.
+    pub port: u16,
+    /// The port on the endpoint (`targetPort`; default: `port`).
+    pub target_port: u16,
 }
 
 /// An authorization policy, checked by the gateway that serves the destination
@@ -159,6 +191,8 @@ pub struct Workload {
     /// Which peers it accepts: its own `peer_authentication`, else the mesh-wide one.
     /// Never [`PeerAuthentication::Strict`] with [`Protocol::Tcp`].
     pub peer_authentication: PeerAuthentication,
+    /// Labels, for service selectors.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Workload {
@@ -455,6 +489,34 @@ struct RawConfig {
     workloads: Vec<RawWorkload>,
     #[serde(default)]
     policies: Vec<RawPolicy>,
+    #[serde(default)]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a service mapping")]
+struct RawService {
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    hostname: Option<String>,
+    addresses: Vec<String>,
+    ports: Vec<RawServicePort>,
+    #[serde(default)]
+    selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    endpoints: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a service port mapping: port and targetPort"
+)]
+struct RawServicePort {
+    port: u16,
+    #[serde(default, rename = "targetPort")]
+    target_port: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -505,6 +567,8 @@ struct RawWorkload {
     ports: Vec<u16>,
     #[serde(default)]
     peer_authentication: Option<PeerAuthentication>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 // ---------------------------------------------------------------------------
@@ -612,6 +676,18 @@ impl RawConfig {
             policies.push(policy);
         }
 
+        let mut services: Vec<Service> = Vec::with_capacity(self.services.len());
+        let mut service_names = FirstSeen::default();
+        for (i, raw) in self.services.into_iter().enumerate() {
+            let prefix = format!("services[{i}]");
+            let service = raw.into_domain(&prefix, at, &workloads, &mut book)?;
+            let key = (service.namespace.clone(), service.name.clone());
+            service_names.define(key, &format!("{prefix}.name"), at, || {
+                format!("duplicate service {}/{}", service.namespace, service.name)
+            })?;
+            services.push(service);
+        }
+
         Ok(MeshConfig {
             trust_domain,
             cluster_name,
@@ -622,6 +698,164 @@ impl RawConfig {
             nodes,
             workloads,
             policies,
+            services,
+        })
+    }
+}
+
+impl RawService {
+    fn into_domain(
+        self,
+        prefix: &str,
+        at: &Locator<'_>,
+        workloads: &[Workload],
+        book: &mut AddressBook,
+    ) -> Result<Service, ConfigError> {
+        for (field, what, value) in [
+            ("name", "service name", &self.name),
+            ("namespace", "namespace", &self.namespace),
+        ] {
+            dns1123_label(value).map_err(|p| {
+                at.error(&format!("{prefix}.{field}"), label_reason(what, value, &p))
+            })?;
+        }
+        let qualified = format!("{}/{}", self.namespace, self.name);
+        let hostname = match self.hostname {
+            None => format!("{}.{}.svc.cluster.local", self.name, self.namespace),
+            Some(h) => {
+                let bad = h.is_empty()
+                    || h.len() > 253
+                    || h.split('.').any(|l| dns1123_label(l).is_err());
+                if bad {
+                    return Err(at.error(
+                        &format!("{prefix}.hostname"),
+                        format!(
+                            "hostname {h:?} of service {qualified} is not a DNS name: dot-separated \
+                             DNS-1123 labels, at most 253 characters"
+                        ),
+                    ));
+                }
+                h
+            }
+        };
+        let addresses = addresses(
+            &self.addresses,
+            &format!("{prefix}.addresses"),
+            &format!("service {qualified} has no addresses: list at least one virtual address"),
+            &format!("service {qualified}"),
+            at,
+            book,
+        )?;
+        if self.ports.is_empty() {
+            return Err(at.error(
+                &format!("{prefix}.ports"),
+                format!(
+                    "service {qualified} has no ports: list at least one port (and its targetPort)"
+                ),
+            ));
+        }
+        let mut seen = FirstSeen::default();
+        let mut ports = Vec::with_capacity(self.ports.len());
+        for (j, p) in self.ports.iter().enumerate() {
+            let path = format!("{prefix}.ports[{j}]");
+            let target_port = p.target_port.unwrap_or(p.port);
+            for (field, v) in [("port", p.port), ("targetPort", target_port)] {
+                if v == 0 {
+                    return Err(at.error(
+                        &format!("{path}.{field}"),
+                        format!(
+                            "{field} 0 of service {qualified} is not a valid port: use 1-65535"
+                        ),
+                    ));
+                }
+            }
+            if let Some(line) = seen.earlier_line(p.port, &format!("{path}.port"), at) {
+                return Err(at.error(
+                    &format!("{path}.port"),
+                    format!(
+                        "duplicate port {} of service {qualified}: already listed at line {line}",
+                        p.port
+                    ),
+                ));
+            }
+            ports.push(ServicePort {
+                port: p.port,
+                target_port,
+            });
+        }
+        let in_ns = |w: &Workload| w.namespace == self.namespace;
+        let endpoints = match (self.selector, self.endpoints) {
+            (Some(_), Some(_)) => {
+                return Err(at.error(
+                    &format!("{prefix}.endpoints"),
+                    format!(
+                        "service {qualified} has both a selector and endpoints: select its \
+                         workloads by labels or list them by name, not both"
+                    ),
+                ))
+            }
+            (None, None) => {
+                return Err(at.error(
+                    &format!("{prefix}.name"),
+                    format!(
+                        "service {qualified} has neither a selector nor endpoints: give it a \
+                         selector (workload labels) or endpoints (workload names)"
+                    ),
+                ))
+            }
+            (Some(sel), None) => {
+                if sel.is_empty() {
+                    return Err(at.error(
+                        &format!("{prefix}.selector"),
+                        format!(
+                            "the selector of service {qualified} is empty, which would select \
+                             every workload of the namespace: name at least one label"
+                        ),
+                    ));
+                }
+                workloads
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| {
+                        in_ns(w) && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                    })
+                    .map(|(i, _)| i)
+                    .collect()
+            }
+            (None, Some(names)) => {
+                let mut out = Vec::with_capacity(names.len());
+                let mut seen = FirstSeen::default();
+                for (j, n) in names.iter().enumerate() {
+                    let path = format!("{prefix}.endpoints[{j}]");
+                    let Some(i) = workloads.iter().position(|w| in_ns(w) && &w.name == n) else {
+                        return Err(at.error(
+                            &path,
+                            format!(
+                                "endpoint {}/{n} of service {qualified} is not in workloads: name a \
+                                 workload of namespace {}",
+                                self.namespace, self.namespace
+                            ),
+                        ));
+                    };
+                    if let Some(line) = seen.earlier_line(i, &path, at) {
+                        return Err(at.error(
+                            &path,
+                            format!("endpoint {n} of service {qualified} is listed twice: first at line {line}"),
+                        ));
+                    }
+                    out.push(i);
+                }
+                out.sort_unstable();
+                out
+            }
+        };
+        Ok(Service {
+            name: self.name,
+            namespace: self.namespace,
+            hostname,
+            addresses,
+            ports,
+            endpoints,
         })
     }
 }
@@ -827,6 +1061,25 @@ impl RawWorkload {
             ));
         }
 
+        for (k, v) in &self.labels {
+            let bad = |s: &str| {
+                s.is_empty()
+                    || s.len() > 63
+                    || !s
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+            };
+            if bad(k) || (bad(v) && !v.is_empty()) {
+                return Err(at.error(
+                    &format!("{prefix}.labels.{k}"),
+                    format!(
+                        "label {k:?}: {v:?} of workload {qualified} is not a valid label: keys and \
+                         values are up to 63 letters, digits, '-', '_', '.' or '/'"
+                    ),
+                ));
+            }
+        }
+
         Ok(Workload {
             name: self.name,
             namespace: self.namespace,
@@ -836,6 +1089,7 @@ impl RawWorkload {
             protocol,
             ports: self.ports,
             peer_authentication,
+            labels: self.labels,
         })
     }
 }

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use xdpmesh_shm::{
-    Address, Cidr, Node, PeerAuth, Policy, PolicyAction, PolicySource, Protocol, Route, Tables,
-    UnknownSource, Workload,
+    Address, Cidr, Node, PeerAuth, Policy, PolicyAction, PolicySource, Protocol, Route, Service,
+    Tables, UnknownSource, Workload,
 };
 use xdpmesh_xdp::abi::{CIDR_DIVERT_UNKNOWN, WL_LOCAL, WL_MESH};
 
@@ -182,12 +182,29 @@ pub fn build(
             ports: p.ports.clone(),
         })
         .collect();
+    // Workload indices are the same in the config and the tables (one record each, in
+    // file order).
+    t.services = cfg
+        .services
+        .iter()
+        .map(|s| Service {
+            name: s.name.clone(),
+            namespace: s.namespace.clone(),
+            hostname: s.hostname.clone(),
+            vips: s.addresses.clone(),
+            ports: s.ports.iter().map(|p| (p.port, p.target_port)).collect(),
+            endpoints: s.endpoints.iter().map(|&i| i as u32).collect(),
+        })
+        .collect();
     Ok(t)
 }
 
-/// The XDP divert set: every workload address with [`WL_LOCAL`] or [`WL_MESH`].
+/// The XDP divert set: every workload address with [`WL_LOCAL`] or [`WL_MESH`], and
+/// every service's virtual address with [`WL_MESH`] (a local workload's connection to
+/// it is diverted; the dataplane picks the endpoint).
 pub fn divert_set(t: &Tables) -> BTreeMap<IpAddr, u32> {
-    t.addresses
+    let mut set: BTreeMap<IpAddr, u32> = t
+        .addresses
         .iter()
         .map(|a| {
             let local = t
@@ -196,7 +213,13 @@ pub fn divert_set(t: &Tables) -> BTreeMap<IpAddr, u32> {
                 .is_some_and(|w| Some(w.node) == t.local_node);
             (a.addr, if local { WL_LOCAL } else { WL_MESH })
         })
-        .collect()
+        .collect();
+    for s in &t.services {
+        for &vip in &s.vips {
+            set.insert(vip, WL_MESH);
+        }
+    }
+    set
 }
 
 /// The XDP program's pod ranges: (network, prefix) -> [`CIDR_DIVERT_UNKNOWN`] when

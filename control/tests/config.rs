@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use xdpmesh_control::config::{
     Cidr, ConfigError, MeshConfig, Node, PeerAuthentication, Policy, PolicyAction, PolicySource,
-    Protocol, TrustDomain, UnknownSource, Workload,
+    Protocol, ServicePort, TrustDomain, UnknownSource, Workload,
 };
 
 const DEMO: &str = include_str!("../testdata/demo.yaml");
@@ -73,6 +73,7 @@ fn expected_demo() -> MeshConfig {
                 protocol: Protocol::Tcp,
                 ports: vec![],
                 peer_authentication: PeerAuthentication::Permissive,
+                labels: Default::default(),
             },
             Workload {
                 name: "server".into(),
@@ -83,9 +84,11 @@ fn expected_demo() -> MeshConfig {
                 protocol: Protocol::Tcp,
                 ports: vec![80, 5201, 7000],
                 peer_authentication: PeerAuthentication::Permissive,
+                labels: Default::default(),
             },
         ],
         policies: vec![],
+        services: vec![],
     }
 }
 
@@ -212,6 +215,113 @@ fn unknown_source_refusals() {
             )
         );
     }
+}
+
+/// The demo with the server labelled `app: echo`, a second echo workload on node-a and
+/// `services` appended.
+fn with_services(services: &str) -> String {
+    let text = demo_with(
+        "    ports: [80, 5201, 7000]",
+        "    ports: [80, 5201, 7000]\n    labels: {app: echo}\n  - name: echo-2\n    \
+         namespace: default\n    service_account: echo\n    node: node-a\n    addresses: \
+         [198.18.1.4]\n    labels: {app: echo, tier: b}",
+    );
+    format!("{text}\nservices:\n{services}")
+}
+
+#[test]
+fn services_select_endpoints_by_labels_or_names() {
+    let cfg = parse(&with_services(
+        "  - name: echo\n    namespace: default\n    addresses: [198.18.10.1, \"fd00::10:1\"]\n    \
+         ports: [{port: 80, targetPort: 7000}, {port: 7000}]\n    selector: {app: echo}\n  \
+         - name: web\n    namespace: default\n    hostname: web.example.org\n    addresses: \
+         [198.18.10.2]\n    ports: [{port: 80}]\n    endpoints: [echo-2]\n  - name: none\n    \
+         namespace: default\n    addresses: [198.18.10.3]\n    ports: [{port: 80}]\n    \
+         selector: {app: nothing}\n",
+    ))
+    .unwrap();
+    assert_eq!(cfg.services.len(), 3);
+    let echo = &cfg.services[0];
+    assert_eq!(echo.hostname, "echo.default.svc.cluster.local");
+    assert_eq!(echo.addresses, [ip("198.18.10.1"), ip("fd00::10:1")]);
+    assert_eq!(
+        echo.ports,
+        [
+            ServicePort {
+                port: 80,
+                target_port: 7000
+            },
+            ServicePort {
+                port: 7000,
+                target_port: 7000
+            }
+        ]
+    );
+    assert_eq!(
+        echo.endpoints,
+        [1, 2],
+        "server and echo-2, in workload order"
+    );
+    assert_eq!(cfg.services[1].hostname, "web.example.org");
+    assert_eq!(cfg.services[1].endpoints, [2]);
+    assert!(
+        cfg.services[2].endpoints.is_empty(),
+        "a selector may match nothing"
+    );
+    assert_eq!(
+        cfg.workloads[2].labels.get("tier").map(String::as_str),
+        Some("b")
+    );
+}
+
+#[test]
+fn service_refusals() {
+    let svc = |body: &str| {
+        error(&with_services(&format!(
+            "  - name: echo\n    namespace: default\n{body}"
+        )))
+    };
+    assert_eq!(
+        svc("    addresses: [198.18.2.2]\n    ports: [{port: 80}]\n    selector: {app: echo}\n"),
+        "inline.yaml:34:17: duplicate address 198.18.2.2: already used by workload default/server at line 20"
+    );
+    assert_eq!(
+        svc("    addresses: [198.18.10.1]\n    ports: [{port: 80}]\n"),
+        "inline.yaml:32:11: service default/echo has neither a selector nor endpoints: give it a \
+         selector (workload labels) or endpoints (workload names)"
+    );
+    assert_eq!(
+        svc("    addresses: [198.18.10.1]\n    ports: [{port: 80}]\n    selector: {app: echo}\n    endpoints: [server]\n"),
+        "inline.yaml:37:16: service default/echo has both a selector and endpoints: select its \
+         workloads by labels or list them by name, not both"
+    );
+    assert_eq!(
+        svc("    addresses: [198.18.10.1]\n    ports: [{port: 80}]\n    endpoints: [nope]\n"),
+        "inline.yaml:36:17: endpoint default/nope of service default/echo is not in workloads: \
+         name a workload of namespace default"
+    );
+    assert_eq!(
+        svc("    addresses: [198.18.10.1]\n    ports: [{port: 80, targetPort: 0}]\n    selector: {app: echo}\n"),
+        "inline.yaml:35:36: targetPort 0 of service default/echo is not a valid port: use 1-65535"
+    );
+    assert_eq!(
+        svc("    addresses: [198.18.10.1]\n    ports: [{port: 80}, {port: 80}]\n    selector: {app: echo}\n"),
+        "inline.yaml:35:32: duplicate port 80 of service default/echo: already listed at line 35"
+    );
+    assert_eq!(
+        svc("    addresses: [198.18.10.1]\n    ports: []\n    selector: {app: echo}\n"),
+        "inline.yaml:35:12: service default/echo has no ports: list at least one port (and its targetPort)"
+    );
+    assert_eq!(
+        svc("    addresses: [198.18.10.1]\n    ports: [{port: 80}]\n    selector: {}\n"),
+        "inline.yaml:36:15: the selector of service default/echo is empty, which would select \
+         every workload of the namespace: name at least one label"
+    );
+    assert_eq!(
+        svc("    hostname: \"bad_host\"\n    addresses: [198.18.10.1]\n    ports: [{port: 80}]\n    selector: {app: echo}\n"),
+        "inline.yaml:34:15: hostname \"bad_host\" of service default/echo is not a DNS name: \
+         dot-separated DNS-1123 labels, at most 253 characters"
+    );
 }
 
 #[test]
@@ -400,7 +510,7 @@ fn bad_file_unknown_field() {
         e.to_string(),
         format!(
             "{}:15:5: workloads[0]: unknown field `protocl`, expected one of `name`, `namespace`, \
-             `service_account`, `node`, `addresses`, `protocol`, `ports`, `peer_authentication`",
+             `service_account`, `node`, `addresses`, `protocol`, `ports`, `peer_authentication`, `labels`",
             path.display()
         )
     );
@@ -477,7 +587,7 @@ fn unknown_top_level_field() {
         error("trust_domain: x\nworkload: []\n"),
         "inline.yaml:2:1: unknown field `workload`, expected one of `trust_domain`, \
          `cluster_name`, `unknown_source`, `unknown_source_hold_ms`, `pod_cidrs`, \
-         `peer_authentication`, `nodes`, `workloads`, `policies`"
+         `peer_authentication`, `nodes`, `workloads`, `policies`, `services`"
     );
 }
 

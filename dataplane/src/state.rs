@@ -31,6 +31,10 @@ pub struct Index {
     policies_of: Vec<Vec<u32>>,
     /// Per workload: its identity in Istio's principal form, `<td>/ns/<ns>/sa/<sa>`.
     principals: Vec<String>,
+    /// Per workload: its addresses, in table order.
+    addrs_of: Vec<Vec<IpAddr>>,
+    /// Service virtual address → index into `Tables::services`.
+    vips: AHashMap<IpAddr, u32>,
 }
 
 /// The authenticated identity of a connection's peer, as policies match it.
@@ -91,13 +95,43 @@ impl Index {
                 )
             })
             .collect();
+        let mut addrs_of = vec![Vec::new(); tables.workloads.len()];
+        for a in &tables.addresses {
+            if let Some(v) = addrs_of.get_mut(a.workload as usize) {
+                v.push(a.addr);
+            }
+        }
+        let mut vips = AHashMap::new();
+        for (i, s) in tables.services.iter().enumerate() {
+            for &v in &s.vips {
+                vips.insert(v, i as u32);
+            }
+        }
         Index {
             generation,
             tables,
             by_addr,
             policies_of,
             principals,
+            addrs_of,
+            vips,
         }
+    }
+
+    /// The service whose virtual address `ip` is.
+    #[inline]
+    pub fn service_of(&self, ip: &IpAddr) -> Option<u32> {
+        if self.vips.is_empty() {
+            return None;
+        }
+        self.vips.get(ip).copied()
+    }
+
+    /// A workload's addresses.
+    pub fn workload_addrs(&self, workload: u32) -> &[IpAddr] {
+        self.addrs_of
+            .get(workload as usize)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The identity of a workload, as policies match it.

@@ -5,7 +5,8 @@
 //! offset 0                 Header (4096 bytes, see `Header`)
 //! offset AREA_OFFSET[0]    area 0: TableHeader | NodeRecord[] | WorkloadRecord[] | AddressRecord[]
 //!                          | PolicyRecord[] | PolicySourceRecord[] | PolicyPortRecord[]
-//!                          | CidrRecord[] | strings
+//!                          | CidrRecord[] | ServiceRecord[] | VipRecord[]
+//!                          | ServicePortRecord[] | EndpointRecord[] | strings
 //! offset AREA_OFFSET[1]    area 1: same shape
 //! ```
 //!
@@ -105,9 +106,17 @@ pub struct TableHeader {
     pub _pad2: [u8; 4],
     /// The cluster's name, for HBONE `baggage` (ABI 3).
     pub cluster_name: StrRef,
+    /// Number of [`ServiceRecord`]s (ABI 3).
+    pub service_count: u32,
+    /// Number of [`VipRecord`]s (ABI 3).
+    pub vip_count: u32,
+    /// Number of [`ServicePortRecord`]s (ABI 3).
+    pub service_port_count: u32,
+    /// Number of [`EndpointRecord`]s (ABI 3).
+    pub endpoint_count: u32,
     /// Reserved for later fields; written as zero (two arrays: `Default` is derived
     /// for arrays of at most 32).
-    pub _reserved: [u8; 32],
+    pub _reserved: [u8; 16],
     /// See [`TableHeader::_reserved`].
     pub _reserved2: [u8; 24],
 }
@@ -280,3 +289,62 @@ pub struct CidrRecord {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<CidrRecord>() == 20);
+
+/// A service (ABI 3): virtual addresses, ports and endpoints, as ranges of the arrays
+/// that follow.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct ServiceRecord {
+    /// Service name.
+    pub name: StrRef,
+    /// Namespace.
+    pub namespace: StrRef,
+    /// DNS name.
+    pub hostname: StrRef,
+    /// First of its [`VipRecord`]s.
+    pub first_vip: u32,
+    /// Number of virtual addresses (at least one).
+    pub vip_count: u32,
+    /// First of its [`ServicePortRecord`]s.
+    pub first_port: u32,
+    /// Number of ports (at least one).
+    pub port_count: u32,
+    /// First of its [`EndpointRecord`]s.
+    pub first_endpoint: u32,
+    /// Number of endpoints (0: the service refuses connections).
+    pub endpoint_count: u32,
+}
+const _: () = assert!(size_of::<ServiceRecord>() == 48);
+
+/// A virtual address of a service.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct VipRecord {
+    /// The address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<VipRecord>() == 20);
+
+/// A port of a service and the endpoints' port it maps to.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct ServicePortRecord {
+    /// The port on the virtual address.
+    pub port: u16,
+    /// The port on the endpoint.
+    pub target_port: u16,
+}
+const _: () = assert!(size_of::<ServicePortRecord>() == 4);
+
+/// An endpoint of a service: a workload.
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct EndpointRecord {
+    /// Index into the workload records.
+    pub workload: u32,
+}
+const _: () = assert!(size_of::<EndpointRecord>() == 4);

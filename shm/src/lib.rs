@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use tables::{
-    Address, Cidr, Node, PeerAuth, Policy, PolicyAction, PolicySource, Protocol, Route, Tables,
-    UnknownSource, Workload,
+    Address, Cidr, Node, PeerAuth, Policy, PolicyAction, PolicySource, Protocol, Route, Service,
+    Tables, UnknownSource, Workload,
 };
 
 pub use lock::{InstanceLock, LockError};

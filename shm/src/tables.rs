@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::abi::{
-    self, AddressRecord, CidrRecord, NodeRecord, PolicyPortRecord, PolicyRecord,
-    PolicySourceRecord, StrRef, TableHeader, WorkloadRecord,
+    self, AddressRecord, CidrRecord, EndpointRecord, NodeRecord, PolicyPortRecord, PolicyRecord,
+    PolicySourceRecord, ServicePortRecord, ServiceRecord, StrRef, TableHeader, VipRecord,
+    WorkloadRecord,
 };
 use crate::ShmError;
 
@@ -161,6 +162,23 @@ pub struct Policy {
     pub ports: Vec<u16>,
 }
 
+/// A service: virtual addresses whose ports map to a target port on an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Name, for logs.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// DNS name (`forwarded: host=` of HBONE requests).
+    pub hostname: String,
+    /// Virtual addresses.
+    pub vips: Vec<IpAddr>,
+    /// (port, target port) pairs.
+    pub ports: Vec<(u16, u16)>,
+    /// Indices into [`Tables::workloads`]; empty: connections are refused.
+    pub endpoints: Vec<u32>,
+}
+
 /// One generation of tables.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tables {
@@ -184,6 +202,8 @@ pub struct Tables {
     pub addresses: Vec<Address>,
     /// Authorization policies.
     pub policies: Vec<Policy>,
+    /// Services.
+    pub services: Vec<Service>,
 }
 
 fn ip_to_bytes(ip: IpAddr) -> (u8, [u8; 16]) {
@@ -335,6 +355,41 @@ impl Tables {
                 ..Default::default()
             });
         }
+        let (mut svcs, mut vips, mut sports, mut eps) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for sv in &self.services {
+            svcs.push(ServiceRecord {
+                name: strings.add(&sv.name)?,
+                namespace: strings.add(&sv.namespace)?,
+                hostname: strings.add(&sv.hostname)?,
+                first_vip: count(vips.len())?,
+                vip_count: count(sv.vips.len())?,
+                first_port: count(sports.len())?,
+                port_count: count(sv.ports.len())?,
+                first_endpoint: count(eps.len())?,
+                endpoint_count: count(sv.endpoints.len())?,
+            });
+            for &v in &sv.vips {
+                let (family, addr) = ip_to_bytes(v);
+                vips.push(VipRecord {
+                    addr,
+                    family,
+                    ..Default::default()
+                });
+            }
+            for &(port, target_port) in &sv.ports {
+                sports.push(ServicePortRecord { port, target_port });
+            }
+            for &workload in &sv.endpoints {
+                if workload as usize >= self.workloads.len() {
+                    return Err(ShmError::Corrupt(format!(
+                        "service {} endpoint refers to workload index {workload}",
+                        sv.name
+                    )));
+                }
+                eps.push(EndpointRecord { workload });
+            }
+        }
         let header = TableHeader {
             generation,
             node_count: count(nodes.len())?,
@@ -345,6 +400,10 @@ impl Tables {
             policy_source_count: count(sources.len())?,
             policy_port_count: count(ports.len())?,
             pod_cidr_count: count(cidrs.len())?,
+            service_count: count(svcs.len())?,
+            vip_count: count(vips.len())?,
+            service_port_count: count(sports.len())?,
+            endpoint_count: count(eps.len())?,
             unknown_source_hold_ms: self.unknown_source_hold_ms,
             trust_domain,
             cluster_name,
@@ -365,6 +424,10 @@ impl Tables {
         out.extend_from_slice(sources.as_bytes());
         out.extend_from_slice(ports.as_bytes());
         out.extend_from_slice(cidrs.as_bytes());
+        out.extend_from_slice(svcs.as_bytes());
+        out.extend_from_slice(vips.as_bytes());
+        out.extend_from_slice(sports.as_bytes());
+        out.extend_from_slice(eps.as_bytes());
         out.extend_from_slice(&strings.0);
         Ok(out)
     }
@@ -378,6 +441,10 @@ impl Tables {
             + h.policy_source_count as usize * size_of::<PolicySourceRecord>()
             + h.policy_port_count as usize * size_of::<PolicyPortRecord>()
             + h.pod_cidr_count as usize * size_of::<CidrRecord>()
+            + h.service_count as usize * size_of::<ServiceRecord>()
+            + h.vip_count as usize * size_of::<VipRecord>()
+            + h.service_port_count as usize * size_of::<ServicePortRecord>()
+            + h.endpoint_count as usize * size_of::<EndpointRecord>()
             + h.string_bytes as usize
     }
 
@@ -395,6 +462,10 @@ impl Tables {
             + u64::from(header.policy_source_count) * size_of::<PolicySourceRecord>() as u64
             + u64::from(header.policy_port_count) * size_of::<PolicyPortRecord>() as u64
             + u64::from(header.pod_cidr_count) * size_of::<CidrRecord>() as u64
+            + u64::from(header.service_count) * size_of::<ServiceRecord>() as u64
+            + u64::from(header.vip_count) * size_of::<VipRecord>() as u64
+            + u64::from(header.service_port_count) * size_of::<ServicePortRecord>() as u64
+            + u64::from(header.endpoint_count) * size_of::<EndpointRecord>() as u64
             + u64::from(header.string_bytes);
         if needed > area.len() as u64 {
             return Err(ShmError::Corrupt(format!(
@@ -409,6 +480,10 @@ impl Tables {
         let (sources, rest) = read_records::<PolicySourceRecord>(rest, header.policy_source_count)?;
         let (ports, rest) = read_records::<PolicyPortRecord>(rest, header.policy_port_count)?;
         let (cidrs, rest) = read_records::<CidrRecord>(rest, header.pod_cidr_count)?;
+        let (svcs, rest) = read_records::<ServiceRecord>(rest, header.service_count)?;
+        let (vips, rest) = read_records::<VipRecord>(rest, header.vip_count)?;
+        let (sports, rest) = read_records::<ServicePortRecord>(rest, header.service_port_count)?;
+        let (eps, rest) = read_records::<EndpointRecord>(rest, header.endpoint_count)?;
         let strings = &rest[..header.string_bytes as usize];
         let s = |r: StrRef, what: &str| -> Result<String, ShmError> {
             let end = u64::from(r.offset) + u64::from(r.len);
@@ -540,6 +615,46 @@ impl Tables {
                 ports: pports,
             });
         }
+        for sv in &svcs {
+            let range = |first: u32, n: u32, len: usize, what: &str| {
+                let end = u64::from(first) + u64::from(n);
+                if end > len as u64 {
+                    return Err(ShmError::Corrupt(format!("service {what} out of range")));
+                }
+                Ok(first as usize..end as usize)
+            };
+            // Ranges are checked before anything is allocated for them: a corrupt count
+            // must be an error, not an allocation of its size.
+            let mut service_vips = Vec::new();
+            for v in &vips[range(sv.first_vip, sv.vip_count, vips.len(), "addresses")?] {
+                service_vips.push(
+                    ip_from_bytes(v.family, v.addr, "service address")?.ok_or_else(|| {
+                        ShmError::Corrupt("service address without family".into())
+                    })?,
+                );
+            }
+            let mut endpoints = Vec::new();
+            for e in &eps[range(sv.first_endpoint, sv.endpoint_count, eps.len(), "endpoints")?] {
+                if e.workload >= header.workload_count {
+                    return Err(ShmError::Corrupt(format!(
+                        "service endpoint workload index {} out of range",
+                        e.workload
+                    )));
+                }
+                endpoints.push(e.workload);
+            }
+            t.services.push(Service {
+                name: s(sv.name, "service name")?,
+                namespace: s(sv.namespace, "service namespace")?,
+                hostname: s(sv.hostname, "service hostname")?,
+                vips: service_vips,
+                ports: sports[range(sv.first_port, sv.port_count, sports.len(), "ports")?]
+                    .iter()
+                    .map(|p| (p.port, p.target_port))
+                    .collect(),
+                endpoints,
+            });
+        }
         Ok((header.generation, t))
     }
 }
@@ -629,6 +744,17 @@ mod tests {
                     ports: vec![22],
                 },
             ],
+            services: vec![Service {
+                name: "echo".into(),
+                namespace: "default".into(),
+                hostname: "echo.default.svc.cluster.local".into(),
+                vips: vec![
+                    "198.18.10.1".parse().unwrap(),
+                    "fd00::10:1".parse().unwrap(),
+                ],
+                ports: vec![(80, 7000)],
+                endpoints: vec![0],
+            }],
         }
     }
 
@@ -638,10 +764,22 @@ mod tests {
         let bytes = t.encode(42).unwrap();
         let strings = "cluster.localKubernetesnode-anode-bclientdefaultclient-sa".len()
             + "only-adefaultclienttd/ns/x/sa/ay".len()
-            + "denydefault".len();
+            + "denydefault".len()
+            + "echodefaultecho.default.svc.cluster.local".len();
         assert_eq!(
             bytes.len(),
-            128 + 2 * 32 + 64 + 48 + 2 * 64 + 2 * 16 + 3 * 4 + 2 * 20 + strings
+            128 + 2 * 32
+                + 64
+                + 48
+                + 2 * 64
+                + 2 * 16
+                + 3 * 4
+                + 2 * 20
+                + 48
+                + 2 * 20
+                + 4
+                + 4
+                + strings
         );
         let (g, back) = Tables::decode(&bytes).unwrap();
         assert_eq!(g, 42);

@@ -314,6 +314,24 @@ impl Host {
         self.sockets.add(s)
     }
 
+    /// Gives the host one more address (on the same link, same gateway).
+    pub fn add_address(&mut self, ip: Ipv4Addr) {
+        self.iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(IpAddress::Ipv4(ip), 24)).unwrap();
+        });
+    }
+
+    /// A socket listening on our `port` of address `ip` only.
+    pub fn listen_on(&mut self, ip: Ipv4Addr, port: u16) -> SocketHandle {
+        let mut s = Self::socket(256 * 1024, 256 * 1024);
+        s.listen(smoltcp::wire::IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(ip)),
+            port,
+        })
+        .unwrap();
+        self.sockets.add(s)
+    }
+
     /// A socket listening on our `port` (one connection per listening socket).
     pub fn listen(&mut self, port: u16) -> SocketHandle {
         let mut s = Self::socket(256 * 1024, 256 * 1024);
@@ -387,6 +405,8 @@ pub struct World {
     pub server: Host,
     /// Gateway a's resolver entries (tests make next hops unresolvable here).
     pub a_neigh: Neighbors,
+    /// Gateway b's resolver entries (tests add the server pod's extra addresses here).
+    pub b_neigh: Neighbors,
     /// Every frame that crossed the wire between the gateways: (from a, frame).
     pub wire_log: Vec<(bool, Vec<u8>)>,
     /// Keep `wire_log` (off by default: bulk tests move many frames).
@@ -464,6 +484,7 @@ impl World {
             client: Host::with_mtu(CLIENT_IP, A_POD_IP, CLIENT_MAC, A_POD_MAC, opts.pod_mtu),
             server: Host::with_mtu(SERVER_IP, B_POD_IP, SERVER_MAC, B_POD_MAC, opts.pod_mtu),
             a_neigh,
+            b_neigh,
             wire_log: Vec::new(),
             log_wire: false,
             cut: false,

@@ -25,7 +25,7 @@ use xdpmesh_shm::{PeerAuth, UnknownSource};
 
 use super::Engine;
 use crate::sink::FrameSink;
-use crate::state::{AddrInfo, Peer};
+use crate::state::Peer;
 use crate::wire::{self, FlowKey, TcpFrame};
 
 /// At most this many SYNs held per worker; beyond, an unknown source's SYN is reset.
@@ -238,10 +238,10 @@ impl<S: FrameSink> Engine<S> {
         t: &TcpFrame,
         ip: &[u8],
         now: i64,
-        dst: AddrInfo,
+        up: &super::Upstream,
         source: Source,
     ) -> bool {
-        let target = t.key.dst;
+        let (dst, target) = (up.dst, up.target);
         let workload = self.index.workload_name(dst.workload);
         let peer: Option<Peer<'_>> = match source {
             Source::Local(w) => self.index.peer(w),

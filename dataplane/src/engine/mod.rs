@@ -30,6 +30,7 @@ pub mod admission;
 pub mod flows;
 pub mod neigh;
 pub mod plain;
+pub mod services;
 pub mod timers;
 
 use std::net::IpAddr;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 use slotmap::SlotMap;
 use smoltcp::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 use xdpmesh_shm::Tables;
 
 use crate::identity::IdentityStore;
@@ -46,12 +47,13 @@ use crate::metrics::Local;
 use crate::proxy::{self, HboneLimits, Identities, Pool, Stream, Tunnel};
 use crate::sink::FrameSink;
 use crate::stack::{Buffers, Leg, Net};
-use crate::state::Index;
+use crate::state::{self, Index};
 use crate::wire::{self, Mac, TcpFrame};
 use admission::{Holds, LogLimiter, Source};
 use flows::{Flows, Owner};
 use neigh::{Neigh, Resolver};
 use plain::Conn;
+use services::{Balancer, ServiceTarget};
 use timers::Timers;
 
 pub use crate::stack::PortSpec;
@@ -115,6 +117,19 @@ impl Live {
     }
 }
 
+/// Where a new connection's second leg goes.
+pub(crate) struct Upstream {
+    /// The destination workload's address info.
+    pub dst: state::AddrInfo,
+    /// The port (interface) the leg leaves through.
+    pub port: usize,
+    /// The address and port it connects to: the SYN's destination, or a service's
+    /// endpoint.
+    pub target: std::net::SocketAddr,
+    /// For a connection to a service, the endpoint chosen.
+    pub service: Option<ServiceTarget>,
+}
+
 /// A frame handed from one worker to the flow's owner.
 #[derive(Debug)]
 pub struct Handover {
@@ -171,6 +186,8 @@ pub struct Engine<S> {
     /// SYNs of unknown sources held (`unknown_source: hold`).
     pub(crate) holds: Holds,
     pub(crate) log_limiter: Arc<LogLimiter>,
+    /// Service endpoint turns and ejections.
+    pub(crate) balancer: Balancer,
     pub(crate) rng: u64,
     pub(crate) stats: Local,
 }
@@ -202,6 +219,7 @@ impl<S: FrameSink> Engine<S> {
             inboxes: cfg.inboxes,
             holds: Holds::default(),
             log_limiter: cfg.log_limiter,
+            balancer: Balancer::default(),
             rng: 0x2545_f491_4f6c_dd1d ^ (u64::from(pid) << 16) ^ u64::from(cfg.id),
             stats: Local::default(),
         }
@@ -211,6 +229,7 @@ impl<S: FrameSink> Engine<S> {
     pub fn set_tables(&mut self, generation: u64, tables: Tables) {
         self.index = Index::build(generation, tables);
         self.stats.table_generation = generation;
+        self.balancer.new_generation();
         self.recheck_holds();
     }
 
@@ -306,7 +325,23 @@ impl<S: FrameSink> Engine<S> {
     /// A SYN for no connection: a new connection, of the kind its destination asks for,
     /// if its source may open it (see [`admission`]).
     fn accept(&mut self, port: usize, t: &TcpFrame, ip: &[u8], frame: &[u8], now: i64) {
-        let target = t.key.dst;
+        // A service's virtual address: the connection goes to one of its endpoints.
+        let mut target = t.key.dst;
+        let mut service: Option<ServiceTarget> = None;
+        if let Some(si) = self.index.service_of(&target.ip()) {
+            match self.pick_endpoint(si, target, now) {
+                Ok(st) => {
+                    target = st.endpoint;
+                    service = Some(st);
+                }
+                Err(reason) => {
+                    self.stats.service_refused += 1;
+                    warn!(target: "access", src = %t.key.src, dst = %target, %reason, "connection refused (reset): service");
+                    self.net.reset(port, t.src_mac, ip, now);
+                    return;
+                }
+            }
+        }
         let Some(dst) = self.index.get(&target.ip()).copied() else {
             // Not a mesh destination: XDP diverts only mesh traffic, so this is a table
             // race or a stray segment. Refuse it rather than guess a route.
@@ -318,7 +353,7 @@ impl<S: FrameSink> Engine<S> {
         if source == Source::Unknown && self.admit_unknown(port, t, ip, frame, now) {
             return;
         }
-        if dst.local && target.port() == proxy::HBONE_PORT {
+        if service.is_none() && dst.local && target.port() == proxy::HBONE_PORT {
             self.accept_inbound_hbone(port, t, ip, now);
             return;
         }
@@ -328,8 +363,14 @@ impl<S: FrameSink> Engine<S> {
             self.net.reset(port, t.src_mac, ip, now);
             return;
         };
+        let up = Upstream {
+            dst,
+            port: up_port,
+            target,
+            service,
+        };
         if dst.local {
-            if !self.admit_plaintext(port, t, ip, now, dst, source) {
+            if !self.admit_plaintext(port, t, ip, now, &up, source) {
                 return;
             }
         } else if !matches!(source, Source::Local(_)) {
@@ -342,9 +383,9 @@ impl<S: FrameSink> Engine<S> {
             return;
         }
         if !dst.local && dst.protocol == xdpmesh_shm::Protocol::Hbone {
-            self.accept_outbound_hbone(port, t, ip, now, up_port);
+            self.accept_outbound_hbone(port, t, ip, now, up);
         } else {
-            self.accept_plain(port, t, ip, now, dst, up_port);
+            self.accept_plain(port, t, ip, now, up);
         }
     }
 

@@ -11,7 +11,6 @@ use super::flows::PortRange;
 use super::{Engine, ObjKey, Object, HALF_DEAD_US};
 use crate::sink::FrameSink;
 use crate::stack::{self, Leg};
-use crate::state::AddrInfo;
 use crate::wire::TcpFrame;
 
 /// A plain TCP connection.
@@ -22,6 +21,10 @@ pub(crate) struct Conn {
     started: i64,
     /// Bytes moved leg 0 → leg 1, leg 1 → leg 0.
     bytes: [u64; 2],
+    /// For a connection to a service: the endpoint it went to.
+    service_endpoint: Option<std::net::IpAddr>,
+    /// Leg 1 was established once (its connect succeeded).
+    upstream_up: bool,
 }
 
 impl Conn {
@@ -54,10 +57,15 @@ impl<S: FrameSink> Engine<S> {
         t: &TcpFrame,
         ip: &[u8],
         now: i64,
-        dst: AddrInfo,
-        up_port: usize,
+        up: super::Upstream,
     ) {
-        let (client, target) = (t.key.src, t.key.dst);
+        let super::Upstream {
+            dst,
+            port: up_port,
+            target,
+            service,
+        } = up;
+        let client = t.key.src;
         let range = if dst.local {
             PortRange::Delivery
         } else {
@@ -90,6 +98,8 @@ impl<S: FrameSink> Engine<S> {
             half_dead_since: None,
             started: now,
             bytes: [0, 0],
+            service_endpoint: service.map(|s| s.endpoint.ip()),
+            upstream_up: false,
         }));
         self.stats.opened_connections += 1;
         if up_mac.is_none() {
@@ -103,6 +113,9 @@ impl<S: FrameSink> Engine<S> {
         let Some(Object::Plain(conn)) = self.objects.get_mut(cid) else {
             return;
         };
+        if conn.legs[1].state() == smoltcp::socket::tcp::State::Established {
+            conn.upstream_up = true;
+        }
         let pumped = stack::pump(&mut conn.legs);
         conn.bytes[0] += pumped.down_to_up as u64;
         conn.bytes[1] += pumped.up_to_down as u64;
@@ -123,6 +136,14 @@ impl<S: FrameSink> Engine<S> {
             matches!(self.objects.get(cid), Some(Object::Plain(c)) if stack::finished(&c.legs));
         if finished {
             if let Some(Object::Plain(conn)) = self.free(cid, now) {
+                // Through another gateway, the leg to the endpoint is up as soon as that
+                // gateway answers for it: a reset from it before any byte came back is
+                // how the endpoint's refusal shows here.
+                let refused = !conn.upstream_up
+                    || (conn.bytes[1] == 0 && conn.legs[1].ending() == stack::Ending::PeerReset);
+                if let (Some(ep), true) = (conn.service_endpoint, refused) {
+                    self.eject_endpoint(ep, now);
+                }
                 self.log_plain(&conn, now);
                 for leg in conn.legs {
                     self.net.recycle(leg);

@@ -19,9 +19,15 @@ impl<S: FrameSink> Engine<S> {
         t: &TcpFrame,
         ip: &[u8],
         now: i64,
-        up_port: usize,
+        up: crate::engine::Upstream,
     ) {
-        let (client, target) = (t.key.src, t.key.dst);
+        let crate::engine::Upstream {
+            port: up_port,
+            target,
+            service,
+            ..
+        } = up;
+        let client = t.key.src;
         let refuse = |e: &mut Self, reason: &str| {
             warn!(%client, %target, %reason, "HBONE: connection refused (reset)");
             e.stats.hbone_refused += 1;
@@ -49,7 +55,7 @@ impl<S: FrameSink> Engine<S> {
             });
         let headers = ConnectHeaders {
             forwarded_for: client,
-            forwarded_host: None,
+            forwarded_host: service.as_ref().map(|s| s.hostname.clone()),
             baggage,
             traceparent: self.traceparent(),
         };
@@ -66,7 +72,7 @@ impl<S: FrameSink> Engine<S> {
             Ok(s) => s,
             Err(e) => return refuse(self, &format!("opening a stream failed: {e}")),
         };
-        let st = Stream::new(
+        let mut st = Stream::new(
             leg,
             tid,
             stream,
@@ -75,6 +81,7 @@ impl<S: FrameSink> Engine<S> {
             dst_id.to_string(),
             now,
         );
+        st.service_endpoint = service.map(|s| s.endpoint.ip());
         let hid = self.insert_stream(st);
         self.start(hid, ip, t.src_mac, now);
         self.pump_tunnel(tid, now);

@@ -59,6 +59,11 @@ pub(crate) struct Stream {
     /// The peer's identity (outbound: the one required of the server; inbound: the
     /// client's, verified).
     peer: String,
+    /// Outbound to a service: the endpoint the stream went to (ejected when the stream
+    /// never came up).
+    pub(crate) service_endpoint: Option<std::net::IpAddr>,
+    /// The server answered 200 once.
+    up: bool,
 }
 
 impl Stream {
@@ -81,6 +86,8 @@ impl Stream {
             bytes: [0, 0],
             target,
             peer,
+            service_endpoint: None,
+            up: false,
         }
     }
 
@@ -97,6 +104,7 @@ impl Stream {
 
     /// Outbound: the server answered 200.
     pub(crate) fn established(&mut self) {
+        self.up = true;
         if self.phase == Phase::Opening {
             self.phase = Phase::Open {
                 sent_end: false,
@@ -313,6 +321,9 @@ impl<S: FrameSink> Engine<S> {
             if let Some(Object::Stream(st)) = self.free(hid, now) {
                 if let Some(Object::Tunnel(t)) = self.objects.get_mut(tid) {
                     t.remove_stream(st.id);
+                }
+                if let (Some(ep), false) = (st.service_endpoint, st.up) {
+                    self.eject_endpoint(ep, now);
                 }
                 self.log_stream(&st, now);
                 self.net.recycle(st.tcp);

@@ -7,3 +7,4 @@ mod admission;
 mod hbone;
 mod keepalive;
 mod plain;
+mod services;
