@@ -136,6 +136,7 @@ fn tables(n: u32) -> Tables {
         unknown_source: UnknownSource::Pass,
         unknown_source_hold_ms: 0,
         pod_cidrs: Vec::new(),
+        services: Vec::new(),
         nodes: vec![
             Node {
                 name: "node-a".into(),

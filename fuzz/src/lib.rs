@@ -370,6 +370,28 @@ fn tables_from(c: &mut Cursor) -> (u64, xdpmesh_shm::Tables) {
             ports,
         });
     }
+    for _ in 0..c.u8() % 3 {
+        let name = c.string();
+        let namespace = c.string();
+        let hostname = c.string();
+        let vips = (0..1 + c.u8() % 2).map(|_| c.ip()).collect();
+        let ports = (0..1 + c.u8() % 3).map(|_| (c.u16(), c.u16())).collect();
+        let endpoints = if t.workloads.is_empty() {
+            Vec::new()
+        } else {
+            (0..c.u8() % 4)
+                .map(|_| u32::from(c.u8()) % t.workloads.len() as u32)
+                .collect()
+        };
+        t.services.push(Service {
+            name,
+            namespace,
+            hostname,
+            vips,
+            ports,
+            endpoints,
+        });
+    }
     (g, t)
 }
 
