@@ -805,6 +805,60 @@ impl Refusals<'_> {
     }
 }
 
+/// A service whose endpoint is an HBONE workload of another node (issue 9, item 1):
+/// the client's connection to the virtual address 198.18.10.5:80 reaches the Python
+/// HBONE server as a CONNECT to the endpoint's own address and target port, with the
+/// service's host in `forwarded`, the client's identity verified, and the endpoint's
+/// identity verified by gateway A (`pyserver`, or the tunnel would not come up).
+#[test]
+fn test_service_vip_over_hbone_reaches_the_endpoint_with_authority_and_forwarded_host() {
+    if !require_root(
+        "test_service_vip_over_hbone_reaches_the_endpoint_with_authority_and_forwarded_host",
+    ) {
+        return;
+    }
+    let topo = interop_topology("ivip");
+    let (cert, key) = issue(
+        &topo.ca_dir(),
+        &spiffe("pyserver"),
+        topo.tmp_dir(),
+        "pyserver",
+        false,
+    );
+    let json_log = topo.tmp_dir().join("hbone-server.jsonl");
+    let server = start_hbone_server(&topo, &cert, &key, &json_log, "vip");
+    let r = topo
+        .run_echo_client(Node::Client, "198.18.10.5".parse().unwrap(), 80, 3, 10_000)
+        .unwrap();
+    assert_eq!((r.ok, r.failed, r.bytes), (3, 0, 30_000), "{:?}", r.errors);
+    drop(server);
+    let requests = server_events(&json_log, "request");
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    let prefix = format!("for=\"{CLIENT_ADDR}:");
+    for req in &requests {
+        assert_eq!(req["status"], 200, "{req:#}");
+        assert_eq!(req["authority"], "198.18.0.5:8080", "{req:#}");
+        let forwarded = req["forwarded"].as_str().unwrap_or_default();
+        assert!(
+            forwarded.starts_with(&prefix)
+                && forwarded.ends_with("\";host=pyecho.default.svc.cluster.local"),
+            "{req:#}"
+        );
+        assert_eq!(
+            req["client_san"].as_str(),
+            Some(spiffe("client").as_str()),
+            "{req:#}"
+        );
+    }
+    topo.wait_for_stats(Node::GatewayA, Duration::from_secs(5), |s| {
+        match counter(s, &["totals", "service_connections"]) {
+            3 => Ok(()),
+            n => Err(format!("service_connections = {n}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// Certificate rotation (issue 9, item 6): with a 10 s certificate lifetime, both
 /// gateways renew their workloads' certificates every 5 s (half the lifetime) while a
 /// 60 s transfer runs through one HBONE tunnel: the transfer is byte-exact on that same
