@@ -26,6 +26,7 @@ declare -A probe=(
     [ethtool]="cmd:ethtool"
     [iptables]="cmd:iptables"     # doctor tests: raw-table rpfilter rules
     [nftables]="cmd:nft"
+    [tshark]="cmd:tshark"         # capture tests read the pcapng with it
     [curl]="cmd:curl"
     [util-linux]="cmd:nsenter"
     [python3]="cmd:python3"

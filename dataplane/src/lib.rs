@@ -18,6 +18,7 @@
 //! * [`metrics`]: per-worker counters, aggregated off the fast path.
 //! * [`host`]: start-up facts read from the host (interfaces, queues, neighbours).
 
+pub mod capture;
 pub mod doctor;
 pub mod engine;
 pub mod host;

@@ -129,6 +129,38 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Capture what the dataplane diverts and sends on interfaces into a pcapng file
+    /// (the kernel's taps never see those frames); with --inner, also the HBONE
+    /// streams' plaintext as synthetic TCP packets.
+    Capture {
+        /// Instance name.
+        #[arg(long)]
+        instance: String,
+        /// Interface (repeat); one of the dataplane's --iface.
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// Only frames and streams to or from this address.
+        #[arg(long)]
+        host: Option<std::net::IpAddr>,
+        /// Only TCP to or from this port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Also the decrypted byte streams of HBONE tunnels (interface `hbone-inner`).
+        #[arg(long)]
+        inner: bool,
+        /// Stop after this many packets.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// The pcapng file to write.
+        #[arg(long, short = 'w')]
+        write: PathBuf,
+        /// Run directory (default /run/xdpmesh/<instance>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
     /// Print the last stats snapshot of a running (or stopped) instance.
     Stats {
         /// Instance name.
@@ -228,6 +260,38 @@ fn main() {
                 print!("{}", xdpmesh_dataplane::doctor::render(&findings));
             }
             std::process::exit(xdpmesh_dataplane::doctor::exit_code(&findings));
+        }
+        Cmd::Capture {
+            instance,
+            ifaces,
+            host,
+            port,
+            inner,
+            count,
+            duration,
+            write,
+            run_dir,
+        } => {
+            let req = xdpmesh_dataplane::capture::Request {
+                ifaces,
+                host,
+                port,
+                inner,
+                packets: count,
+                seconds: duration,
+            };
+            let dir = run_dir.unwrap_or_else(|| default_run_dir(&instance));
+            std::fs::File::create(&write)
+                .with_context(|| format!("creating {}", write.display()))
+                .and_then(|f| {
+                    xdpmesh_dataplane::capture::run_client(&dir, &req, std::io::BufWriter::new(f))
+                })
+                .map(|n| {
+                    eprintln!(
+                        "xdpmesh-dataplane capture: {n} packets written to {}",
+                        write.display()
+                    )
+                })
         }
         Cmd::Stats {
             instance,
@@ -401,6 +465,7 @@ fn run(a: RunArgs) -> Result<()> {
     let tables = open_tables(&a.shm, a.wait_tables)?;
 
     let log_limiter = Arc::new(xdpmesh_dataplane::engine::admission::LogLimiter::default());
+    let tap = Arc::new(xdpmesh_dataplane::capture::Tap::default());
     let inboxes: Vec<_> = (0..queues)
         .map(|_| Arc::new(ArrayQueue::new(HANDOVER_QUEUE)))
         .collect();
@@ -436,6 +501,7 @@ fn run(a: RunArgs) -> Result<()> {
             },
             hbone: a.hbone,
             log_limiter: log_limiter.clone(),
+            tap: tap.clone(),
         };
         let core = (!cores.is_empty()).then(|| cores[q % cores.len()]);
         handles.push(
@@ -472,6 +538,17 @@ fn run(a: RunArgs) -> Result<()> {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    {
+        let (dir, names, tap, stop) = (
+            a.run_dir.clone(),
+            a.ifaces.clone(),
+            tap.clone(),
+            stop.clone(),
+        );
+        std::thread::Builder::new()
+            .name("xdpmesh-capture".into())
+            .spawn(move || xdpmesh_dataplane::capture::serve(&dir, names, tap, stop))?;
     }
     prog.set_enabled(true)?;
     info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, rx_buffer = buffers.rx, tx_buffer = buffers.tx, "running");

@@ -176,6 +176,7 @@ fn engine(
         resolver: Box::new(move |ifindex, ip| n.lock().unwrap().get(&(ifindex, ip)).copied()),
         inboxes: Vec::new(),
         log_limiter: Default::default(),
+        tap: Default::default(),
     };
     let spec = |name: &str, ifindex, (ip, mac): (Ipv4Addr, Mac), mtu| PortSpec {
         name: format!("{name}{id_}"),

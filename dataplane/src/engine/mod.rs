@@ -160,6 +160,8 @@ pub struct EngineConfig {
     pub inboxes: Vec<Arc<ArrayQueue<Handover>>>,
     /// Once-a-minute logging of sources, shared by the workers.
     pub log_limiter: Arc<LogLimiter>,
+    /// The capture tap (`capture --inner` reads the streams' plaintext from it).
+    pub tap: Arc<crate::capture::Tap>,
 }
 
 /// One worker's engine, generic over where it writes frames.
@@ -188,6 +190,7 @@ pub struct Engine<S> {
     pub(crate) log_limiter: Arc<LogLimiter>,
     /// Service endpoint turns and ejections.
     pub(crate) balancer: Balancer,
+    pub(crate) tap: Arc<crate::capture::Tap>,
     pub(crate) rng: u64,
     pub(crate) stats: Local,
 }
@@ -220,6 +223,7 @@ impl<S: FrameSink> Engine<S> {
             holds: Holds::default(),
             log_limiter: cfg.log_limiter,
             balancer: Balancer::default(),
+            tap: cfg.tap,
             rng: 0x2545_f491_4f6c_dd1d ^ (u64::from(pid) << 16) ^ u64::from(cfg.id),
             stats: Local::default(),
         }

@@ -154,7 +154,13 @@ impl Stream {
 /// The stream half of a service: 200/503 for inbound streams, bytes both ways,
 /// half-close, and a reset of the TCP leg passed on as RST_STREAM. Returns whether the
 /// tunnel has frames to send.
-fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> bool {
+fn splice(
+    st: &mut Stream,
+    side: &mut Side,
+    now: i64,
+    refused: &mut u64,
+    tap: &crate::capture::Tap,
+) -> bool {
     let mut dirty = false;
     let id = st.id;
     let s = st.tcp.socket();
@@ -181,6 +187,12 @@ fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> bool
             _ => {}
         }
     }
+    // The pod's conversation for `capture --inner`: who sends what the TCP leg reads.
+    let tapping = tap.on();
+    let (from_tcp, to_tcp) = match st.direction {
+        Direction::Outbound => (st.tcp.key.src, st.target),
+        Direction::Inbound => (st.target, st.tcp.key.dst),
+    };
     let s = st.tcp.socket();
     if let Phase::Open { sent_end, peer_end } = st.phase {
         // TCP → stream, as far as HTTP/2 flow control allows.
@@ -188,6 +200,9 @@ fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> bool
             let n = s
                 .recv(|buf| {
                     let n = side.conn().stream_write(id, buf).unwrap_or(0);
+                    if tapping {
+                        tap.inner(from_tcp, to_tcp, &buf[..n]);
+                    }
                     (n, n)
                 })
                 .unwrap_or(0);
@@ -202,6 +217,9 @@ fn splice(st: &mut Stream, side: &mut Side, now: i64, refused: &mut u64) -> bool
             let n = s
                 .send(|buf| {
                     let n = side.conn().stream_read(id, buf).unwrap_or(0);
+                    if tapping {
+                        tap.inner(to_tcp, from_tcp, &buf[..n]);
+                    }
                     (n, n)
                 })
                 .unwrap_or(0);
@@ -298,7 +316,13 @@ impl<S: FrameSink> Engine<S> {
         let mut readable = 0;
         match self.objects.get_disjoint_mut([hid, tid]) {
             Some([Object::Stream(st), Object::Tunnel(t)]) => {
-                tunnel_dirty = splice(st, &mut t.side, now, &mut self.stats.hbone_refused);
+                tunnel_dirty = splice(
+                    st,
+                    &mut t.side,
+                    now,
+                    &mut self.stats.hbone_refused,
+                    &self.tap,
+                );
                 readable = t.side.conn().stream_readable(st.id);
             }
             Some(_) => return,

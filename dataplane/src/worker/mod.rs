@@ -57,6 +57,8 @@ pub struct WorkerSetup {
     pub hbone: HboneLimits,
     /// Once-a-minute logging of sources, shared by the workers.
     pub log_limiter: std::sync::Arc<crate::engine::admission::LogLimiter>,
+    /// The capture tap.
+    pub tap: std::sync::Arc<crate::capture::Tap>,
 }
 
 /// Counters are published every 100 ms under load, and within 10 ms of going idle (so
@@ -85,14 +87,22 @@ pub fn run(setup: WorkerSetup) {
         identities,
         hbone,
         log_limiter,
+        tap,
     } = setup;
     let epoch = std::time::Instant::now();
     let now = || epoch.elapsed().as_micros() as i64;
     let mut rxs = Vec::new();
     let mut txs = Vec::new();
-    for (spec, rx, tx) in ports {
+    for (p, (spec, rx, tx)) in ports.into_iter().enumerate() {
         rxs.push(rx);
-        txs.push((spec, tx));
+        txs.push((
+            spec,
+            TappedTx {
+                inner: tx,
+                tap: tap.clone(),
+                port: p,
+            },
+        ));
     }
     let cfg = EngineConfig {
         id,
@@ -102,6 +112,7 @@ pub fn run(setup: WorkerSetup) {
         resolver,
         inboxes,
         log_limiter,
+        tap: tap.clone(),
     };
     let mut e = Engine::new(cfg, txs, now());
     let mut last_publish = 0i64;
@@ -123,8 +134,15 @@ pub fn run(setup: WorkerSetup) {
             e.set_identities(ids);
         }
         let mut work = 0;
+        // One relaxed load per iteration while no capture runs.
+        let tapping = tap.on();
         for (p, rx) in rxs.iter_mut().enumerate() {
-            work += rx.recv(|frame| e.on_frame(p, frame, t, true));
+            work += rx.recv(|frame| {
+                if tapping {
+                    tap.frame(p, false, frame);
+                }
+                e.on_frame(p, frame, t, true)
+            });
         }
         work += e.drain_inbox(t);
         work += e.poll(t);
@@ -194,5 +212,42 @@ fn reload_tables<S: crate::sink::FrameSink>(e: &mut Engine<S>, shm: &mut WorkerS
                 shm.ack(g);
             }
         }
+    }
+}
+
+/// A port's TX half with the capture tap in front: a transmitted frame is copied to
+/// the tap while a capture runs (one relaxed load per frame otherwise).
+pub struct TappedTx {
+    inner: TxPart,
+    tap: std::sync::Arc<crate::capture::Tap>,
+    port: usize,
+}
+
+impl crate::sink::FrameSink for TappedTx {
+    fn has_free(&mut self) -> bool {
+        self.inner.has_free()
+    }
+
+    fn send<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        let (tap, port) = (&self.tap, self.port);
+        self.inner.send(len, |buf| {
+            let r = f(buf);
+            if tap.on() {
+                tap.frame(port, true, buf);
+            }
+            r
+        })
+    }
+
+    fn flush(&mut self) -> usize {
+        self.inner.flush()
+    }
+
+    fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+
+    fn max_frame(&self) -> usize {
+        self.inner.max_frame()
     }
 }
