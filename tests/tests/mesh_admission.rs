@@ -37,6 +37,15 @@ fn hbone_config() -> String {
     demo_config().replace("protocol: TCP", "protocol: HBONE")
 }
 
+/// Gives the client pod another address (one no workload claims).
+fn add_client_address(topo: &Topology, addr: &str) {
+    topo.run(
+        Node::Client,
+        &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+    )
+    .unwrap();
+}
+
 fn write(topo: &Topology, name: &str, text: &str) -> PathBuf {
     let path = topo.tmp_dir().join(name);
     std::fs::write(&path, text).unwrap();
@@ -130,18 +139,7 @@ fn test_deny_policy_holds_against_a_client_outside_the_mesh() {
     );
     topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
         .expect("gateways");
-    topo.run(
-        Node::Client,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{OUTSIDER}/24"),
-            "dev",
-            "eth0",
-        ],
-    )
-    .unwrap();
+    add_client_address(&topo, OUTSIDER);
     let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
     let _web = topo
         .start_fileserver(Node::Server, FILESERVER_PORT)
@@ -241,18 +239,7 @@ fn test_strict_refuses_plaintext_and_permissive_accepts_it() {
     let cfg_a = write(&topo, "mesh-a.yaml", &demo_config());
     topo.start_gateways_with(GatewayKind::xdpmesh(1), [&cfg_a, &cfg_b])
         .expect("gateways");
-    topo.run(
-        Node::Client,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{OUTSIDER}/24"),
-            "dev",
-            "eth0",
-        ],
-    )
-    .unwrap();
+    add_client_address(&topo, OUTSIDER);
     let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
 
     assert_eq!(
@@ -322,11 +309,7 @@ fn unknown_source_topology(tag: &str, mode: &str, late: &str) -> (Topology, Path
     let cfg = write(&topo, "mesh.yaml", &unknown_config(mode, None));
     topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
         .expect("gateways");
-    topo.run(
-        Node::Client,
-        &["ip", "addr", "add", &format!("{late}/24"), "dev", "eth0"],
-    )
-    .unwrap();
+    add_client_address(&topo, late);
     (topo, cfg)
 }
 

@@ -153,6 +153,39 @@ pub fn tables(local: u32, protocol: Protocol, policies: Vec<Policy>) -> Tables {
     }
 }
 
+/// Adds a plain-TCP workload `name` (namespace `default`, its own service account) on
+/// node `node` (0 = a, 1 = b) at `addr` to gateway `local`'s tables, routed as
+/// [`tables`] routes the others: on `pod0` when served here, else via the other
+/// gateway. Returns its workload index.
+pub fn add_workload(t: &mut Tables, local: u32, name: &str, addr: Ipv4Addr, node: u32) -> u32 {
+    let index = t.workloads.len() as u32;
+    t.workloads.push(Workload {
+        name: name.into(),
+        namespace: "default".into(),
+        service_account: name.into(),
+        node,
+        protocol: Protocol::Tcp,
+        peer_auth: PeerAuth::Permissive,
+    });
+    let gateway = if node == 0 { A_UP_IP } else { B_UP_IP };
+    t.addresses.push(Address {
+        addr: IpAddr::V4(addr),
+        workload: index,
+        route: if node == local {
+            Route {
+                ifindex: POD0_IFINDEX,
+                via: None,
+            }
+        } else {
+            Route {
+                ifindex: UP0_IFINDEX,
+                via: Some(IpAddr::V4(gateway)),
+            }
+        },
+    });
+    index
+}
+
 /// The SPIFFE identity of service account `sa` in namespace `default`.
 pub fn spiffe(sa: &str) -> SpiffeId {
     format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{sa}")

@@ -6,9 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::State;
-use xdpmesh_shm::{
-    Address, Cidr, PeerAuth, Policy, PolicyAction, Protocol, Route, Tables, UnknownSource, Workload,
-};
+use xdpmesh_shm::{Cidr, PeerAuth, Policy, PolicyAction, Protocol, Tables, UnknownSource};
 
 use xdpmesh_sim::*;
 
@@ -164,29 +162,7 @@ fn with_unknown_sources(
         t.unknown_source = mode;
         t.unknown_source_hold_ms = hold_ms;
         if late {
-            t.workloads.push(Workload {
-                name: "late".into(),
-                namespace: "default".into(),
-                service_account: "late".into(),
-                node: 0,
-                protocol: Protocol::Tcp,
-                peer_auth: PeerAuth::Permissive,
-            });
-            t.addresses.push(Address {
-                addr: IpAddr::V4(LATE_IP),
-                workload: 2,
-                route: if local == 0 {
-                    Route {
-                        ifindex: POD0_IFINDEX,
-                        via: None,
-                    }
-                } else {
-                    Route {
-                        ifindex: UP0_IFINDEX,
-                        via: Some(IpAddr::V4(A_UP_IP)),
-                    }
-                },
-            });
+            add_workload(&mut t, local, "late", LATE_IP, 0);
         }
         if local == 0 {
             w.a.set_tables(generation, t);

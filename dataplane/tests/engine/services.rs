@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::IpAddress;
-use xdpmesh_shm::{Address, PeerAuth, Protocol, Route, Service, Tables, Workload};
+use xdpmesh_shm::{Protocol, Service, Tables};
 
 use xdpmesh_sim::*;
 
@@ -17,29 +17,9 @@ const SERVER2_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
 /// service `echo` (VIP:80 → 80) whose endpoints are `endpoints` (workload indices).
 fn service_tables(local: u32, endpoints: Vec<u32>) -> Tables {
     let mut t = tables(local, Protocol::Tcp, Vec::new());
-    t.workloads.push(Workload {
-        name: "server-2".into(),
-        namespace: "default".into(),
-        service_account: "server".into(),
-        node: 1,
-        protocol: Protocol::Tcp,
-        peer_auth: PeerAuth::Permissive,
-    });
-    t.addresses.push(Address {
-        addr: IpAddr::V4(SERVER2_IP),
-        workload: 2,
-        route: if local == 1 {
-            Route {
-                ifindex: POD0_IFINDEX,
-                via: None,
-            }
-        } else {
-            Route {
-                ifindex: UP0_IFINDEX,
-                via: Some(IpAddr::V4(B_UP_IP)),
-            }
-        },
-    });
+    // server-2 shares the server's service account in the config of the namespace
+    // test; here it is its own, which the plain-TCP path does not look at.
+    add_workload(&mut t, local, "server-2", SERVER2_IP, 1);
     t.services = vec![Service {
         name: "echo".into(),
         namespace: "default".into(),
