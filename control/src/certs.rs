@@ -121,6 +121,9 @@ pub enum SourceKind {
 pub struct IdentitySource {
     kind: SourceKind,
     validity: Duration,
+    /// Extra trust roots (PEM files) published beside the issuing CA's root: how a
+    /// CA rollover trusts the old and the new root at once.
+    extra_roots: Vec<PathBuf>,
     /// Issued certificates, valid for the CA whose root is `cache_root`.
     cache: HashMap<SpiffeId, WorkloadCert>,
     cache_root: String,
@@ -165,6 +168,7 @@ impl IdentitySource {
         IdentitySource {
             kind,
             validity,
+            extra_roots: Vec::new(),
             cache: HashMap::new(),
             cache_root: String::new(),
         }
@@ -191,6 +195,36 @@ impl IdentitySource {
         Self::new(SourceKind::ReadyMade { dir: dir.into() }, DEFAULT_VALIDITY)
     }
 
+    /// Also trusts the roots in these PEM files (read at every publication, so a
+    /// changed file takes effect with the next one).
+    pub fn with_extra_roots(mut self, files: Vec<PathBuf>) -> Self {
+        self.extra_roots = files;
+        self
+    }
+
+    /// The roots published: `own` (the issuing CA's, or the ready-made directory's)
+    /// then each extra root not already among them.
+    fn trust_bundle(&self, own: &str) -> Result<String> {
+        let mut pem = own.trim_end().to_owned();
+        pem.push('\n');
+        let mut have: Vec<Vec<u8>> = roots_from_pem(own)
+            .map(|r| r.iter().map(|c| c.to_vec()).collect())
+            .unwrap_or_default();
+        for file in &self.extra_roots {
+            let text = read_text(file)?;
+            let roots = roots_from_pem(&text)
+                .with_context(|| format!("--trust-roots {}", file.display()))?;
+            for (der, block) in roots.iter().zip(pem_blocks(&text)) {
+                if !have.iter().any(|h| h.as_slice() == der.as_ref()) {
+                    have.push(der.to_vec());
+                    pem.push_str(block.trim_end());
+                    pem.push('\n');
+                }
+            }
+        }
+        Ok(pem)
+    }
+
     /// Sets the lifetime of issued certificates.
     pub fn with_validity(mut self, validity: Duration) -> Self {
         self.validity = validity;
@@ -206,7 +240,11 @@ impl IdentitySource {
         let ca = match &self.kind {
             SourceKind::LocalCa { dir } => load_or_create_ca(dir, trust_domain)?.0,
             SourceKind::MeshCa { cert, key } => load_ca_files(cert, key)?,
-            SourceKind::ReadyMade { dir } => return obtain_ready_made(dir, ids),
+            SourceKind::ReadyMade { dir } => {
+                let mut o = obtain_ready_made(dir, ids)?;
+                o.roots_pem = self.trust_bundle(&o.roots_pem)?;
+                return Ok(o);
+            }
         };
         if ca.root_pem() != self.cache_root {
             self.cache.clear();
@@ -235,7 +273,7 @@ impl IdentitySource {
         // Forget identities that left the node.
         self.cache.retain(|id, _| ids.contains(id));
         Ok(Obtained {
-            roots_pem: ca.root_pem().to_owned(),
+            roots_pem: self.trust_bundle(ca.root_pem())?,
             certs,
             issued,
             reused,
@@ -305,6 +343,23 @@ fn obtain_ready_made(dir: &Path, ids: &[SpiffeId]) -> Result<Obtained> {
         issued: 0,
         reused: 0,
     })
+}
+
+/// The `-----BEGIN CERTIFICATE----- … -----END CERTIFICATE-----` blocks of a PEM text,
+/// in order (what `roots_from_pem` parsed, as text to publish).
+fn pem_blocks(text: &str) -> Vec<&str> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        out.push(&rest[start..stop]);
+        rest = &rest[stop..];
+    }
+    out
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -618,6 +673,34 @@ mod tests {
         );
         assert!(at > now);
         assert!(renewal_time(&expired_validity(), day) < now);
+    }
+
+    #[test]
+    fn extra_roots_join_the_bundle_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (
+            Ca::generate("cluster.local").unwrap(),
+            Ca::generate("cluster.local").unwrap(),
+        );
+        let file = dir.path().join("extra.pem");
+        // The issuing root listed again, and a new one: the bundle has each once.
+        std::fs::write(&file, format!("{}{}", one.root_pem(), two.root_pem())).unwrap();
+        let src = IdentitySource::local_ca(dir.path().join("ca")).with_extra_roots(vec![file]);
+        let bundle = src.trust_bundle(one.root_pem()).unwrap();
+        let roots = roots_from_pem(&bundle).unwrap();
+        assert_eq!(roots.len(), 2);
+        assert_eq!(
+            roots[0].as_ref(),
+            roots_from_pem(one.root_pem()).unwrap()[0].as_ref()
+        );
+        assert_eq!(
+            roots[1].as_ref(),
+            roots_from_pem(two.root_pem()).unwrap()[0].as_ref()
+        );
+        let missing = IdentitySource::local_ca(dir.path().join("ca"))
+            .with_extra_roots(vec![dir.path().join("nope.pem")]);
+        let e = missing.trust_bundle(one.root_pem()).unwrap_err();
+        assert!(format!("{e:#}").contains("nope.pem"), "{e:#}");
     }
 
     #[test]

@@ -135,6 +135,10 @@ struct IdentityArgs {
     /// Lifetime of issued workload certificates in hours.
     #[arg(long, default_value_t = 24)]
     cert_validity_hours: u64,
+    /// Also trust the roots in this PEM file (repeat): for a CA rollover, trust the
+    /// new root everywhere first, then switch the issuing CA, then drop the old root.
+    #[arg(long = "trust-roots")]
+    trust_roots: Vec<PathBuf>,
     /// Lifetime of issued workload certificates as a duration (`10s`, `30m`, `24h`);
     /// overrides --cert-validity-hours. Certificates are renewed at half their
     /// lifetime.
@@ -175,7 +179,7 @@ impl IdentityArgs {
             Some(ttl) => ttl,
             None => hours(self.cert_validity_hours)?,
         };
-        Ok(IdentitySource::new(kind, validity))
+        Ok(IdentitySource::new(kind, validity).with_extra_roots(self.trust_roots.clone()))
     }
 }
 

@@ -372,6 +372,24 @@ impl Topology {
         Ok(pid)
     }
 
+    /// [`Topology::start_gateway_control`] with another command line (a CA change, say):
+    /// `edit` gets the first one and returns the one to run.
+    pub fn start_gateway_control_with(
+        &mut self,
+        node: Node,
+        edit: impl FnOnce(Vec<String>) -> Vec<String>,
+    ) -> anyhow::Result<u32> {
+        let (argv, _) = self.gateway_argv(node)?;
+        let argv = edit(argv);
+        let i = self.gateway_index(node)?;
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let mut control = self.spawn(node, &args)?;
+        control.wait_for_log(CONTROL_READY, GATEWAY_READY_TIMEOUT)?;
+        let pid = control.pid();
+        self.gateways.procs[i].1 = control;
+        Ok(pid)
+    }
+
     fn gateway_index(&self, node: Node) -> anyhow::Result<usize> {
         self.gateways
             .procs

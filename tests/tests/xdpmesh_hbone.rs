@@ -15,8 +15,8 @@ use xdpmesh_hbone::HBONE_PORT;
 use xdpmesh_netns::stat as counter;
 use xdpmesh_netns::topology::SERVER_ADDR;
 use xdpmesh_netns::{
-    blob_sha256, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts, ECHO_PORT,
-    FILESERVER_PORT,
+    bin, blob_sha256, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts,
+    ECHO_PORT, FILESERVER_PORT,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -510,3 +510,159 @@ fn test_hbone_cut_off_peer_is_detected_by_keepalive_within_30s() {
         "gateway A's log:\n{a_log}"
     );
 }
+
+/// A CA rollover (issue 9, item 6): trust the new root everywhere, switch each gateway's
+/// issuing CA one at a time, drop the old root. Every step is a control restart, and at
+/// every step new tunnels come up (idle ones close after a second, so each step's
+/// connections handshake afresh) and an echo connection opened at the start keeps
+/// going. A gateway issuing from a CA its peer does not trust is refused: the test can
+/// tell.
+#[test]
+fn test_hbone_ca_rollover_refuses_no_peer_in_between() {
+    if !require_root("test_hbone_ca_rollover_refuses_no_peer_in_between") {
+        return;
+    }
+    let mut topo =
+        Topology::new(&unique_prefix("xroll"), TopologyOpts::default()).expect("topology");
+    topo.set_gateway_args(&[], &["--hbone-idle-secs", "1"]);
+    topo.start_gateways(GatewayKind::xdpmesh(1), &hbone_config())
+        .expect("gateways");
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let old_ca = topo.ca_dir();
+    let new_ca = topo.tmp_dir().join("ca-new");
+    let out = std::process::Command::new(bin("xdpmesh-control"))
+        .args(["ca", "init", "--trust-domain", "cluster.local", "--ca-dir"])
+        .arg(&new_ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = |dir: &std::path::Path| dir.join("ca.crt").to_string_lossy().into_owned();
+    // A connection that lives through every step: it echoes a line every 100 ms until
+    // the stop file appears, then reports how many came back.
+    let stop = topo.tmp_dir().join("long-echo.stop");
+    let mut long = topo
+        .spawn(
+            Node::Client,
+            &[
+                "python3",
+                "-c",
+                LONG_ECHO_PY,
+                &SERVER_ADDR.to_string(),
+                &ECHO_PORT.to_string(),
+                &stop.to_string_lossy(),
+            ],
+        )
+        .unwrap();
+    let fresh = |topo: &Topology, step: &str| {
+        std::thread::sleep(Duration::from_millis(1500));
+        let r = topo
+            .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 5, 4096)
+            .unwrap();
+        assert_eq!((r.ok, r.failed), (5, 0), "{step}: {:?}", r.errors);
+    };
+    // argv with the issuing CA `ca` and the extra roots `extra`.
+    let with = |ca: String, extra: Vec<String>| {
+        move |argv: Vec<String>| {
+            let mut out = Vec::new();
+            let mut it = argv.into_iter();
+            while let Some(a) = it.next() {
+                if a == "--ca-dir" {
+                    it.next();
+                    out.extend(["--ca-dir".to_owned(), ca.clone()]);
+                } else {
+                    out.push(a);
+                }
+            }
+            for e in &extra {
+                out.extend(["--trust-roots".to_owned(), e.clone()]);
+            }
+            out
+        }
+    };
+    let (old_dir, new_dir) = (
+        old_ca.to_string_lossy().into_owned(),
+        new_ca.to_string_lossy().into_owned(),
+    );
+    fresh(&topo, "before");
+    // 1. Both gateways trust the new root too, still issuing from the old CA.
+    for node in [Node::GatewayA, Node::GatewayB] {
+        topo.stop_gateway_control(node, Signal::SIGTERM).unwrap();
+        topo.start_gateway_control_with(node, with(old_dir.clone(), vec![root(&new_ca)]))
+            .unwrap();
+    }
+    fresh(&topo, "both trust both roots");
+    // 2. Gateway B issues from the new CA (and still trusts the old root).
+    topo.stop_gateway_control(Node::GatewayB, Signal::SIGTERM)
+        .unwrap();
+    topo.start_gateway_control_with(Node::GatewayB, with(new_dir.clone(), vec![root(&old_ca)]))
+        .unwrap();
+    fresh(&topo, "B on the new CA");
+    // 3. Gateway A too.
+    topo.stop_gateway_control(Node::GatewayA, Signal::SIGTERM)
+        .unwrap();
+    topo.start_gateway_control_with(Node::GatewayA, with(new_dir.clone(), vec![root(&old_ca)]))
+        .unwrap();
+    fresh(&topo, "both on the new CA");
+    // 4. The old root is dropped everywhere.
+    for node in [Node::GatewayA, Node::GatewayB] {
+        topo.stop_gateway_control(node, Signal::SIGTERM).unwrap();
+        topo.start_gateway_control_with(node, with(new_dir.clone(), vec![]))
+            .unwrap();
+    }
+    fresh(&topo, "old root dropped");
+    std::fs::write(&stop, "").unwrap();
+    let status = long.wait_timeout(Duration::from_secs(10)).unwrap();
+    let log = long.log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the long connection broke: {log}"
+    );
+    let echoed: u64 = log
+        .trim()
+        .strip_prefix("OK ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        echoed >= 50,
+        "the long connection echoed {echoed} lines: {log}"
+    );
+    let refused_before = counter(
+        &topo.gateway_stats(Node::GatewayA).unwrap(),
+        &["totals", "hbone_tunnel_failures"],
+    );
+    assert_eq!(refused_before, 0, "no tunnel failed during the rollover");
+    // The check can fail: gateway B back on the old CA, which nobody trusts now.
+    topo.stop_gateway_control(Node::GatewayB, Signal::SIGTERM)
+        .unwrap();
+    topo.start_gateway_control_with(Node::GatewayB, with(old_dir.clone(), vec![]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = topo
+        .run_echo_client(Node::Client, SERVER_ADDR, ECHO_PORT, 1, 4096)
+        .unwrap();
+    assert_eq!(
+        (r.ok, r.failed),
+        (0, 1),
+        "a certificate of an untrusted CA is refused"
+    );
+}
+
+/// Echoes a line every 100 ms on one connection until the file argv[3] exists; prints
+/// `OK <lines>`, or fails on the first line that does not come back intact.
+const LONG_ECHO_PY: &str = "import socket, sys, os, time\n\
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+    n = 0\n\
+    while not os.path.exists(sys.argv[3]):\n\
+    \x20   line = b'line %d\\n' % n\n\
+    \x20   s.sendall(line); got = b''\n\
+    \x20   while len(got) < len(line):\n\
+    \x20       b = s.recv(100)\n\
+    \x20       if not b: sys.exit('closed after %d lines' % n)\n\
+    \x20       got += b\n\
+    \x20   if got != line: sys.exit('corrupt line %d' % n)\n\
+    \x20   n += 1; time.sleep(0.1)\n\
+    print('OK %d' % n)\n";
