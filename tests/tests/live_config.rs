@@ -338,13 +338,21 @@ fn test_100_config_changes_under_load_break_nothing() {
                 ),
             );
         }
-        let endpoint = if i % 3 == 0 { "server" } else { "extra-0" };
-        let endpoint = if i % 4 == 0 { "server" } else { endpoint };
+        let endpoint = if i.is_multiple_of(3) {
+            "server"
+        } else {
+            "extra-0"
+        };
+        let endpoint = if i.is_multiple_of(4) {
+            "server"
+        } else {
+            endpoint
+        };
         text.push_str(&format!(
             "services:\n  - name: echo\n    namespace: default\n    addresses: [198.18.10.1]\n    \
              ports: [{{port: 7000}}]\n    endpoints: [{endpoint}]\n"
         ));
-        if i % 2 == 1 {
+        if !i.is_multiple_of(2) {
             text.push_str(
                 "policies:\n  - name: flip\n    namespace: default\n    workload: server\n    \
                  action: DENY\n    ports: [7100]\n",
@@ -399,7 +407,7 @@ fn test_100_config_changes_under_load_break_nothing() {
             generation(&topo, Node::GatewayB),
         ];
         let t = Instant::now();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let tmp = topo.tmp_dir().join(".mesh.yaml.new");
             std::fs::write(&tmp, config(i)).unwrap();
             std::fs::rename(&tmp, &cfg).unwrap();
@@ -418,11 +426,11 @@ fn test_100_config_changes_under_load_break_nothing() {
         }
         slowest = slowest.max(t.elapsed());
         // Every tenth change, the flipped policy's verdict on a new connection.
-        if i % 10 == 0 || i % 10 == 5 {
+        if i.is_multiple_of(10) || i % 10 == 5 {
             let r = topo
                 .run_echo_client(Node::Client, SERVER_ADDR, 7100, 1, 100)
                 .unwrap();
-            let denied = i % 2 == 1;
+            let denied = !i.is_multiple_of(2);
             assert_eq!(
                 (r.ok, r.failed),
                 if denied { (0, 1) } else { (1, 0) },
