@@ -401,7 +401,7 @@ fn test_100_config_changes_under_load_break_nothing() {
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let mut slowest = Duration::ZERO;
-    for i in 1..=100 {
+    for i in 1..=100usize {
         let before = [
             generation(&topo, Node::GatewayA),
             generation(&topo, Node::GatewayB),
