@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use ahash::AHashMap;
+use crate::access::Party;
 use xdpmesh_shm::{PeerAuth, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource};
 
 /// What a worker knows about one workload address.
@@ -31,6 +32,9 @@ pub struct Index {
     policies_of: Vec<Vec<u32>>,
     /// Per workload: its identity in Istio's principal form, `<td>/ns/<ns>/sa/<sa>`.
     principals: Vec<String>,
+    /// Per workload: its name, namespace and SPIFFE identity, shared by the access
+    /// records and metric labels of its connections.
+    parties: Vec<Party>,
 }
 
 /// The authenticated identity of a connection's peer, as policies match it.
@@ -91,13 +95,40 @@ impl Index {
                 )
             })
             .collect();
+        let parties = tables
+            .workloads
+            .iter()
+            .map(|w| Party {
+                workload: Some(w.name.as_str().into()),
+                namespace: Some(w.namespace.as_str().into()),
+                identity: Some(
+                    format!(
+                        "spiffe://{}/ns/{}/sa/{}",
+                        tables.trust_domain, w.namespace, w.service_account
+                    )
+                    .into(),
+                ),
+            })
+            .collect();
         Index {
             generation,
             tables,
             by_addr,
             policies_of,
             principals,
+            parties,
         }
+    }
+
+    /// The workload at `ip` as the access log names it, with its identity (the caller
+    /// drops the identity where the connection does not establish it); all unknown for
+    /// an address no workload claims.
+    pub fn party(&self, ip: IpAddr) -> Party {
+        self.by_addr
+            .get(&ip)
+            .and_then(|a| self.parties.get(a.workload as usize))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The identity of a workload, as policies match it.

@@ -5,10 +5,10 @@
 
 use std::net::SocketAddr;
 
-use tracing::info;
-
+use super::admission::Source;
 use super::flows::PortRange;
 use super::{Engine, ObjKey, Object, HALF_DEAD_US};
+use crate::access::{Direction, Flags, Meta, Record};
 use crate::sink::FrameSink;
 use crate::stack::{self, Leg};
 use crate::state::AddrInfo;
@@ -22,6 +22,12 @@ pub(crate) struct Conn {
     started: i64,
     /// Bytes moved leg 0 → leg 1, leg 1 → leg 0.
     bytes: [u64; 2],
+    /// Who it is between (its access record and metric labels).
+    meta: Box<Meta>,
+    /// The upstream leg was established (its set-up time is recorded then).
+    connected: bool,
+    /// Why it ended abnormally (a reset, the half-dead limit).
+    error: Option<String>,
 }
 
 impl Conn {
@@ -56,8 +62,15 @@ impl<S: FrameSink> Engine<S> {
         now: i64,
         dst: AddrInfo,
         up_port: usize,
+        source: Source,
     ) {
         let (client, target) = (t.key.src, t.key.dst);
+        let direction = if dst.local {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        let meta = self.meta_plain(client, target, direction, matches!(source, Source::Local(_)));
         let range = if dst.local {
             PortRange::Delivery
         } else {
@@ -66,6 +79,8 @@ impl<S: FrameSink> Engine<S> {
         let Some(local_port) = self.flows.pick_port(target, client.ip(), range) else {
             self.stats.upstream_failures += 1;
             self.net.reset(port, t.src_mac, ip, now);
+            let why = format!("no free local port towards {target}");
+            self.record(Record::refused(meta, Flags::Connect, why), true, true);
             return;
         };
         let nexthop = dst.route.via.unwrap_or(target.ip());
@@ -80,16 +95,25 @@ impl<S: FrameSink> Engine<S> {
                     .connect(self.buffers, up_port, up_mac, target, local)?;
                 Ok([l0, l1])
             });
-        let Ok(legs) = legs else {
-            self.stats.upstream_failures += 1;
-            self.net.reset(port, t.src_mac, ip, now);
-            return;
+        let legs = match legs {
+            Ok(legs) => legs,
+            Err(e) => {
+                self.stats.upstream_failures += 1;
+                self.net.reset(port, t.src_mac, ip, now);
+                let why = format!("the connection's endpoints could not be made: {e}");
+                self.record(Record::refused(meta, Flags::Connect, why), true, true);
+                return;
+            }
         };
+        self.record_open(&meta);
         let cid = self.insert(Object::Plain(Conn {
             legs,
             half_dead_since: None,
             started: now,
             bytes: [0, 0],
+            meta: Box::new(meta),
+            connected: false,
+            error: None,
         }));
         self.stats.opened_connections += 1;
         if up_mac.is_none() {
@@ -110,12 +134,30 @@ impl<S: FrameSink> Engine<S> {
         self.stats.bytes_upstream_to_downstream += pumped.up_to_down as u64;
         if pumped.reset {
             self.stats.reset_connections += 1;
+            conn.error.get_or_insert_with(|| {
+                "connection reset: one side reset it, so the other was reset too".to_owned()
+            });
+        }
+        let mut connected_after = None;
+        if !conn.connected && conn.legs[1].state() == smoltcp::socket::tcp::State::Established
+        {
+            conn.connected = true;
+            connected_after = Some(now - conn.started);
         }
         if stack::half_finished(&conn.legs) {
             let since = *conn.half_dead_since.get_or_insert(now);
             if now - since >= HALF_DEAD_US {
                 stack::abort(&mut conn.legs);
+                conn.error.get_or_insert_with(|| {
+                    format!(
+                        "aborted: one side closed and the other had not after {} s",
+                        HALF_DEAD_US / 1_000_000
+                    )
+                });
             }
+        }
+        if let Some(us) = connected_after {
+            self.observe_connect(us);
         }
         // After egress: an aborted leg is done only once its RST has left.
         self.egress(cid, now);
@@ -133,14 +175,21 @@ impl<S: FrameSink> Engine<S> {
 
     fn log_plain(&mut self, conn: &Conn, now: i64) {
         self.stats.closed_connections += 1;
-        let (client, server) = (conn.legs[0].key.src, conn.legs[0].key.dst);
-        info!(
-            target: "access",
-            src_addr = %client, src_workload = %self.workload_of(client.ip()),
-            dst_addr = %server, dst_workload = %self.workload_of(server.ip()),
-            bytes_sent = conn.bytes[0], bytes_recv = conn.bytes[1],
-            duration_ms = (now - conn.started) / 1000,
-            "connection complete"
-        );
+        let (flags, error) = if conn.connected {
+            (Flags::None, conn.error.clone())
+        } else {
+            let target = conn.meta.dst_addr;
+            let why = conn.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            (Flags::Connect, Some(format!("could not connect to {target}{why}")))
+        };
+        let r = Record {
+            meta: (*conn.meta).clone(),
+            bytes_sent: conn.bytes[1],
+            bytes_recv: conn.bytes[0],
+            duration_us: now - conn.started,
+            error,
+            flags,
+        };
+        self.record(r, false, true);
     }
 }
