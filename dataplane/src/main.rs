@@ -128,14 +128,15 @@ enum Cmd {
         hbone_keepalive_timeout_ms: u64,
         /// Metrics endpoint (`/stats/prometheus`, `/metrics`), or `off`.
         #[arg(long, default_value = "0.0.0.0:15020", value_parser = parse_listen)]
-        metrics_addr: Option<std::net::SocketAddr>,
+        // Not `Option<…>`, which clap would read as "optional": `off` is the None.
+        metrics_addr: ::std::option::Option<std::net::SocketAddr>,
         /// Readiness endpoint (`/healthz/ready`), or `off`.
         #[arg(long, default_value = "0.0.0.0:15021", value_parser = parse_listen)]
-        readiness_addr: Option<std::net::SocketAddr>,
+        readiness_addr: ::std::option::Option<std::net::SocketAddr>,
         /// Admin endpoint (`/config_dump`, `/logging`, `/quitquitquit`), or `off`. Keep
         /// it on a loopback address: it can stop the process and change its logging.
         #[arg(long, default_value = "127.0.0.1:15000", value_parser = parse_listen)]
-        admin_addr: Option<std::net::SocketAddr>,
+        admin_addr: ::std::option::Option<std::net::SocketAddr>,
     },
     /// Inspect this gateway (run it in the gateway's network namespace): per finding,
     /// what it saw, what that breaks and the fix. Exit status 0: nothing wrong; 1: a

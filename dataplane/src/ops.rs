@@ -271,8 +271,7 @@ impl OpsState {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Exposition(self.clone())));
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-        {
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
             warn!(%e, "encoding the metrics failed");
         }
         out
@@ -291,7 +290,9 @@ impl OpsState {
             }
         }
         if query.is_empty() {
-            return Err("no level given: use ?level=debug or ?<target>=<level> (e.g. ?access=warn)".into());
+            return Err(
+                "no level given: use ?level=debug or ?<target>=<level> (e.g. ?access=warn)".into(),
+            );
         }
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             let (k, v) = kv
@@ -457,8 +458,10 @@ impl Collector for Exposition {
             )?;
         }
         // Every per-worker counter, by the names stats.json uses.
-        let jsons: Vec<(String, Value)> =
-            locals.iter().map(|(q, l)| (q.clone(), l.to_json())).collect();
+        let jsons: Vec<(String, Value)> = locals
+            .iter()
+            .map(|(q, l)| (q.clone(), l.to_json()))
+            .collect();
         if let Some((_, first)) = jsons.first() {
             let mut names: Vec<&String> = first
                 .as_object()
@@ -477,9 +480,9 @@ impl Collector for Exposition {
                     &format!("xdpmesh_worker_{name}"),
                     &format!("Per worker: {name} (see docs/INTERFACES.md, stats.json)."),
                     kind,
-                    jsons
-                        .iter()
-                        .map(|(q, j)| (vec![("worker", q.as_str())], j[name].as_u64().unwrap_or(0))),
+                    jsons.iter().map(|(q, j)| {
+                        (vec![("worker", q.as_str())], j[name].as_u64().unwrap_or(0))
+                    }),
                 )?;
             }
             let reasons: Vec<String> = first["rx_dropped"]
@@ -508,14 +511,20 @@ impl Collector for Exposition {
             "xdpmesh_xdp_packets",
             "Packets by XDP verdict reason (the program's per-CPU counters, summed).",
             MetricType::Counter,
-            status.xdp.iter().map(|(r, p, _)| (vec![("reason", *r)], *p)),
+            status
+                .xdp
+                .iter()
+                .map(|(r, p, _)| (vec![("reason", *r)], *p)),
         )?;
         family(
             &mut enc,
             "xdpmesh_xdp_bytes",
             "Bytes by XDP verdict reason (the program's per-CPU counters, summed).",
             MetricType::Counter,
-            status.xdp.iter().map(|(r, _, b)| (vec![("reason", *r)], *b)),
+            status
+                .xdp
+                .iter()
+                .map(|(r, _, b)| (vec![("reason", *r)], *b)),
         )?;
         histogram(
             &mut enc,
@@ -585,7 +594,9 @@ impl Collector for Exposition {
             "xdpmesh_certificate_expiry_timestamp_seconds",
             "When each workload certificate served here expires (Unix time).",
             MetricType::Gauge,
-            certs.iter().map(|(id, t)| (vec![("identity", id.as_str())], *t)),
+            certs
+                .iter()
+                .map(|(id, t)| (vec![("identity", id.as_str())], *t)),
         )?;
         Ok(())
     }

@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use ahash::AHashMap;
 use crate::access::Party;
+use ahash::AHashMap;
 use xdpmesh_shm::{PeerAuth, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource};
 
 /// What a worker knows about one workload address.

@@ -237,8 +237,12 @@ impl<S: FrameSink> Engine<S> {
             Some(a) if !a.local => Direction::Outbound,
             _ => Direction::Inbound,
         };
-        let meta: Meta =
-            self.meta_plain(t.key.src, t.key.dst, direction, matches!(source, Source::Local(_)));
+        let meta: Meta = self.meta_plain(
+            t.key.src,
+            t.key.dst,
+            direction,
+            matches!(source, Source::Local(_)),
+        );
         self.record(Record::refused(meta, Flags::Deny, why), true, log);
     }
 

@@ -70,7 +70,12 @@ impl<S: FrameSink> Engine<S> {
         } else {
             Direction::Outbound
         };
-        let meta = self.meta_plain(client, target, direction, matches!(source, Source::Local(_)));
+        let meta = self.meta_plain(
+            client,
+            target,
+            direction,
+            matches!(source, Source::Local(_)),
+        );
         let range = if dst.local {
             PortRange::Delivery
         } else {
@@ -139,8 +144,7 @@ impl<S: FrameSink> Engine<S> {
             });
         }
         let mut connected_after = None;
-        if !conn.connected && conn.legs[1].state() == smoltcp::socket::tcp::State::Established
-        {
+        if !conn.connected && conn.legs[1].state() == smoltcp::socket::tcp::State::Established {
             conn.connected = true;
             connected_after = Some(now - conn.started);
         }
@@ -179,8 +183,15 @@ impl<S: FrameSink> Engine<S> {
             (Flags::None, conn.error.clone())
         } else {
             let target = conn.meta.dst_addr;
-            let why = conn.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-            (Flags::Connect, Some(format!("could not connect to {target}{why}")))
+            let why = conn
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            (
+                Flags::Connect,
+                Some(format!("could not connect to {target}{why}")),
+            )
         };
         let r = Record {
             meta: (*conn.meta).clone(),

@@ -83,7 +83,14 @@ impl<S: FrameSink> Engine<S> {
         why: String,
     ) {
         let (src, local) = tunnel;
-        let meta = self.meta_hbone(src, target, local, access::Direction::Inbound, Some(peer), None);
+        let meta = self.meta_hbone(
+            src,
+            target,
+            local,
+            access::Direction::Inbound,
+            Some(peer),
+            None,
+        );
         let flags = if status == StatusCode::UNAUTHORIZED {
             Flags::Deny
         } else {
@@ -113,20 +120,35 @@ impl<S: FrameSink> Engine<S> {
         let target = match conn.validate(&req) {
             Ok(t) => t,
             Err(e) => {
-                let why = if forwarded.is_empty() {
-                    e.to_string()
-                } else {
-                    format!("{e} (forwarded: {forwarded})")
-                };
+                debug!(%peer, %forwarded, reason = %e, "HBONE request refused");
+                let why = e.to_string();
                 let status = e.status();
-                return self.refuse_connect(tid, req.stream, status, tunnel_addrs, None, &peer, why);
+                return self.refuse_connect(
+                    tid,
+                    req.stream,
+                    status,
+                    tunnel_addrs,
+                    None,
+                    &peer,
+                    why,
+                );
             }
         };
         let refuse = |e: &mut Self, status: StatusCode, why: String| {
-            e.refuse_connect(tid, req.stream, status, tunnel_addrs, Some(target), &peer, why)
+            e.refuse_connect(
+                tid,
+                req.stream,
+                status,
+                tunnel_addrs,
+                Some(target),
+                &peer,
+                why,
+            )
         };
         let Some(info) = self.index.get(&target.ip()).copied().filter(|a| a.local) else {
-            let why = format!("HBONE request refused (400): {target} is not a workload served by this gateway");
+            let why = format!(
+                "HBONE request refused (400): {target} is not a workload served by this gateway"
+            );
             return refuse(self, StatusCode::BAD_REQUEST, why);
         };
         let id = &req.peer_identity;
@@ -144,7 +166,9 @@ impl<S: FrameSink> Engine<S> {
         {
             self.stats.policy_denied += 1;
             let workload = self.index.workload_name(info.workload);
-            let why = format!("HBONE request refused (401): authorization policy: {denied} (workload {workload})");
+            let why = format!(
+                "HBONE request refused (401): authorization policy: {denied} (workload {workload})"
+            );
             return refuse(self, StatusCode::UNAUTHORIZED, why);
         }
         // Deliver from the client's own address (original source).

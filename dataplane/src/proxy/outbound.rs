@@ -38,7 +38,11 @@ impl<S: FrameSink> Engine<S> {
             e.stats.hbone_refused += 1;
             e.net.reset(port, t.src_mac, ip, now);
             let why = format!("HBONE connection refused (reset): {reason}");
-            e.record(Record::refused(meta.clone(), Flags::Connect, why), true, true);
+            e.record(
+                Record::refused(meta.clone(), Flags::Connect, why),
+                true,
+                true,
+            );
         };
         let (Some(src_id), Some(dst_id)) = (src_id, dst_id) else {
             return refuse(self, "source or destination has no identity in the tables");

@@ -373,9 +373,10 @@ impl<S: FrameSink> Engine<S> {
         let (flags, error) = if st.connected {
             (Flags::None, st.error.clone())
         } else {
-            let why = st.error.clone().unwrap_or_else(|| {
-                "the HBONE stream ended before it was established".to_owned()
-            });
+            let why = st
+                .error
+                .clone()
+                .unwrap_or_else(|| "the HBONE stream ended before it was established".to_owned());
             (Flags::Connect, Some(why))
         };
         let r = Record {

@@ -260,7 +260,7 @@ impl<S: FrameSink> Engine<S> {
                 if let Err(e) = r {
                     t.phase = Phase::Closing;
                     t.error = Some(match e.identity_error() {
-                        Some(ie) => format!("HBONE tunnel refused: identity: {ie}"),
+                        Some(ie) => format!("HBONE tunnel refused: {ie}"),
                         None => format!("HBONE tunnel failed: {e}"),
                     });
                     self.stats.hbone_tunnel_failures += 1;
@@ -370,7 +370,9 @@ impl<S: FrameSink> Engine<S> {
                 let (hids, why): (Vec<ObjKey>, String) = match self.objects.get(tid) {
                     Some(Object::Tunnel(t)) => (
                         t.streams.values().copied().collect(),
-                        t.error.clone().unwrap_or_else(|| "HBONE tunnel closed".to_owned()),
+                        t.error
+                            .clone()
+                            .unwrap_or_else(|| "HBONE tunnel closed".to_owned()),
                     ),
                     _ => (Vec::new(), String::new()),
                 };
