@@ -32,6 +32,8 @@ declare -A probe=(
     [python3]="cmd:python3"
     [iputils-ping]="cmd:ping"
     [coreutils]="cmd:sha256sum"
+    [prometheus]="cmd:prometheus"   # operator_endpoints test: a real server scrapes 15020
+    [openssl]="cmd:openssl"
 )
 
 missing=()

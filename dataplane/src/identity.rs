@@ -115,6 +115,11 @@ impl IdentityStore {
         self.certs.get(&id.to_string())
     }
 
+    /// Every certificate (identity order unspecified).
+    pub fn certs(&self) -> impl Iterator<Item = &Arc<WorkloadCert>> {
+        self.certs.values()
+    }
+
     /// Number of identities.
     pub fn len(&self) -> usize {
         self.certs.len()

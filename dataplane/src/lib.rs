@@ -16,14 +16,19 @@
 //! * [`proxy`]: HBONE: outbound, inbound, the tunnel pool, tunnels, streams.
 //! * [`worker`]: the run-to-completion loop that drives an engine over real rings.
 //! * [`metrics`]: per-worker counters, aggregated off the fast path.
+//! * [`access`]: one record per connection end: the access log line and the Istio
+//!   TCP metrics.
+//! * [`ops`]: the operator's endpoints (metrics, readiness, admin), off the packet path.
 //! * [`host`]: start-up facts read from the host (interfaces, queues, neighbours).
 
+pub mod access;
 pub mod capture;
 pub mod doctor;
 pub mod engine;
 pub mod host;
 pub mod identity;
 pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod sink;
 pub mod sockets;

@@ -15,7 +15,7 @@ use xdpmesh_dataplane::identity::IdentityStore;
 use xdpmesh_dataplane::metrics::{Local, Shared};
 use xdpmesh_dataplane::stack::Buffers;
 use xdpmesh_dataplane::worker::{self, HboneLimits, PortSpec, WorkerSetup, HANDOVER_QUEUE};
-use xdpmesh_dataplane::{host, xsk};
+use xdpmesh_dataplane::{host, ops, xsk};
 use xdpmesh_shm::lock::Role;
 use xdpmesh_shm::{InstanceLock, ShmReader};
 use xdpmesh_xdp::{PinnedMaps, XdpMode, XdpProgram};
@@ -33,8 +33,30 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
     about = "AF_XDP mesh dataplane workers"
 )]
 struct Cli {
+    /// Log format on stderr: `plain` (ztunnel's style: `src.addr=… src.workload="…"`)
+    /// or `json` (one object per line, fields at the top level).
+    #[arg(long, value_enum, default_value = "plain", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// An endpoint's listen address, or `off`.
+fn parse_listen(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("{s:?}: {e} (want ADDRESS:PORT or off)"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,6 +126,17 @@ enum Cmd {
         /// streams reset (ztunnel: 20 s).
         #[arg(long, default_value_t = 20_000)]
         hbone_keepalive_timeout_ms: u64,
+        /// Metrics endpoint (`/stats/prometheus`, `/metrics`), or `off`.
+        #[arg(long, default_value = "0.0.0.0:15020", value_parser = parse_listen)]
+        // Not `Option<…>`, which clap would read as "optional": `off` is the None.
+        metrics_addr: ::std::option::Option<std::net::SocketAddr>,
+        /// Readiness endpoint (`/healthz/ready`), or `off`.
+        #[arg(long, default_value = "0.0.0.0:15021", value_parser = parse_listen)]
+        readiness_addr: ::std::option::Option<std::net::SocketAddr>,
+        /// Admin endpoint (`/config_dump`, `/logging`, `/quitquitquit`), or `off`. Keep
+        /// it on a loopback address: it can stop the process and change its logging.
+        #[arg(long, default_value = "127.0.0.1:15000", value_parser = parse_listen)]
+        admin_addr: ::std::option::Option<std::net::SocketAddr>,
     },
     /// Inspect this gateway (run it in the gateway's network namespace): per finding,
     /// what it saw, what that breaks and the fix. Exit status 0: nothing wrong; 1: a
@@ -182,17 +215,40 @@ enum Cmd {
     },
 }
 
-fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,access=info".into()),
-        )
+/// Sets up logging (format, and a filter `/logging` can change at run time: a
+/// tracing-subscriber reload handle). Returns the filter in force and how to change it.
+fn init_logging(format: LogFormat) -> (String, ops::LogControl) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let default = "info,access=info";
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| EnvFilter::try_new(d).is_ok())
+        .unwrap_or_else(|| default.to_owned());
+    let (filter, handle) = reload::Layer::new(EnvFilter::new(&directives));
+    let layer = fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only on a terminal: log files and journald get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Plain => registry.with(layer).init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_ansi(false))
+            .init(),
+    }
+    let control: ops::LogControl = Box::new(move |d: &str| {
+        let f = EnvFilter::try_new(d).map_err(|e| format!("{d:?}: {e}"))?;
+        handle
+            .reload(f)
+            .map_err(|e| format!("the log filter could not be replaced: {e}"))
+    });
+    (directives, control)
+}
+
+fn main() {
     let cli = Cli::parse();
+    let (log_filter, log_control) = init_logging(cli.log_format);
     let r = match cli.cmd {
         Cmd::Run {
             instance,
@@ -212,7 +268,16 @@ fn main() {
             hbone_idle_secs,
             hbone_keepalive_interval_ms,
             hbone_keepalive_timeout_ms,
+            metrics_addr,
+            readiness_addr,
+            admin_addr,
         } => run(RunArgs {
+            listen: ops::Listen {
+                metrics: metrics_addr,
+                readiness: readiness_addr,
+                admin: admin_addr,
+            },
+            log: (log_filter, log_control),
             identity_dir: identity_dir
                 .unwrap_or_else(|| default_run_dir(&instance).join("identity")),
             hbone: HboneLimits {
@@ -382,6 +447,10 @@ struct RunArgs {
     wait_tables: Duration,
     identity_dir: PathBuf,
     hbone: HboneLimits,
+    /// Where the operator's endpoints listen.
+    listen: ops::Listen,
+    /// The log filter in force and how to change it (`/logging`).
+    log: (String, ops::LogControl),
 }
 
 fn open_tables(path: &Path, wait: Duration) -> Result<ShmReader> {
@@ -410,6 +479,10 @@ fn run(a: RunArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    // The endpoints first: readiness says what is missing while the rest starts.
+    let (log_filter, log_control) = a.log;
+    let ops_state = Arc::new(ops::OpsState::new(stop.clone(), log_filter, log_control));
+    ops::serve(ops_state.clone(), a.listen)?;
 
     let mut ports: Vec<PortSpec> = Vec::new();
     let mut queues_avail = u32::MAX;
@@ -470,6 +543,9 @@ fn run(a: RunArgs) -> Result<()> {
         .map(|_| Arc::new(ArrayQueue::new(HANDOVER_QUEUE)))
         .collect();
     let shared: Vec<Arc<Shared>> = (0..queues).map(|_| Arc::new(Shared::default())).collect();
+    if let Ok(mut w) = ops_state.workers.lock() {
+        *w = shared.clone();
+    }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut identity_txs = Vec::new();
     let mut handles = Vec::new();
@@ -523,6 +599,7 @@ fn run(a: RunArgs) -> Result<()> {
     loop {
         if let Some(store) = identities.poll() {
             let store = Arc::new(store);
+            identities.store = Some(store.clone());
             info!(
                 identities = store.len(),
                 generation = store.generation,
@@ -563,6 +640,7 @@ fn run(a: RunArgs) -> Result<()> {
         control.poll(&tables);
         if let Some(store) = identities.poll() {
             let store = Arc::new(store);
+            identities.store = Some(store.clone());
             info!(
                 identities = store.len(),
                 generation = store.generation,
@@ -583,12 +661,16 @@ fn run(a: RunArgs) -> Result<()> {
         ) {
             warn!(%e, "writing stats");
         }
+        update_ops(&ops_state, &prog, &control, &identities, &handles);
         if handles.iter().any(|h| h.is_finished()) {
             error!("a worker exited unexpectedly; stopping");
             stop.store(true, Ordering::Relaxed);
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Ok(mut s) = ops_state.status.lock() {
+        s.xdp_attached = false;
     }
     info!("stopping: detaching XDP first so the kernel takes the traffic back");
     for att in attachments {
@@ -622,6 +704,8 @@ struct IdentityWatch {
     /// Identity sets loaded so far: the first, then one per renewal or reload
     /// (`identity_loads` in stats).
     loads: u64,
+    /// The identities in force (for the endpoints).
+    store: Option<Arc<IdentityStore>>,
 }
 
 impl IdentityWatch {
@@ -631,6 +715,7 @@ impl IdentityWatch {
             seen: None,
             reported: false,
             loads: 0,
+            store: None,
         }
     }
 
@@ -698,6 +783,19 @@ impl ControlWatch {
         self.gone = gone;
     }
 
+    /// The endpoints' view (readiness, metrics).
+    fn ops_status(&self) -> Option<ops::ControlStatus> {
+        let s = self.status?;
+        let age = |ms| xdpmesh_shm::WriterStatus::age_ms(ms).unwrap_or(0);
+        Some(ops::ControlStatus {
+            published: s.generation,
+            age_ms: age(s.published_unix_ms),
+            heartbeat_age_ms: age(s.heartbeat_unix_ms),
+            alive: !self.gone,
+            gone_after_ms: CONTROL_GONE_MS,
+        })
+    }
+
     /// `stats`' view: the generation published and the one every worker runs, when it
     /// was published, and the control process's liveness.
     fn to_json(&self, in_force: u64) -> serde_json::Value {
@@ -761,6 +859,32 @@ impl UnknownWatch {
             .map(|(a, n)| (a.to_string(), json!(n)))
             .collect::<serde_json::Map<_, _>>()
             .into()
+    }
+}
+
+/// Brings the endpoints' view up to date (every 200 ms, with stats.json).
+fn update_ops(
+    state: &ops::OpsState,
+    prog: &XdpProgram,
+    control: &ControlWatch,
+    identities: &IdentityWatch,
+    handles: &[std::thread::JoinHandle<()>],
+) {
+    let xdp = prog
+        .counters()
+        .map(|c| {
+            c.iter()
+                .map(|(r, v)| (r.name(), v.packets, v.bytes))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(mut s) = state.status.lock() {
+        s.xdp_attached = true;
+        s.control = control.ops_status();
+        s.identities = identities.store.clone();
+        s.identity_loads = identities.loads;
+        s.xdp = xdp;
+        s.worker_exited = handles.iter().any(|h| h.is_finished());
     }
 }
 

@@ -6,7 +6,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Map, Value};
 
+use crate::access::{Histogram, TrafficCounts, TrafficLabels};
 use crate::wire::DropReason;
+
+/// What a worker publishes for the operator's endpoints besides its counters (under a
+/// mutex, written at publication time, off the packet path).
+#[derive(Debug, Default)]
+pub struct WorkerOps {
+    /// `istio_tcp_*` per label set (see [`crate::access::Traffic`]).
+    pub traffic: Vec<(TrafficLabels, TrafficCounts)>,
+    /// TLS handshakes of HBONE tunnels, from the first segment to the handshake's end.
+    pub tls_handshake: Histogram,
+    /// Connection set-up: from the pod's SYN to the destination's acceptance (plain:
+    /// the upstream leg established; HBONE outbound: the 200; inbound: the delivery
+    /// leg established).
+    pub connect: Histogram,
+    /// The worker's tunnels, for `/config_dump`.
+    pub tunnels: Vec<serde_json::Value>,
+    /// The worker's client tunnel pool, for `/config_dump`.
+    pub pool: Vec<serde_json::Value>,
+    /// The table generation the worker loaded last (worker 0 only: every worker loads
+    /// the same), for `/config_dump`.
+    pub tables: Option<(u64, std::sync::Arc<xdpmesh_shm::Tables>)>,
+}
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
@@ -26,6 +48,11 @@ macro_rules! counters {
             /// A few live connections (oldest first) with their legs' TCP states, for
             /// `stats`: written at publication time only, never on the packet path.
             pub live_sample: std::sync::Mutex<Vec<String>>,
+            /// The worker's Istio TCP metrics, latency histograms, tunnels and tables,
+            /// for the operator's endpoints: written at publication time only.
+            pub ops: std::sync::Mutex<WorkerOps>,
+            /// Set once the worker's loop runs (readiness).
+            pub running: std::sync::atomic::AtomicBool,
         }
 
         impl Shared {
@@ -122,6 +149,9 @@ counters!(
     xsk_rx_oversized,
     sockets_reused,
     sockets_pooled,
+    hbone_pool_tunnels,
+    tx_in_flight,
+    rx_refill_backlog,
 );
 
 #[cfg(test)]

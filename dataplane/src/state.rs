@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::access::Party;
 use ahash::AHashMap;
 use xdpmesh_shm::{PeerAuth, PolicyAction, PolicySource, Protocol, Route, Tables, UnknownSource};
 
@@ -35,6 +36,9 @@ pub struct Index {
     addrs_of: Vec<Vec<IpAddr>>,
     /// Service virtual address → index into `Tables::services`.
     vips: AHashMap<IpAddr, u32>,
+    /// Per workload: its name, namespace and SPIFFE identity, shared by the access
+    /// records and metric labels of its connections.
+    parties: Vec<Party>,
 }
 
 /// The authenticated identity of a connection's peer, as policies match it.
@@ -107,6 +111,21 @@ impl Index {
                 vips.insert(v, i as u32);
             }
         }
+        let parties = tables
+            .workloads
+            .iter()
+            .map(|w| Party {
+                workload: Some(w.name.as_str().into()),
+                namespace: Some(w.namespace.as_str().into()),
+                identity: Some(
+                    format!(
+                        "spiffe://{}/ns/{}/sa/{}",
+                        tables.trust_domain, w.namespace, w.service_account
+                    )
+                    .into(),
+                ),
+            })
+            .collect();
         Index {
             generation,
             tables,
@@ -115,6 +134,7 @@ impl Index {
             principals,
             addrs_of,
             vips,
+            parties,
         }
     }
 
@@ -132,6 +152,17 @@ impl Index {
         self.addrs_of
             .get(workload as usize)
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// The workload at `ip` as the access log names it, with its identity (the caller
+    /// drops the identity where the connection does not establish it); all unknown for
+    /// an address no workload claims.
+    pub fn party(&self, ip: IpAddr) -> Party {
+        self.by_addr
+            .get(&ip)
+            .and_then(|a| self.parties.get(a.workload as usize))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The identity of a workload, as policies match it.

@@ -289,6 +289,12 @@ struct Assembly {
 }
 
 impl RxPart {
+    /// Received frames the fill ring could not take back yet: how far the fill ring
+    /// is from full, in frames, beyond what the kernel holds.
+    pub fn refill_backlog(&self) -> usize {
+        self.refill.len()
+    }
+
     /// The socket's file descriptor (for the XSKMAP and for poll).
     pub fn fd(&self) -> RawFd {
         self.rx.fd().as_raw_fd()
@@ -549,6 +555,12 @@ impl TxPart {
     /// Frames queued but not yet on the ring.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Frames handed to the kernel (TX ring) whose completion was not reclaimed yet:
+    /// the TX side's ring occupancy.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 }
 

@@ -575,12 +575,21 @@ fn test_interop_python_client_to_xdpmesh_inbound() {
         .collect();
     assert_eq!(inbound.len(), 3, "{log}");
     for l in inbound {
-        assert!(l.contains("src_addr=198.18.0.3:"), "{l}");
-        assert!(l.contains("dst_addr=198.18.2.2:7000"), "{l}");
         assert!(
-            l.contains("peer_identity=spiffe://cluster.local/ns/default/sa/pyclient"),
+            l.contains("access: connection complete src.addr=198.18.0.3:"),
             "{l}"
         );
+        assert!(
+            l.contains(
+                "src.identity=\"spiffe://cluster.local/ns/default/sa/pyclient\" \
+                 dst.addr=198.18.2.2:15008 dst.hbone_addr=198.18.2.2:7000 \
+                 dst.workload=\"server\" dst.namespace=\"default\" \
+                 dst.identity=\"spiffe://cluster.local/ns/default/sa/server\" \
+                 direction=\"inbound\""
+            ),
+            "{l}"
+        );
+        assert!(!l.contains("error="), "{l}");
     }
     assert_eq!(
         counter(&b, &["totals", "hbone_tunnel_failures"]),
@@ -1093,6 +1102,21 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
         }) {
             errs.push(e);
         }
+        // The pod's connection's access record names the identity required of the
+        // server, not the one it presented (that is in the error).
+        let record = [
+            "access: connection complete src.addr=198.18.1.2:",
+            "dst.identity=\"spiffe://cluster.local/ns/default/sa/pyserver\" \
+             direction=\"outbound\"",
+            "error=\"HBONE tunnel refused: identity verification error: peer did not present \
+             the expected SAN (spiffe://cluster.local/ns/default/sa/pyserver), got \
+             spiffe://cluster.local/ns/default/sa/impostor\"",
+        ];
+        if let Err(e) = mark.wait_line(&format!("{record:?}"), Duration::from_secs(5), |l| {
+            has_all(l, &record)
+        }) {
+            errs.push(e);
+        }
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut failures_after;
         loop {
@@ -1247,10 +1271,11 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
                 has_all(
                     l,
                     &[
-                        "HBONE request refused",
-                        "peer=spiffe://cluster.local/ns/default/sa/pyclient",
-                        "reason=HBONE request refused (400): target 198.18.1.2:7000 does not \
-                         match the address the HBONE connection was accepted on (198.18.2.2)",
+                        "access: connection complete",
+                        "src.identity=\"spiffe://cluster.local/ns/default/sa/pyclient\" \
+                         dst.addr=198.18.2.2:15008 dst.workload=\"server\"",
+                        "error=\"HBONE request refused (400): target 198.18.1.2:7000 does not \
+                         match the address the HBONE connection was accepted on (198.18.2.2)\"",
                     ],
                 )
             },
@@ -1270,10 +1295,10 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
                 has_all(
                     l,
                     &[
-                        "HBONE request refused (503): the workload did not accept the \
-                         connection",
-                        "peer=spiffe://cluster.local/ns/default/sa/pyclient",
-                        "dst=198.18.2.2:9999",
+                        "error=\"HBONE request refused (503): the workload did not accept the \
+                         connection to 198.18.2.2:9999\"",
+                        "src.identity=\"spiffe://cluster.local/ns/default/sa/pyclient\"",
+                        "dst.hbone_addr=198.18.2.2:9999",
                     ],
                 )
             },
@@ -1293,11 +1318,10 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
                 has_all(
                     l,
                     &[
-                        "HBONE request refused (401): authorization policy",
-                        "peer=spiffe://cluster.local/ns/default/sa/pyclient",
-                        "target=198.18.2.2:9001",
-                        "workload=default/server",
-                        "reason=denied by DENY policy default/no-pyclient-to-9001",
+                        "src.identity=\"spiffe://cluster.local/ns/default/sa/pyclient\"",
+                        "dst.hbone_addr=198.18.2.2:9001 dst.workload=\"server\"",
+                        "error=\"HBONE request refused (401): authorization policy: denied by \
+                         DENY policy default/no-pyclient-to-9001 (workload default/server)\"",
                     ],
                 )
             },

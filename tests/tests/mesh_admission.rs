@@ -194,19 +194,30 @@ fn test_deny_policy_holds_against_a_client_outside_the_mesh() {
         "{b:#}"
     );
     assert_eq!(counter(&b, &["totals", "peer_auth_refused"]), 0, "{b:#}");
-    let refused = log_lines(
-        &topo,
-        Node::GatewayB,
-        "connection refused (reset): authorization policy",
-    );
+    // One access record per refusal, at error level, with ztunnel's fields: the
+    // outsider has no workload (omitted, not empty), the mesh client has one.
+    let refused = log_lines(&topo, Node::GatewayB, "error=\"authorization policy:");
     assert_eq!(refused.len(), 2, "{refused:#?}");
+    let why = "error=\"authorization policy: denied by DENY policy default/no-echo (workload default/server)\"";
     assert_has_all(
         &refused[0],
         &[
-            &format!("src={OUTSIDER}:"),
-            "dst=198.18.2.2:7000",
-            "workload=default/server",
-            "denied by DENY policy default/no-echo",
+            " ERROR ",
+            "access: connection complete",
+            &format!("src.addr={OUTSIDER}:"),
+            "dst.addr=198.18.2.2:7000",
+            "dst.workload=\"server\" dst.namespace=\"default\" dst.identity=\"spiffe://cluster.local/ns/default/sa/server\" direction=\"inbound\" bytes_sent=0 bytes_recv=0 duration=\"0ms\"",
+            why,
+        ],
+    );
+    assert!(!refused[0].contains("src.workload"), "{}", refused[0]);
+    assert_has_all(
+        &refused[1],
+        &[
+            "src.addr=198.18.1.2:",
+            // Plain TCP from another node's workload: named, but no identity.
+            "src.workload=\"client\" src.namespace=\"default\" dst.addr=198.18.2.2:7000",
+            why,
         ],
     );
     // Gateway A only routed the outsider's packets (it is not a workload there).
@@ -257,21 +268,17 @@ fn test_strict_refuses_plaintext_and_permissive_accepts_it() {
         Duration::from_secs(5),
     )
     .unwrap();
-    let refused = log_lines(
-        &topo,
-        Node::GatewayB,
-        "connection refused (reset): peer authentication",
-    );
+    let refused = log_lines(&topo, Node::GatewayB, "error=\"peer authentication:");
     assert_eq!(refused.len(), 2, "{refused:#?}");
     assert_has_all(
         &refused[0],
-        &["src=198.18.1.2:", "dst=198.18.2.2:7000", "workload=default/server", "plaintext from mesh workload default/client, which skipped HBONE: peer authentication STRICT accepts only HBONE (mutual TLS to port 15008)"],
+        &["src.addr=198.18.1.2:", "dst.addr=198.18.2.2:7000", "dst.workload=\"server\"", "error=\"peer authentication: plaintext from mesh workload default/client, which skipped HBONE: STRICT on default/server accepts only HBONE (mutual TLS to port 15008)\""],
     );
     assert_has_all(
         &refused[1],
         &[
-            &format!("src={OUTSIDER}:"),
-            "plaintext from outside the mesh: peer authentication STRICT accepts only HBONE",
+            &format!("src.addr={OUTSIDER}:"),
+            "error=\"peer authentication: plaintext from outside the mesh: STRICT on default/server accepts only HBONE",
         ],
     );
 
@@ -458,15 +465,11 @@ fn test_unknown_source_reject_resets_until_the_workload_is_added() {
         (1, 0, 1),
         "{a:#}"
     );
-    let refused = log_lines(
-        &topo,
-        Node::GatewayA,
-        "connection refused (reset): unknown source",
-    );
+    let refused = log_lines(&topo, Node::GatewayA, "error=\"unknown source:");
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert_has_all(
         &refused[0],
-        &[&format!("src={late}:"), &format!("{late} is inside pod range 198.18.1.0/24 but no workload claims it (unknown_source: reject)")],
+        &[&format!("src.addr={late}:"), "direction=\"outbound\"", &format!("error=\"unknown source: {late} is inside pod range 198.18.1.0/24 but no workload claims it (unknown_source: reject)\"")],
     );
 }
 

@@ -248,12 +248,13 @@ fn test_service_spreads_connections_over_endpoints_and_drops_a_removed_one() {
     let log = std::fs::read_to_string(log).unwrap();
     let refused: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("connection refused (reset): service"))
+        .filter(|l| l.contains("error=\"service: service default/empty has no endpoint\""))
         .collect();
     assert_eq!(refused.len(), 1, "{log}");
     assert!(
-        refused[0].contains(&format!("dst={EMPTY_VIP}:{PORT}"))
-            && refused[0].contains("reason=service default/empty has no endpoint"),
+        refused[0].contains(&format!("dst.addr={EMPTY_VIP}:{PORT}"))
+            && refused[0].contains("dst.service=\"empty.default.svc.cluster.local\"")
+            && refused[0].contains("direction=\"outbound\""),
         "{}",
         refused[0]
     );

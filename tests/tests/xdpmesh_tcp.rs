@@ -866,13 +866,13 @@ fn test_xdpmesh_tcp_policy_resets_denied_connections_and_reloads() {
     let log = std::fs::read_to_string(&b_log).unwrap();
     let line = log
         .lines()
-        .find(|l| l.contains("connection refused (reset): authorization policy"))
+        .find(|l| l.contains("error=\"authorization policy:"))
         .unwrap_or_else(|| panic!("no policy line in gateway B's log:\n{log}"));
     for want in [
-        "src=198.18.1.2:",
-        "dst=198.18.2.2:7000",
-        "workload=default/server",
-        "no ALLOW policy matches a plain-TCP peer (no identity) on port 7000 (policies: default/web-only)",
+        "src.addr=198.18.1.2:",
+        "dst.addr=198.18.2.2:7000",
+        "dst.workload=\"server\"",
+        "error=\"authorization policy: no ALLOW policy matches a plain-TCP peer (no identity) on port 7000 (policies: default/web-only) (workload default/server)\"",
     ] {
         assert!(line.contains(want), "{want:?} not in {line:?}");
     }

@@ -20,10 +20,11 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use ahash::AHashMap;
-use tracing::{info, warn};
+use tracing::info;
 use xdpmesh_shm::{PeerAuth, UnknownSource};
 
 use super::Engine;
+use crate::access::{Direction, Flags, Meta, Record};
 use crate::sink::FrameSink;
 use crate::state::Peer;
 use crate::wire::{self, FlowKey, TcpFrame};
@@ -147,9 +148,9 @@ impl<S: FrameSink> Engine<S> {
             }
             UnknownSource::Reject => {
                 self.stats.unknown_source_rejected += 1;
-                if self.log_limiter.allow(src, "unknown-reject", now) {
-                    warn!(target: "access", src = %t.key.src, dst = %t.key.dst, reason = %format!("{src} is inside pod range {range} but no workload claims it (unknown_source: reject)"), "connection refused (reset): unknown source");
-                }
+                let log = self.log_limiter.allow(src, "unknown-reject", now);
+                let why = format!("unknown source: {src} is inside pod range {range} but no workload claims it (unknown_source: reject)");
+                self.refuse(t, Source::Unknown, why, log);
                 self.net.reset(port, t.src_mac, ip, now);
                 true
             }
@@ -163,9 +164,9 @@ impl<S: FrameSink> Engine<S> {
                 let hold_ms = self.index.hold_us() / 1000;
                 if self.holds.held.len() >= HOLD_MAX {
                     self.stats.unknown_source_hold_full += 1;
-                    if self.log_limiter.allow(src, "unknown-hold-full", now) {
-                        warn!(target: "access", src = %t.key.src, dst = %t.key.dst, reason = %format!("{src} is inside pod range {range} but no workload claims it, and {HOLD_MAX} SYNs are held already (unknown_source: hold)"), "connection refused (reset): unknown source");
-                    }
+                    let log = self.log_limiter.allow(src, "unknown-hold-full", now);
+                    let why = format!("unknown source: {src} is inside pod range {range} but no workload claims it, and {HOLD_MAX} SYNs are held already (unknown_source: hold)");
+                    self.refuse(t, Source::Unknown, why, log);
                     self.net.reset(port, t.src_mac, ip, now);
                     return true;
                 }
@@ -221,12 +222,28 @@ impl<S: FrameSink> Engine<S> {
                 }
             } else {
                 self.stats.unknown_source_expired += 1;
-                if self.log_limiter.allow(src, "unknown-expired", now) {
-                    warn!(target: "access", src = %t.key.src, dst = %t.key.dst, reason = %format!("{src} is in a pod range but no workload claimed it within {} ms (unknown_source: hold)", hold_us / 1000), "connection refused (reset): unknown source");
-                }
+                let log = self.log_limiter.allow(src, "unknown-expired", now);
+                let why = format!("unknown source: {src} is in a pod range but no workload claimed it within {} ms (unknown_source: hold)", hold_us / 1000);
+                self.refuse(&t, Source::Unknown, why, log);
                 self.net.reset(h.port, t.src_mac, ip, now);
             }
         }
+    }
+
+    /// Books a SYN refused at admission (its access record, `response_flags="DENY"`);
+    /// `log`: print its line (rate-limited refusals print once a minute per source).
+    fn refuse(&mut self, t: &TcpFrame, source: Source, why: String, log: bool) {
+        let direction = match self.index.get(&t.key.dst.ip()) {
+            Some(a) if !a.local => Direction::Outbound,
+            _ => Direction::Inbound,
+        };
+        let meta: Meta = self.meta_plain(
+            t.key.src,
+            t.key.dst,
+            direction,
+            matches!(source, Source::Local(_)),
+        );
+        self.record(Record::refused(meta, Flags::Deny, why), true, log);
     }
 
     /// Peer authentication and policies of plaintext to a workload served here. Returns
@@ -259,13 +276,15 @@ impl<S: FrameSink> Engine<S> {
                 }
                 Source::Outside | Source::Local(_) => "plaintext from outside the mesh".to_owned(),
             };
-            warn!(target: "access", src = %t.key.src, dst = %target, %workload, reason = %format!("{from}: peer authentication STRICT accepts only HBONE (mutual TLS to port 15008)"), "connection refused (reset): peer authentication");
+            let why = format!("peer authentication: {from}: STRICT on {workload} accepts only HBONE (mutual TLS to port 15008)");
+            self.refuse(t, source, why, true);
             self.net.reset(port, t.src_mac, ip, now);
             return false;
         }
         if let Err(denied) = self.index.authorize(dst.workload, target.port(), peer) {
             self.stats.policy_denied += 1;
-            warn!(target: "access", src = %t.key.src, dst = %target, %workload, reason = %denied, "connection refused (reset): authorization policy");
+            let why = format!("authorization policy: {denied} (workload {workload})");
+            self.refuse(t, source, why, true);
             self.net.reset(port, t.src_mac, ip, now);
             return false;
         }

@@ -39,9 +39,10 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 use slotmap::SlotMap;
 use smoltcp::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 use xdpmesh_shm::Tables;
 
+use crate::access::{Direction, Histogram, Meta, Record, Traffic};
 use crate::identity::IdentityStore;
 use crate::metrics::Local;
 use crate::proxy::{self, HboneLimits, Identities, Pool, Stream, Tunnel};
@@ -193,6 +194,14 @@ pub struct Engine<S> {
     pub(crate) tap: Arc<crate::capture::Tap>,
     pub(crate) rng: u64,
     pub(crate) stats: Local,
+    /// `istio_tcp_*` of this worker (see [`crate::access`]).
+    pub(crate) traffic: Traffic,
+    /// TLS handshake latency of the tunnels.
+    pub(crate) handshake: Histogram,
+    /// Connection set-up latency.
+    pub(crate) connect: Histogram,
+    /// A histogram changed since the last [`Engine::take_ops`].
+    hist_changed: bool,
 }
 
 impl<S: FrameSink> Engine<S> {
@@ -226,6 +235,10 @@ impl<S: FrameSink> Engine<S> {
             tap: cfg.tap,
             rng: 0x2545_f491_4f6c_dd1d ^ (u64::from(pid) << 16) ^ u64::from(cfg.id),
             stats: Local::default(),
+            traffic: Traffic::default(),
+            handshake: Histogram::default(),
+            connect: Histogram::default(),
+            hist_changed: false,
         }
     }
 
@@ -340,7 +353,21 @@ impl<S: FrameSink> Engine<S> {
                 }
                 Err(reason) => {
                     self.stats.service_refused += 1;
-                    warn!(target: "access", src = %t.key.src, dst = %target, %reason, "connection refused (reset): service");
+                    let local =
+                        matches!(self.classify_source(port, t.key.src.ip()), Source::Local(_));
+                    let mut meta = self.meta_plain(t.key.src, target, Direction::Outbound, local);
+                    meta.dst_service = self
+                        .index
+                        .tables
+                        .services
+                        .get(si as usize)
+                        .map(|s| s.hostname.as_str().into());
+                    let why = format!("service: {reason}");
+                    self.record(
+                        Record::refused(meta, crate::access::Flags::Connect, why),
+                        true,
+                        true,
+                    );
                     self.net.reset(port, t.src_mac, ip, now);
                     return;
                 }
@@ -389,7 +416,7 @@ impl<S: FrameSink> Engine<S> {
         if !dst.local && dst.protocol == xdpmesh_shm::Protocol::Hbone {
             self.accept_outbound_hbone(port, t, ip, now, up);
         } else {
-            self.accept_plain(port, t, ip, now, up);
+            self.accept_plain(port, t, ip, now, up, source);
         }
     }
 
@@ -509,6 +536,7 @@ impl<S: FrameSink> Engine<S> {
         self.stats.sockets_reused = self.net.sockets.reused;
         self.stats.sockets_pooled = self.net.sockets.len() as u64;
         self.stats.unknown_source_holding = self.holds.len() as u64;
+        self.stats.hbone_pool_tunnels = self.pool.len() as u64;
         &self.stats
     }
 
@@ -544,6 +572,117 @@ impl<S: FrameSink> Engine<S> {
             self.service(key, now);
         }
         self.net.flush();
+    }
+
+    /// Ends a connection's life in the books: its access log line (unless `log` is
+    /// false: a rate-limited refusal) and its Istio metrics. `refused`: it never
+    /// opened, so it counts as opened and closed at once.
+    pub(crate) fn record(&mut self, r: Record, refused: bool, log: bool) {
+        if log {
+            r.emit();
+        }
+        self.traffic.closed(&r, refused);
+    }
+
+    /// Counts a connection opened (Istio's `istio_tcp_connections_opened_total`).
+    pub(crate) fn record_open(&mut self, meta: &Meta) {
+        self.traffic.opened(meta);
+    }
+
+    /// Records a TLS handshake's duration.
+    pub(crate) fn observe_handshake(&mut self, us: i64) {
+        self.handshake.observe(us);
+        self.hist_changed = true;
+    }
+
+    /// Records a connection's set-up time.
+    pub(crate) fn observe_connect(&mut self, us: i64) {
+        self.connect.observe(us);
+        self.hist_changed = true;
+    }
+
+    /// Who a new connection from `src` to `dst` is between. `src_identity`: the
+    /// source's identity is established (a workload served here, captured on its own
+    /// link; HBONE sources pass their verified identity with
+    /// [`Engine::meta_hbone`]). The destination's identity is the one the tables give
+    /// its workload.
+    pub(crate) fn meta_plain(
+        &self,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        direction: Direction,
+        src_identity: bool,
+    ) -> Meta {
+        let mut s = self.index.party(src.ip());
+        if !src_identity {
+            s.identity = None;
+        }
+        Meta {
+            src_addr: src,
+            src: s,
+            dst_addr: dst,
+            dst_hbone_addr: None,
+            dst_service: None,
+            dst: self.index.party(dst.ip()),
+            direction,
+            mtls: false,
+        }
+    }
+
+    /// [`Engine::meta_plain`] for an HBONE stream to `target` (carried to
+    /// `target_ip:15008`): `src_identity` is the source's identity (outbound: the local
+    /// workload's; inbound: the peer's, verified), `dst_identity` the destination's
+    /// (outbound: the one required of the peer; inbound: our workload's).
+    pub(crate) fn meta_hbone(
+        &self,
+        src: std::net::SocketAddr,
+        target: Option<std::net::SocketAddr>,
+        hbone_dst: std::net::SocketAddr,
+        direction: Direction,
+        src_identity: Option<&str>,
+        dst_identity: Option<&str>,
+    ) -> Meta {
+        let mut s = self.index.party(src.ip());
+        s.identity = src_identity.map(Into::into);
+        let mut d = self.index.party(target.map_or(hbone_dst.ip(), |t| t.ip()));
+        if let Some(id) = dst_identity {
+            d.identity = Some(id.into());
+        }
+        Meta {
+            src_addr: src,
+            src: s,
+            dst_addr: std::net::SocketAddr::new(hbone_dst.ip(), proxy::HBONE_PORT),
+            dst_hbone_addr: target,
+            dst_service: None,
+            dst: d,
+            direction,
+            mtls: true,
+        }
+    }
+
+    /// What changed for the operator's endpoints since the last call: the Istio
+    /// metrics (when changed) and the histograms (when changed).
+    pub fn take_ops(
+        &mut self,
+    ) -> (
+        Option<Vec<(crate::access::TrafficLabels, crate::access::TrafficCounts)>>,
+        Option<(Histogram, Histogram)>,
+    ) {
+        let h = std::mem::take(&mut self.hist_changed).then_some((self.handshake, self.connect));
+        (self.traffic.take_changed(), h)
+    }
+
+    /// The worker's tunnels and pool, for `/config_dump`.
+    pub fn tunnels_json(&self) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+        let tunnels = self
+            .objects
+            .values()
+            .filter_map(|o| match o {
+                Object::Tunnel(t) => Some(t.to_json()),
+                _ => None,
+            })
+            .collect();
+        (tunnels, self.pool.to_json())
     }
 
     /// The address's workload name, for logs ("" when unknown).

@@ -5,10 +5,10 @@
 
 use std::net::SocketAddr;
 
-use tracing::info;
-
+use super::admission::Source;
 use super::flows::PortRange;
 use super::{Engine, ObjKey, Object, HALF_DEAD_US};
+use crate::access::{Direction, Flags, Meta, Record};
 use crate::sink::FrameSink;
 use crate::stack::{self, Leg};
 use crate::wire::TcpFrame;
@@ -23,8 +23,12 @@ pub(crate) struct Conn {
     bytes: [u64; 2],
     /// For a connection to a service: the endpoint it went to.
     service_endpoint: Option<std::net::IpAddr>,
-    /// Leg 1 was established once (its connect succeeded).
-    upstream_up: bool,
+    /// Who it is between (its access record and metric labels).
+    meta: Box<Meta>,
+    /// The upstream leg was established (its set-up time is recorded then).
+    connected: bool,
+    /// Why it ended abnormally (a reset, the half-dead limit).
+    error: Option<String>,
 }
 
 impl Conn {
@@ -58,6 +62,7 @@ impl<S: FrameSink> Engine<S> {
         ip: &[u8],
         now: i64,
         up: super::Upstream,
+        source: Source,
     ) {
         let super::Upstream {
             dst,
@@ -66,6 +71,18 @@ impl<S: FrameSink> Engine<S> {
             service,
         } = up;
         let client = t.key.src;
+        let direction = if dst.local {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        let mut meta = self.meta_plain(
+            client,
+            target,
+            direction,
+            matches!(source, Source::Local(_)),
+        );
+        meta.dst_service = service.as_ref().map(|s| s.hostname.as_str().into());
         let range = if dst.local {
             PortRange::Delivery
         } else {
@@ -74,6 +91,8 @@ impl<S: FrameSink> Engine<S> {
         let Some(local_port) = self.flows.pick_port(target, client.ip(), range) else {
             self.stats.upstream_failures += 1;
             self.net.reset(port, t.src_mac, ip, now);
+            let why = format!("no free local port towards {target}");
+            self.record(Record::refused(meta, Flags::Connect, why), true, true);
             return;
         };
         let nexthop = dst.route.via.unwrap_or(target.ip());
@@ -88,18 +107,26 @@ impl<S: FrameSink> Engine<S> {
                     .connect(self.buffers, up_port, up_mac, target, local)?;
                 Ok([l0, l1])
             });
-        let Ok(legs) = legs else {
-            self.stats.upstream_failures += 1;
-            self.net.reset(port, t.src_mac, ip, now);
-            return;
+        let legs = match legs {
+            Ok(legs) => legs,
+            Err(e) => {
+                self.stats.upstream_failures += 1;
+                self.net.reset(port, t.src_mac, ip, now);
+                let why = format!("the connection's endpoints could not be made: {e}");
+                self.record(Record::refused(meta, Flags::Connect, why), true, true);
+                return;
+            }
         };
+        self.record_open(&meta);
         let cid = self.insert(Object::Plain(Conn {
             legs,
             half_dead_since: None,
             started: now,
             bytes: [0, 0],
             service_endpoint: service.map(|s| s.endpoint.ip()),
-            upstream_up: false,
+            meta: Box::new(meta),
+            connected: false,
+            error: None,
         }));
         self.stats.opened_connections += 1;
         if up_mac.is_none() {
@@ -113,9 +140,6 @@ impl<S: FrameSink> Engine<S> {
         let Some(Object::Plain(conn)) = self.objects.get_mut(cid) else {
             return;
         };
-        if conn.legs[1].state() == smoltcp::socket::tcp::State::Established {
-            conn.upstream_up = true;
-        }
         let pumped = stack::pump(&mut conn.legs);
         conn.bytes[0] += pumped.down_to_up as u64;
         conn.bytes[1] += pumped.up_to_down as u64;
@@ -123,12 +147,29 @@ impl<S: FrameSink> Engine<S> {
         self.stats.bytes_upstream_to_downstream += pumped.up_to_down as u64;
         if pumped.reset {
             self.stats.reset_connections += 1;
+            conn.error.get_or_insert_with(|| {
+                "connection reset: one side reset it, so the other was reset too".to_owned()
+            });
+        }
+        let mut connected_after = None;
+        if !conn.connected && conn.legs[1].state() == smoltcp::socket::tcp::State::Established {
+            conn.connected = true;
+            connected_after = Some(now - conn.started);
         }
         if stack::half_finished(&conn.legs) {
             let since = *conn.half_dead_since.get_or_insert(now);
             if now - since >= HALF_DEAD_US {
                 stack::abort(&mut conn.legs);
+                conn.error.get_or_insert_with(|| {
+                    format!(
+                        "aborted: one side closed and the other had not after {} s",
+                        HALF_DEAD_US / 1_000_000
+                    )
+                });
             }
+        }
+        if let Some(us) = connected_after {
+            self.observe_connect(us);
         }
         // After egress: an aborted leg is done only once its RST has left.
         self.egress(cid, now);
@@ -139,7 +180,7 @@ impl<S: FrameSink> Engine<S> {
                 // Through another gateway, the leg to the endpoint is up as soon as that
                 // gateway answers for it: a reset from it before any byte came back is
                 // how the endpoint's refusal shows here.
-                let refused = !conn.upstream_up
+                let refused = !conn.connected
                     || (conn.bytes[1] == 0 && conn.legs[1].ending() == stack::Ending::PeerReset);
                 if let (Some(ep), true) = (conn.service_endpoint, refused) {
                     self.eject_endpoint(ep, now);
@@ -154,14 +195,28 @@ impl<S: FrameSink> Engine<S> {
 
     fn log_plain(&mut self, conn: &Conn, now: i64) {
         self.stats.closed_connections += 1;
-        let (client, server) = (conn.legs[0].key.src, conn.legs[0].key.dst);
-        info!(
-            target: "access",
-            src_addr = %client, src_workload = %self.workload_of(client.ip()),
-            dst_addr = %server, dst_workload = %self.workload_of(server.ip()),
-            bytes_sent = conn.bytes[0], bytes_recv = conn.bytes[1],
-            duration_ms = (now - conn.started) / 1000,
-            "connection complete"
-        );
+        let (flags, error) = if conn.connected {
+            (Flags::None, conn.error.clone())
+        } else {
+            let target = conn.meta.dst_addr;
+            let why = conn
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            (
+                Flags::Connect,
+                Some(format!("could not connect to {target}{why}")),
+            )
+        };
+        let r = Record {
+            meta: (*conn.meta).clone(),
+            bytes_sent: conn.bytes[1],
+            bytes_recv: conn.bytes[0],
+            duration_us: now - conn.started,
+            error,
+            flags,
+        };
+        self.record(r, false, true);
     }
 }

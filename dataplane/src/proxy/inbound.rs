@@ -10,6 +10,8 @@
 use std::net::SocketAddr;
 
 use tracing::{debug, warn};
+
+use crate::access::{self, Flags, Record};
 use xdpmesh_hbone::conn::{H2Settings, HboneServerConn, Request, StreamId};
 use xdpmesh_hbone::StatusCode;
 
@@ -50,7 +52,7 @@ impl<S: FrameSink> Engine<S> {
         let side = Side::Server {
             conn: Box::new(conn),
         };
-        let tid = self.insert(Object::Tunnel(Tunnel::new(leg, side)));
+        let tid = self.insert(Object::Tunnel(Tunnel::new(leg, side, now)));
         self.stats.hbone_tunnels_accepted += 1;
         self.start(tid, ip, t.src_mac, now);
     }
@@ -68,11 +70,42 @@ impl<S: FrameSink> Engine<S> {
         self.pump_tunnel_later(tid);
     }
 
+    /// Books a refused CONNECT (its access record) and answers it with `status`.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_connect(
+        &mut self,
+        tid: ObjKey,
+        stream: StreamId,
+        status: StatusCode,
+        tunnel: (SocketAddr, SocketAddr),
+        target: Option<SocketAddr>,
+        peer: &str,
+        why: String,
+    ) {
+        let (src, local) = tunnel;
+        let meta = self.meta_hbone(
+            src,
+            target,
+            local,
+            access::Direction::Inbound,
+            Some(peer),
+            None,
+        );
+        let flags = if status == StatusCode::UNAUTHORIZED {
+            Flags::Deny
+        } else {
+            Flags::Connect
+        };
+        self.record(Record::refused(meta, flags, why), true, true);
+        self.refuse_request(tid, stream, status);
+    }
+
     /// A CONNECT on a server tunnel.
     pub(crate) fn on_request(&mut self, tid: ObjKey, req: Request, now: i64) {
         let Some(Object::Tunnel(tunnel)) = self.objects.get_mut(tid) else {
             return;
         };
+        let tunnel_addrs = (tunnel.leg().key.src, tunnel.leg().key.dst);
         let peer_ip = tunnel.leg().key.src.ip();
         let Side::Server { conn } = &mut tunnel.side else {
             return;
@@ -87,13 +120,36 @@ impl<S: FrameSink> Engine<S> {
         let target = match conn.validate(&req) {
             Ok(t) => t,
             Err(e) => {
-                warn!(target: "access", %peer, src = %peer_ip, %forwarded, reason = %e, "HBONE request refused");
-                return self.refuse_request(tid, req.stream, e.status());
+                debug!(%peer, %forwarded, reason = %e, "HBONE request refused");
+                let why = e.to_string();
+                let status = e.status();
+                return self.refuse_connect(
+                    tid,
+                    req.stream,
+                    status,
+                    tunnel_addrs,
+                    None,
+                    &peer,
+                    why,
+                );
             }
         };
+        let refuse = |e: &mut Self, status: StatusCode, why: String| {
+            e.refuse_connect(
+                tid,
+                req.stream,
+                status,
+                tunnel_addrs,
+                Some(target),
+                &peer,
+                why,
+            )
+        };
         let Some(info) = self.index.get(&target.ip()).copied().filter(|a| a.local) else {
-            warn!(target: "access", %peer, %target, "HBONE request refused (400): the target is not a workload served by this gateway");
-            return self.refuse_request(tid, req.stream, StatusCode::BAD_REQUEST);
+            let why = format!(
+                "HBONE request refused (400): {target} is not a workload served by this gateway"
+            );
+            return refuse(self, StatusCode::BAD_REQUEST, why);
         };
         let id = &req.peer_identity;
         let principal = format!(
@@ -110,25 +166,38 @@ impl<S: FrameSink> Engine<S> {
         {
             self.stats.policy_denied += 1;
             let workload = self.index.workload_name(info.workload);
-            warn!(target: "access", %peer, %target, %workload, reason = %denied, "HBONE request refused (401): authorization policy");
-            return self.refuse_request(tid, req.stream, StatusCode::UNAUTHORIZED);
+            let why = format!(
+                "HBONE request refused (401): authorization policy: {denied} (workload {workload})"
+            );
+            return refuse(self, StatusCode::UNAUTHORIZED, why);
         }
         // Deliver from the client's own address (original source).
         let Some(up_port) = self.net.port_of(info.route.ifindex) else {
-            warn!(target: "access", %peer, %target, "HBONE request refused (503): no route to the workload");
-            return self.refuse_request(tid, req.stream, StatusCode::SERVICE_UNAVAILABLE);
+            let why = format!("HBONE request refused (503): no route to {target}");
+            return refuse(self, StatusCode::SERVICE_UNAVAILABLE, why);
         };
         let Some(local_port) = self.flows.pick_port(target, peer_ip, PortRange::Delivery) else {
-            warn!(target: "access", %peer, %target, "HBONE request refused (503): no free local port");
-            return self.refuse_request(tid, req.stream, StatusCode::SERVICE_UNAVAILABLE);
+            let why = format!("HBONE request refused (503): no free local port towards {target}");
+            return refuse(self, StatusCode::SERVICE_UNAVAILABLE, why);
         };
         let nexthop = info.route.via.unwrap_or(target.ip());
         let mac = self.lookup_neighbor(up_port, nexthop);
         let local = SocketAddr::new(peer_ip, local_port);
-        let Ok(leg) = self.net.connect(self.buffers, up_port, mac, target, local) else {
-            warn!(target: "access", %peer, %target, "HBONE request refused (503): the delivery leg could not be opened");
-            return self.refuse_request(tid, req.stream, StatusCode::SERVICE_UNAVAILABLE);
+        let leg = match self.net.connect(self.buffers, up_port, mac, target, local) {
+            Ok(leg) => leg,
+            Err(e) => {
+                let why = format!("HBONE request refused (503): the delivery leg to {target} could not be opened: {e}");
+                return refuse(self, StatusCode::SERVICE_UNAVAILABLE, why);
+            }
         };
+        let meta = self.meta_hbone(
+            tunnel_addrs.0,
+            Some(target),
+            tunnel_addrs.1,
+            access::Direction::Inbound,
+            Some(&peer),
+            None,
+        );
         let st = Stream::new(
             leg,
             tid,
@@ -136,6 +205,7 @@ impl<S: FrameSink> Engine<S> {
             Direction::Inbound,
             target,
             peer.clone(),
+            meta,
             now,
         );
         let hid = self.insert_stream(st);

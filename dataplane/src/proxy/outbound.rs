@@ -2,8 +2,9 @@
 //! elsewhere is terminated here and carried as a CONNECT stream on a pooled tunnel to
 //! the workload's own address, port 15008.
 
-use tracing::warn;
 use xdpmesh_hbone::ConnectHeaders;
+
+use crate::access::{self, Flags, Record};
 
 use super::stream::{Direction, Stream};
 use super::tunnel::Side;
@@ -28,14 +29,29 @@ impl<S: FrameSink> Engine<S> {
             ..
         } = up;
         let client = t.key.src;
+        let (src_id, dst_id) = (self.identity_of(client.ip()), self.identity_of(target.ip()));
+        // The destination's identity is the one required of the peer: a refusal names
+        // it, never what a peer presented.
+        let mut meta = self.meta_hbone(
+            client,
+            Some(target),
+            target,
+            access::Direction::Outbound,
+            src_id.as_ref().map(|i| i.to_string()).as_deref(),
+            dst_id.as_ref().map(|i| i.to_string()).as_deref(),
+        );
+        meta.dst_service = service.as_ref().map(|s| s.hostname.as_str().into());
         let refuse = |e: &mut Self, reason: &str| {
-            warn!(%client, %target, %reason, "HBONE: connection refused (reset)");
             e.stats.hbone_refused += 1;
             e.net.reset(port, t.src_mac, ip, now);
+            let why = format!("HBONE connection refused (reset): {reason}");
+            e.record(
+                Record::refused(meta.clone(), Flags::Connect, why),
+                true,
+                true,
+            );
         };
-        let (Some(src_id), Some(dst_id)) =
-            (self.identity_of(client.ip()), self.identity_of(target.ip()))
-        else {
+        let (Some(src_id), Some(dst_id)) = (src_id, dst_id) else {
             return refuse(self, "source or destination has no identity in the tables");
         };
         let tid = match self.pooled_tunnel(&src_id, &dst_id, client.ip(), target.ip(), up_port, now)
@@ -79,6 +95,7 @@ impl<S: FrameSink> Engine<S> {
             Direction::Outbound,
             target,
             dst_id.to_string(),
+            meta.clone(),
             now,
         );
         st.service_endpoint = service.map(|s| s.endpoint.ip());

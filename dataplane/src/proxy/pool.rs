@@ -51,6 +51,25 @@ impl Pool {
         self.tunnels.values().map(Vec::len).sum()
     }
 
+    /// Each pool key with its tunnels' count, for `/config_dump`.
+    pub(crate) fn to_json(&self) -> Vec<serde_json::Value> {
+        let mut v: Vec<_> = self
+            .tunnels
+            .iter()
+            .map(|(k, t)| {
+                serde_json::json!({
+                    "src_identity": k.src_id,
+                    "dst_identity": k.dst_id,
+                    "src": k.src_ip.to_string(),
+                    "dst": k.dst_ip.to_string(),
+                    "tunnels": t.len(),
+                })
+            })
+            .collect();
+        v.sort_by_key(|j| j.to_string());
+        v
+    }
+
     /// Whether the pool holds no tunnel.
     pub fn is_empty(&self) -> bool {
         self.tunnels.is_empty()
@@ -114,7 +133,7 @@ impl<S: FrameSink> Engine<S> {
             conn: Box::new(conn),
             key: key.clone(),
         };
-        let tid = self.insert(Object::Tunnel(Tunnel::new(leg, side)));
+        let tid = self.insert(Object::Tunnel(Tunnel::new(leg, side, now)));
         self.pool.add(key, tid);
         self.stats.hbone_tunnels_opened += 1;
         if mac.is_none() {

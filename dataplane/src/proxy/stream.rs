@@ -11,11 +11,12 @@
 use std::net::SocketAddr;
 
 use smoltcp::socket::tcp;
-use tracing::{info, warn};
+use tracing::debug;
 use xdpmesh_hbone::conn::{StreamError, StreamId};
 use xdpmesh_hbone::StatusCode;
 
 use super::tunnel::Side;
+use crate::access::{Flags, Meta, Record};
 use crate::engine::{Engine, ObjKey, Object, HALF_DEAD_US};
 use crate::sink::FrameSink;
 use crate::stack::{leg_done, Leg};
@@ -62,8 +63,14 @@ pub(crate) struct Stream {
     /// Outbound to a service: the endpoint the stream went to (ejected when the stream
     /// never came up).
     pub(crate) service_endpoint: Option<std::net::IpAddr>,
-    /// The server answered 200 once.
-    up: bool,
+    /// Who it is between (its access record and metric labels).
+    meta: Box<Meta>,
+    /// Why it ended abnormally (refused, reset, its tunnel failed).
+    error: Option<String>,
+    /// The 200 was sent or received (set-up done).
+    connected: bool,
+    /// Set-up time not yet recorded in the worker's histogram.
+    connect_us: Option<i64>,
 }
 
 impl Stream {
@@ -74,6 +81,7 @@ impl Stream {
         direction: Direction,
         target: SocketAddr,
         peer: String,
+        meta: Meta,
         now: i64,
     ) -> Stream {
         Stream {
@@ -87,7 +95,10 @@ impl Stream {
             target,
             peer,
             service_endpoint: None,
-            up: false,
+            meta: Box::new(meta),
+            error: None,
+            connected: false,
+            connect_us: None,
         }
     }
 
@@ -103,9 +114,10 @@ impl Stream {
     }
 
     /// Outbound: the server answered 200.
-    pub(crate) fn established(&mut self) {
-        self.up = true;
+    pub(crate) fn established(&mut self, now: i64) {
         if self.phase == Phase::Opening {
+            self.connected = true;
+            self.connect_us = Some(now - self.started);
             self.phase = Phase::Open {
                 sent_end: false,
                 peer_end: false,
@@ -122,6 +134,15 @@ impl Stream {
                 peer_end: true,
             };
         }
+    }
+
+    /// The stream is gone for `why` (refused, reset, its tunnel failed), unless it was
+    /// over already.
+    pub(crate) fn fail(&mut self, now: i64, why: impl FnOnce() -> String) {
+        if !matches!(self.phase, Phase::Over { .. }) {
+            self.error.get_or_insert_with(why);
+        }
+        self.end(now);
     }
 
     /// The stream is gone. Graceful when the peer had ended its half.
@@ -173,15 +194,19 @@ fn splice(
                     sent_end: false,
                     peer_end: false,
                 };
+                st.connected = true;
+                st.connect_us = Some(now - st.started);
                 dirty = true;
-                info!(target: "access", peer = %st.peer, dst = %st.target, "HBONE stream established");
+                debug!(peer = %st.peer, dst = %st.target, "HBONE stream established");
             }
             tcp::State::Closed => {
-                warn!(target: "access", peer = %st.peer, dst = %st.target, "HBONE request refused (503): the workload did not accept the connection");
                 let _ = conn.respond(id, StatusCode::SERVICE_UNAVAILABLE);
                 *refused += 1;
                 st.tcp.mark_peer_reset();
-                st.end(now);
+                let target = st.target;
+                st.fail(now, || {
+                    format!("HBONE request refused (503): the workload did not accept the connection to {target}")
+                });
                 return true;
             }
             _ => {}
@@ -248,6 +273,10 @@ fn splice(
     if st.tcp.state() == tcp::State::Closed && !st.tcp.closed_by_us() {
         st.tcp.mark_peer_reset();
         if !matches!(st.phase, Phase::Over { .. }) {
+            st.error.get_or_insert_with(|| match st.direction {
+                Direction::Outbound => "connection reset by the source".to_owned(),
+                Direction::Inbound => "connection reset by the destination workload".to_owned(),
+            });
             let r = side.conn().stream_reset(id);
             if !matches!(r, Err(StreamError::Unknown(_))) {
                 dirty = true;
@@ -296,6 +325,7 @@ impl<S: FrameSink> Engine<S> {
     /// Inserts a new stream connection and routes its stream's events to it.
     pub(crate) fn insert_stream(&mut self, st: Stream) -> ObjKey {
         let (tid, id) = (st.tunnel, st.id);
+        self.record_open(&st.meta);
         let hid = self.insert(Object::Stream(st));
         if let Some(Object::Tunnel(tunnel)) = self.objects.get_mut(tid) {
             tunnel.add_stream(id, hid);
@@ -333,8 +363,13 @@ impl<S: FrameSink> Engine<S> {
                 }
             }
         }
+        let mut connect_us = None;
         if let Some(Object::Stream(st)) = self.objects.get_mut(hid) {
             end_tcp(st, readable, now);
+            connect_us = st.connect_us.take();
+        }
+        if let Some(us) = connect_us {
+            self.observe_connect(us);
         }
         self.egress(hid, now);
         let done = matches!(
@@ -346,7 +381,7 @@ impl<S: FrameSink> Engine<S> {
                 if let Some(Object::Tunnel(t)) = self.objects.get_mut(tid) {
                     t.remove_stream(st.id);
                 }
-                if let (Some(ep), false) = (st.service_endpoint, st.up) {
+                if let (Some(ep), false) = (st.service_endpoint, st.connected) {
                     self.eject_endpoint(ep, now);
                 }
                 self.log_stream(&st, now);
@@ -360,19 +395,29 @@ impl<S: FrameSink> Engine<S> {
 
     fn log_stream(&mut self, st: &Stream, now: i64) {
         self.stats.closed_connections += 1;
-        let (direction, src) = match st.direction {
-            // Outbound: the pod's leg is keyed (pod → target); inbound: the delivery leg
-            // is keyed (workload → client address, our port).
-            Direction::Outbound => ("outbound", st.tcp.key.src),
-            Direction::Inbound => ("inbound", st.tcp.key.dst),
+        // bytes[0] is TCP → stream: from the source outbound (the pod's leg), from the
+        // destination inbound (the delivery leg).
+        let (recv, sent) = match st.direction {
+            Direction::Outbound => (st.bytes[0], st.bytes[1]),
+            Direction::Inbound => (st.bytes[1], st.bytes[0]),
         };
-        info!(
-            target: "access",
-            direction,
-            src_addr = %src, dst_addr = %st.target, peer_identity = %st.peer,
-            bytes_sent = st.bytes[0], bytes_recv = st.bytes[1],
-            duration_ms = (now - st.started) / 1000,
-            "connection complete (HBONE)"
-        );
+        let (flags, error) = if st.connected {
+            (Flags::None, st.error.clone())
+        } else {
+            let why = st
+                .error
+                .clone()
+                .unwrap_or_else(|| "the HBONE stream ended before it was established".to_owned());
+            (Flags::Connect, Some(why))
+        };
+        let r = Record {
+            meta: (*st.meta).clone(),
+            bytes_sent: sent,
+            bytes_recv: recv,
+            duration_us: now - st.started,
+            error,
+            flags,
+        };
+        self.record(r, false, true);
     }
 }

@@ -68,10 +68,16 @@ pub(crate) struct Tunnel {
     /// The leg's EOF was handed to the state machine.
     fed_eof: bool,
     scratch: Vec<u8>,
+    /// When its first segment came or went (the TLS handshake's start).
+    started: i64,
+    /// The TLS handshake is done.
+    connected: bool,
+    /// Why it failed, for its streams' access records.
+    error: Option<String>,
 }
 
 impl Tunnel {
-    pub(crate) fn new(leg: Leg, side: Side) -> Tunnel {
+    pub(crate) fn new(leg: Leg, side: Side, now: i64) -> Tunnel {
         Tunnel {
             leg,
             side,
@@ -80,7 +86,32 @@ impl Tunnel {
             phase: Phase::Live,
             fed_eof: false,
             scratch: Vec::new(),
+            started: now,
+            connected: false,
+            error: None,
         }
+    }
+
+    /// What `/config_dump` shows of it.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let (role, peer) = match &self.side {
+            Side::Client { .. } => ("client", self.leg.key.dst),
+            Side::Server { .. } => ("server", self.leg.key.src),
+        };
+        let local = match &self.side {
+            Side::Client { .. } => self.leg.key.src,
+            Side::Server { .. } => self.leg.key.dst,
+        };
+        serde_json::json!({
+            "role": role,
+            "local": local.to_string(),
+            "peer": peer.to_string(),
+            "peer_identity": self.side.conn_ref().peer_identity().map(|p| p.to_string()),
+            "tls_established": self.connected,
+            "streams": self.streams.len(),
+            "state": format!("{:?}", self.phase),
+            "tcp": format!("{:?}", self.leg.state()),
+        })
     }
 
     pub(crate) fn leg_mut(&mut self) -> &mut Leg {
@@ -228,6 +259,10 @@ impl<S: FrameSink> Engine<S> {
                     t.side.conn_ref().keepalive_stats().pings_sent - pings;
                 if let Err(e) = r {
                     t.phase = Phase::Closing;
+                    t.error = Some(match e.identity_error() {
+                        Some(ie) => format!("HBONE tunnel refused: {ie}"),
+                        None => format!("HBONE tunnel failed: {e}"),
+                    });
                     self.stats.hbone_tunnel_failures += 1;
                     let peer = t.leg.key.src;
                     if let ConnError::KeepaliveTimeout {
@@ -273,13 +308,16 @@ impl<S: FrameSink> Engine<S> {
     }
 
     fn on_tunnel_event(&mut self, tid: ObjKey, ev: Event, now: i64) {
-        let Some(Object::Tunnel(t)) = self.objects.get(tid) else {
+        let Some(Object::Tunnel(t)) = self.objects.get_mut(tid) else {
             return;
         };
         let id = match &ev {
             Event::Connected => {
                 let peer = t.side.conn_ref().peer_identity().map(|p| p.to_string());
                 debug!(worker = self.id, peer = %peer.unwrap_or_default(), "HBONE TLS established");
+                t.connected = true;
+                let took = now - t.started;
+                self.observe_handshake(took);
                 return;
             }
             Event::Request(_) | Event::Closed => None,
@@ -302,13 +340,12 @@ impl<S: FrameSink> Engine<S> {
             Event::Request(req) => return self.on_request(tid, *req, now),
             Event::Established(_) => {
                 if let Some(st) = stream {
-                    st.established();
+                    st.established(now);
                 }
             }
             Event::Refused(_, status) => {
                 if let Some(st) = stream {
-                    warn!(target: "access", stream = %st.describe(), %status, "HBONE CONNECT refused by the peer; resetting the connection");
-                    st.end(now);
+                    st.fail(now, || format!("CONNECT refused by the peer: {status}"));
                     self.stats.hbone_refused += 1;
                 }
             }
@@ -323,18 +360,25 @@ impl<S: FrameSink> Engine<S> {
                     // RST_STREAM NO_ERROR / CANCEL is an end of stream by contract.
                     if reason == Reason::NO_ERROR || reason == Reason::CANCEL {
                         st.peer_ended();
+                        st.end(now);
+                    } else {
+                        st.fail(now, || format!("stream reset by the peer: {reason:?}"));
                     }
-                    st.end(now);
                 }
             }
             Event::Closed => {
-                let hids: Vec<ObjKey> = match self.objects.get(tid) {
-                    Some(Object::Tunnel(t)) => t.streams.values().copied().collect(),
-                    _ => Vec::new(),
+                let (hids, why): (Vec<ObjKey>, String) = match self.objects.get(tid) {
+                    Some(Object::Tunnel(t)) => (
+                        t.streams.values().copied().collect(),
+                        t.error
+                            .clone()
+                            .unwrap_or_else(|| "HBONE tunnel closed".to_owned()),
+                    ),
+                    _ => (Vec::new(), String::new()),
                 };
                 for hid in hids {
                     if let Some(Object::Stream(st)) = self.objects.get_mut(hid) {
-                        st.end(now);
+                        st.fail(now, || why.clone());
                     }
                     self.service_stream(hid, now);
                 }
@@ -388,9 +432,13 @@ impl<S: FrameSink> Engine<S> {
         if let Side::Client { key, .. } = &t.side {
             self.pool.remove(key, tid);
         }
+        let why = t
+            .error
+            .clone()
+            .unwrap_or_else(|| "HBONE tunnel closed".to_owned());
         for hid in t.streams.into_values() {
             if let Some(Object::Stream(st)) = self.objects.get_mut(hid) {
-                st.end(now);
+                st.fail(now, || why.clone());
             }
             self.service_stream(hid, now);
         }

@@ -118,11 +118,12 @@ pub fn run(setup: WorkerSetup) {
     let mut last_publish = 0i64;
     let mut last_sample = 0i64;
     let mut loops = 0u64;
+    shared.running.store(true, Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         loops += 1;
         let t = now();
         if shm.changed().is_some() {
-            reload_tables(&mut e, &mut shm, id);
+            reload_tables(&mut e, &mut shm, id, &shared);
         }
         if let Ok(ids) = identities.try_recv() {
             debug!(
@@ -152,11 +153,18 @@ pub fn run(setup: WorkerSetup) {
             let mut stats = e.counters().clone();
             stats.loop_iterations = loops;
             socket_drops(&rxs, &mut stats);
+            rings(&mut e, &rxs, &mut stats);
             shared.publish(&stats);
+            publish_ops(&mut e, &shared);
             if t - last_sample >= SAMPLE_US {
                 last_sample = t;
                 if let Ok(mut sample) = shared.live_sample.lock() {
                     *sample = e.live_sample(16, t);
+                }
+                let (tunnels, pool) = e.tunnels_json();
+                if let Ok(mut ops) = shared.ops.lock() {
+                    ops.tunnels = tunnels;
+                    ops.pool = pool;
                 }
             }
         }
@@ -178,8 +186,38 @@ pub fn run(setup: WorkerSetup) {
     let mut stats = e.counters().clone();
     stats.loop_iterations = loops;
     socket_drops(&rxs, &mut stats);
+    rings(&mut e, &rxs, &mut stats);
     shared.publish(&stats);
+    publish_ops(&mut e, &shared);
+    shared.running.store(false, Ordering::Relaxed);
     info!(worker = id, "worker stopped");
+}
+
+/// The rings' occupancy: TX frames in flight and received frames not yet back on the
+/// fill ring, over the worker's sockets.
+fn rings(e: &mut Engine<TappedTx>, rxs: &[RxPart], stats: &mut crate::metrics::Local) {
+    stats.rx_refill_backlog = rxs.iter().map(|r| r.refill_backlog() as u64).sum();
+    stats.tx_in_flight = (0..rxs.len())
+        .map(|p| e.sink_mut(p).inner.in_flight() as u64)
+        .sum();
+}
+
+/// Publishes the Istio metrics and histograms when they changed (a copy under the
+/// mutex the endpoints read; nothing when nothing changed).
+fn publish_ops(e: &mut Engine<TappedTx>, shared: &Shared) {
+    let (traffic, hists) = e.take_ops();
+    if traffic.is_none() && hists.is_none() {
+        return;
+    }
+    if let Ok(mut ops) = shared.ops.lock() {
+        if let Some(t) = traffic {
+            ops.traffic = t;
+        }
+        if let Some((h, c)) = hists {
+            ops.tls_handshake = h;
+            ops.connect = c;
+        }
+    }
 }
 
 /// Adds the worker's sockets' drop counters to its published counters.
@@ -196,9 +234,20 @@ fn socket_drops(rxs: &[RxPart], stats: &mut crate::metrics::Local) {
     stats.xsk_rx_oversized = d.rx_oversized;
 }
 
-fn reload_tables<S: crate::sink::FrameSink>(e: &mut Engine<S>, shm: &mut WorkerSlot, id: u32) {
+fn reload_tables<S: crate::sink::FrameSink>(
+    e: &mut Engine<S>,
+    shm: &mut WorkerSlot,
+    id: u32,
+    shared: &Shared,
+) {
     match shm.load() {
         Ok(Some((g, t))) => {
+            if id == 0 {
+                // For /config_dump (every worker loads the same generation).
+                if let Ok(mut ops) = shared.ops.lock() {
+                    ops.tables = Some((g, Arc::new(t.clone())));
+                }
+            }
             e.set_tables(g, t);
             shm.ack(g);
             debug!(worker = id, generation = g, "tables loaded");
