@@ -67,6 +67,8 @@ enum PollMode {
     Busy,
 }
 
+// Parsed once at start: the size of `Run`'s options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Attach to interfaces and run the workers until SIGINT/SIGTERM.

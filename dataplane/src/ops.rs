@@ -366,6 +366,9 @@ struct Exposition(Arc<OpsState>);
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 
+/// An `istio_tcp_*` metric: name, help, and which count it shows.
+type IstioMetric = (&'static str, &'static str, fn(&TrafficCounts) -> u64);
+
 fn family<'a>(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -426,7 +429,7 @@ impl Collector for Exposition {
         }
         let mut traffic: Vec<_> = traffic.into_iter().collect();
         traffic.sort_by(|a, b| a.0.pairs().cmp(&b.0.pairs()));
-        let istio: [(&str, &str, fn(&TrafficCounts) -> u64); 4] = [
+        let istio: [IstioMetric; 4] = [
             (
                 "istio_tcp_sent_bytes",
                 "Bytes sent to the source during the connection (the response).",

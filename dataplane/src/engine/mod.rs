@@ -131,6 +131,13 @@ pub(crate) struct Upstream {
     pub service: Option<ServiceTarget>,
 }
 
+/// What [`Engine::take_ops`] returns: the Istio metrics' label sets and counts, and
+/// the (TLS handshake, connect) histograms, each only when it changed.
+pub type OpsUpdate = (
+    Option<Vec<(crate::access::TrafficLabels, crate::access::TrafficCounts)>>,
+    Option<(Histogram, Histogram)>,
+);
+
 /// A frame handed from one worker to the flow's owner.
 #[derive(Debug)]
 pub struct Handover {
@@ -662,12 +669,7 @@ impl<S: FrameSink> Engine<S> {
 
     /// What changed for the operator's endpoints since the last call: the Istio
     /// metrics (when changed) and the histograms (when changed).
-    pub fn take_ops(
-        &mut self,
-    ) -> (
-        Option<Vec<(crate::access::TrafficLabels, crate::access::TrafficCounts)>>,
-        Option<(Histogram, Histogram)>,
-    ) {
+    pub fn take_ops(&mut self) -> OpsUpdate {
         let h = std::mem::take(&mut self.hist_changed).then_some((self.handshake, self.connect));
         (self.traffic.take_changed(), h)
     }

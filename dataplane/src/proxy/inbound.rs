@@ -203,7 +203,6 @@ impl<S: FrameSink> Engine<S> {
             tid,
             req.stream,
             Direction::Inbound,
-            target,
             peer.clone(),
             meta,
             now,

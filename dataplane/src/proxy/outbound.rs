@@ -93,7 +93,6 @@ impl<S: FrameSink> Engine<S> {
             tid,
             stream,
             Direction::Outbound,
-            target,
             dst_id.to_string(),
             meta.clone(),
             now,

@@ -79,11 +79,12 @@ impl Stream {
         tunnel: ObjKey,
         id: StreamId,
         direction: Direction,
-        target: SocketAddr,
         peer: String,
         meta: Meta,
         now: i64,
     ) -> Stream {
+        // Where the stream leads: the CONNECT target.
+        let target = meta.dst_hbone_addr.unwrap_or(meta.dst_addr);
         Stream {
             tcp,
             tunnel,
