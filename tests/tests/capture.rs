@@ -134,9 +134,16 @@ fn test_capture_shows_the_tunnels_tls_handshake_and_the_pods_plaintext_in_tshark
         "no ServerHello back to the client's address:\n{hellos}"
     );
     // The pod's conversation, decrypted: the request line on the synthetic interface.
+    // The same conversation also crosses pod0 in the clear, with other sequence
+    // numbers: tshark must dissect each segment on its own rather than reassemble the
+    // two as one stream (which marks one copy as retransmissions and skips it).
     let requests = tshark(
         &file,
         &[
+            "-o",
+            "tcp.desegment_tcp_streams:FALSE",
+            "-o",
+            "tcp.analyze_sequence_numbers:FALSE",
             "-Y",
             "http.request",
             "-T",
