@@ -496,6 +496,41 @@ impl LogMark {
 }
 
 /// Whether `line` holds every one of `parts` (exact, case-sensitive).
+/// The field names of a plain-format access line (`… connection complete k=v k="v v" …`),
+/// in order.
+fn access_fields(line: &str) -> Vec<String> {
+    let Some((_, rest)) = line.split_once("connection complete ") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut chars = rest.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        out.push(key.trim().to_owned());
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut escaped = false;
+            for c in chars.by_ref() {
+                match (escaped, c) {
+                    (false, '\\') => escaped = true,
+                    (false, '"') => break,
+                    _ => escaped = false,
+                }
+            }
+            if chars.peek() == Some(&' ') {
+                chars.next();
+            }
+        } else {
+            for c in chars.by_ref() {
+                if c == ' ' {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
 fn has_all(line: &str, parts: &[&str]) -> bool {
     parts.iter().all(|p| line.contains(p))
 }
@@ -1112,10 +1147,35 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
              the expected SAN (spiffe://cluster.local/ns/default/sa/pyserver), got \
              spiffe://cluster.local/ns/default/sa/impostor\"",
         ];
-        if let Err(e) = mark.wait_line(&format!("{record:?}"), Duration::from_secs(5), |l| {
+        match mark.wait_line(&format!("{record:?}"), Duration::from_secs(5), |l| {
             has_all(l, &record)
         }) {
-            errs.push(e);
+            // Exactly ztunnel's fields of an outbound HBONE refusal.
+            Ok(line) => {
+                let want = [
+                    "src.addr",
+                    "src.workload",
+                    "src.namespace",
+                    "src.identity",
+                    "dst.addr",
+                    "dst.hbone_addr",
+                    "dst.workload",
+                    "dst.namespace",
+                    "dst.identity",
+                    "direction",
+                    "bytes_sent",
+                    "bytes_recv",
+                    "duration",
+                    "error",
+                ];
+                let got = access_fields(&line);
+                if got != want {
+                    errs.push(format!(
+                        "wrong-identity record fields {got:?}, want {want:?}: {line}"
+                    ));
+                }
+            }
+            Err(e) => errs.push(e),
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut failures_after;
