@@ -41,6 +41,21 @@ fn generation(topo: &Topology, node: Node) -> u64 {
     counter(&topo.gateway_stats(node).unwrap(), &["generation"])
 }
 
+/// Waits until both gateways' stats show their workers on a table generation (the
+/// first snapshots, written before the workers loaded one, say 0): generations read
+/// afterwards are ones in force.
+fn wait_loaded(topo: &Topology) {
+    for node in [Node::GatewayA, Node::GatewayB] {
+        topo.wait_for_stats(node, Duration::from_secs(5), |s| {
+            match counter(s, &["generation"]) {
+                0 => Err("no generation loaded yet".into()),
+                _ => Ok(()),
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+}
+
 /// Waits until gateway B runs a generation newer than `before`; returns it and how long
 /// it took. Fails after 1 s: a change must take effect within a second.
 fn wait_new_generation(topo: &Topology, before: u64, since: Instant) -> (u64, Duration) {
@@ -85,6 +100,7 @@ fn test_config_file_changes_take_effect_without_sighup() {
     std::fs::write(&cfg, config(true)).unwrap();
     topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
         .expect("gateways");
+    wait_loaded(&topo);
     let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
     assert!(!echo_ok(&topo), "DENY in force");
 
@@ -161,6 +177,7 @@ fn test_control_killed_under_load_then_restarted_disturbs_nothing() {
         .expect("gateways");
     let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
     let _iperf = topo.start_iperf_server(Node::Server, IPERF_PORT).unwrap();
+    wait_loaded(&topo);
     let generation_before = generation(&topo, Node::GatewayB);
     // 14 s of iperf3 at 100 Mbit/s: established before the kill, still running after
     // the restart.
@@ -364,6 +381,7 @@ fn test_100_config_changes_under_load_break_nothing() {
     std::fs::write(&cfg, config(0)).unwrap();
     topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
         .expect("gateways");
+    wait_loaded(&topo);
     let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
     let _probe = topo.start_echo_server(Node::Server, 7100).unwrap();
     let _iperf = topo.start_iperf_server(Node::Server, IPERF_PORT).unwrap();
