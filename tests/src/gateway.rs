@@ -398,6 +398,29 @@ impl Topology {
             .with_context(|| format!("no gateway processes on {node:?}"))
     }
 
+    /// The text a gateway's control process has logged so far (empty without one).
+    pub fn control_log(&self, node: Node) -> String {
+        self.gateway_log(node, |(_, c, _)| c)
+    }
+
+    /// The text a gateway's dataplane has logged so far (empty without one).
+    pub fn dataplane_log(&self, node: Node) -> String {
+        self.gateway_log(node, |(_, _, d)| d)
+    }
+
+    fn gateway_log(
+        &self,
+        node: Node,
+        pick: impl FnOnce((Node, PathBuf, PathBuf)) -> PathBuf,
+    ) -> String {
+        self.gateway_logs()
+            .into_iter()
+            .find(|(n, _, _)| *n == node)
+            .map(pick)
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    }
+
     /// Log file paths of the gateway processes: (node, control log, dataplane log).
     pub fn gateway_logs(&self) -> Vec<(Node, PathBuf, PathBuf)> {
         self.gateways

@@ -68,14 +68,9 @@ fn test_capture_shows_the_tunnels_tls_handshake_and_the_pods_plaintext_in_tshark
         )
         .unwrap();
     // The dataplane logs when the tap is on.
-    let (_, _, dataplane_log) = topo
-        .gateway_logs()
-        .into_iter()
-        .find(|(n, _, _)| *n == Node::GatewayA)
-        .unwrap();
     let t = Instant::now();
-    while !std::fs::read_to_string(&dataplane_log)
-        .unwrap()
+    while !topo
+        .dataplane_log(Node::GatewayA)
         .contains("capture started")
     {
         assert!(

@@ -993,13 +993,8 @@ fn test_certificates_rotate_at_half_life_under_a_long_transfer() {
             loads >= 6,
             "{node:?}: {loads} identity sets loaded, want the first and >= 5 renewals"
         );
-        let (_, control_log, _) = topo
-            .gateway_logs()
-            .into_iter()
-            .find(|(n, _, _)| *n == node)
-            .unwrap();
-        let renewed = std::fs::read_to_string(control_log)
-            .unwrap()
+        let renewed = topo
+            .control_log(node)
             .matches("workload certificates renewed at half their lifetime")
             .count();
         assert!(renewed >= 5, "{node:?}: {renewed} renewals logged");

@@ -80,15 +80,6 @@ fn echo_ok(topo: &Topology) -> bool {
     r.ok == 1 && r.bytes == 1000
 }
 
-fn control_log(topo: &Topology, node: Node) -> String {
-    let (_, log, _) = topo
-        .gateway_logs()
-        .into_iter()
-        .find(|(n, _, _)| *n == node)
-        .unwrap();
-    std::fs::read_to_string(log).unwrap()
-}
-
 #[test]
 fn test_config_file_changes_take_effect_without_sighup() {
     if !require_root("test_config_file_changes_take_effect_without_sighup") {
@@ -129,15 +120,17 @@ fn test_config_file_changes_take_effect_without_sighup() {
         cfg.display()
     );
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !control_log(&topo, Node::GatewayB).contains(&want) {
+    while !topo.control_log(Node::GatewayB).contains(&want) {
         assert!(
             Instant::now() < deadline,
             "no {want:?} in gateway B's control log:\n{}",
-            control_log(&topo, Node::GatewayB)
+            topo.control_log(Node::GatewayB)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(control_log(&topo, Node::GatewayB).contains(&format!("generation {g2} stays in force")));
+    assert!(topo
+        .control_log(Node::GatewayB)
+        .contains(&format!("generation {g2} stays in force")));
     assert_eq!(generation(&topo, Node::GatewayB), g2);
     assert!(
         !echo_ok(&topo),
@@ -146,7 +139,7 @@ fn test_config_file_changes_take_effect_without_sighup() {
 
     // Each change was one reload on each gateway: no SIGHUP, no double publication.
     for node in [Node::GatewayA, Node::GatewayB] {
-        let log = control_log(&topo, node);
+        let log = topo.control_log(node);
         assert_eq!(
             log.matches("reloading the config: the file changed")
                 .count(),
@@ -279,12 +272,7 @@ fn test_control_killed_under_load_then_restarted_disturbs_nothing() {
         topo.dead_gateway_processes()
     );
     for node in [Node::GatewayA, Node::GatewayB] {
-        let (_, _, dataplane_log) = topo
-            .gateway_logs()
-            .into_iter()
-            .find(|(n, _, _)| *n == node)
-            .unwrap();
-        let log = std::fs::read_to_string(dataplane_log).unwrap();
+        let log = topo.dataplane_log(node);
         assert_eq!(
             log.matches(
                 "the control process is gone (no heartbeat): forwarding on the tables in force"

@@ -97,13 +97,7 @@ fn parse_echo(stdout: &str) -> Result<String, String> {
 
 /// The lines of a gateway's dataplane log that contain `needle`.
 fn log_lines(topo: &Topology, node: Node, needle: &str) -> Vec<String> {
-    let (_, _, log) = topo
-        .gateway_logs()
-        .into_iter()
-        .find(|(n, _, _)| *n == node)
-        .unwrap();
-    std::fs::read_to_string(log)
-        .unwrap()
+    topo.dataplane_log(node)
         .lines()
         .filter(|l| l.contains(needle))
         .map(str::to_owned)

@@ -464,13 +464,7 @@ fn test_readiness_follows_xdp_tables_and_the_control_process() {
 
 /// The `access` lines of a gateway's dataplane log (JSON), parsed.
 fn access_lines(topo: &Topology, node: Node) -> Vec<serde_json::Map<String, Value>> {
-    let (_, _, log) = topo
-        .gateway_logs()
-        .into_iter()
-        .find(|(n, _, _)| *n == node)
-        .unwrap();
-    std::fs::read_to_string(log)
-        .unwrap()
+    topo.dataplane_log(node)
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))

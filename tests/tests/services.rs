@@ -240,12 +240,7 @@ fn test_service_spreads_connections_over_endpoints_and_drops_a_removed_one() {
         2000,
         "{a:#}"
     );
-    let (_, _, log) = topo
-        .gateway_logs()
-        .into_iter()
-        .find(|(n, _, _)| *n == Node::GatewayA)
-        .unwrap();
-    let log = std::fs::read_to_string(log).unwrap();
+    let log = topo.dataplane_log(Node::GatewayA);
     let refused: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("error=\"service: service default/empty has no endpoint\""))
