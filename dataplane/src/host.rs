@@ -1,9 +1,9 @@
 //! Facts read from the host at start-up and on the slow path: interface index, MAC,
-//! IPv4 address and RX queue count (through `ip -json`, so the dataplane does not carry
+//! IPv4 and IPv6 addresses and RX queue count (through `ip -json`, so the dataplane does not carry
 //! its own netlink client), and the kernel's ARP table (`/proc/net/arp` of the current
 //! network namespace) as a neighbour source. Nothing here runs per packet.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
 use serde_json::Value;
@@ -40,6 +40,16 @@ fn ip_json(args: &[&str], ifname: &str) -> Result<Value, HostError> {
         .ok_or_else(|| HostError::NoSuchInterface(ifname.into()))
 }
 
+/// `ip -json <family> addr show dev <ifname>`: the interface's entry, or `null` when
+/// it has no address of that family (`ip` then prints `[]`: an IPv4-only or IPv6-only
+/// interface is fine). Called after `link show`, which reports a missing interface.
+fn addresses(family: &str, ifname: &str) -> Result<Value, HostError> {
+    match ip_json(&["-json", family, "addr", "show", "dev", ifname], ifname) {
+        Err(HostError::NoSuchInterface(_)) => Ok(Value::Null),
+        other => other,
+    }
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<Mac> {
     let mut mac = [0u8; 6];
@@ -50,7 +60,8 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
     parts.next().is_none().then_some(mac)
 }
 
-/// Describes an interface: index, MAC, first IPv4 address, RX queue count.
+/// Describes an interface: index, MAC, first IPv4 address, IPv6 address
+/// ([`pick_ipv6`]), RX queue count.
 pub fn describe(ifname: &str) -> Result<(PortSpec, u32), HostError> {
     let link = ip_json(
         &["-json", "-details", "link", "show", "dev", ifname],
@@ -77,11 +88,13 @@ pub fn describe(ifname: &str) -> Result<(PortSpec, u32), HostError> {
     let queues = current_rx_queues(ifname)
         .unwrap_or(allocated)
         .min(allocated);
-    let addr = ip_json(&["-json", "-4", "addr", "show", "dev", ifname], ifname)?;
-    let ipv4 = addr["addr_info"].as_array().and_then(|a| {
-        a.iter()
-            .find_map(|i| i["local"].as_str()?.parse::<Ipv4Addr>().ok())
-    });
+    let ipv4 = addresses("-4", ifname)?["addr_info"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find_map(|i| i["local"].as_str()?.parse::<Ipv4Addr>().ok())
+        });
+    let ipv6 = pick_ipv6(&addresses("-6", ifname)?);
     let mtu = link["mtu"]
         .as_u64()
         .map_or(crate::stack::DEFAULT_IP_MTU, |m| m as usize);
@@ -91,10 +104,31 @@ pub fn describe(ifname: &str) -> Result<(PortSpec, u32), HostError> {
             ifindex,
             mac,
             ipv4,
+            ipv6,
             mtu,
         },
         queues,
     ))
+}
+
+/// The IPv6 address Neighbor Solicitations go out from, from `ip -json -6 addr show`
+/// of one interface: its link-local address, else its first other one. Addresses that
+/// failed duplicate address detection are never used.
+pub fn pick_ipv6(addr: &Value) -> Option<Ipv6Addr> {
+    let infos = addr["addr_info"].as_array()?;
+    let usable = || {
+        infos.iter().filter_map(|i| {
+            if i["dadfailed"].as_bool() == Some(true) {
+                return None;
+            }
+            let ip = i["local"].as_str()?.parse::<Ipv6Addr>().ok()?;
+            Some((ip, i["scope"].as_str() == Some("link")))
+        })
+    };
+    usable()
+        .find(|&(_, link)| link)
+        .or_else(|| usable().next())
+        .map(|(ip, _)| ip)
 }
 
 /// The RX queues `ifname` uses now (`ethtool -l`), if the driver reports them.
@@ -170,6 +204,29 @@ mod tests {
         );
         let none = "Current hardware settings:\nRX:\t\tn/a\nCombined:\tn/a\n";
         assert_eq!(parse_ethtool_channels(none), None);
+    }
+
+    #[test]
+    fn the_solicitation_source_is_the_link_local_address() {
+        // `ip -json -6 addr show dev pod0` (iproute2 6.x), trimmed to the fields read.
+        let both: Value = serde_json::from_str(
+            r#"{"ifname":"pod0","addr_info":[
+                {"family":"inet6","local":"2001:2:0:1::1","prefixlen":64,"scope":"global","nodad":true},
+                {"family":"inet6","local":"fe80::a0b1:c2ff:fed3:e4f5","prefixlen":64,"scope":"link"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            pick_ipv6(&both),
+            Some("fe80::a0b1:c2ff:fed3:e4f5".parse().unwrap())
+        );
+        let global: Value = serde_json::from_str(
+            r#"{"addr_info":[{"local":"fe80::1","scope":"link","dadfailed":true},
+                             {"local":"2001:2::1","scope":"global"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(pick_ipv6(&global), Some("2001:2::1".parse().unwrap()));
+        let none: Value = serde_json::from_str(r#"{"addr_info":[]}"#).unwrap();
+        assert_eq!(pick_ipv6(&none), None);
     }
 
     #[test]

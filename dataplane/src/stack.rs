@@ -52,6 +52,9 @@ pub struct PortSpec {
     pub mac: Mac,
     /// Our IPv4 address on it (ARP sender), if any.
     pub ipv4: Option<std::net::Ipv4Addr>,
+    /// Our IPv6 address on it (Neighbor Solicitation source), if any: the link-local
+    /// one when it has one (RFC 4861's usual choice, and there whenever IPv6 is on).
+    pub ipv6: Option<std::net::Ipv6Addr>,
     /// The link's IP MTU (the Ethernet payload): legs on this port advertise an MSS
     /// of this less the headers, and send segments no larger than it allows (and than
     /// the port's frames hold).
@@ -308,20 +311,35 @@ impl<S: FrameSink> Net<S> {
     /// number is the one the peer acknowledges, our acknowledgement is past its FIN, and
     /// its timestamp is echoed. A leg is freed as soon as it reaches TIME-WAIT, so
     /// without this a peer whose ACK of its FIN was lost retransmits until the key's
-    /// linger ends and is then reset. Returns whether `ip` was such a FIN (IPv4, ACK and
-    /// FIN set, no SYN or RST) and an ACK left.
+    /// linger ends and is then reset. Returns whether `ip` was such a FIN (IPv4 or IPv6,
+    /// ACK and FIN set, no SYN or RST) and an ACK left.
     pub fn ack_late_fin(&mut self, port: usize, dst_mac: Mac, ip: &[u8]) -> bool {
         use smoltcp::wire::{
-            IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
+            IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr,
             TcpTimestampRepr,
         };
-        let Ok(p) = Ipv4Packet::new_checked(ip) else {
+        // `ip` was classified by `wire::parse_tcp_frame`: a TCP segment without IPv6
+        // extension headers or IPv4 fragmentation.
+        let (src, dst, payload) = match ip.first().map(|b| b >> 4) {
+            Some(4) => {
+                let Ok(p) = Ipv4Packet::new_checked(ip) else {
+                    return false;
+                };
+                let (s, d) = (p.src_addr(), p.dst_addr());
+                (IpAddress::Ipv4(s), IpAddress::Ipv4(d), p.payload())
+            }
+            Some(6) => {
+                let Ok(p) = Ipv6Packet::new_checked(ip) else {
+                    return false;
+                };
+                let (s, d) = (p.src_addr(), p.dst_addr());
+                (IpAddress::Ipv6(s), IpAddress::Ipv6(d), p.payload())
+            }
+            _ => return false,
+        };
+        let Ok(t) = TcpPacket::new_checked(payload) else {
             return false;
         };
-        let Ok(t) = TcpPacket::new_checked(p.payload()) else {
-            return false;
-        };
-        let (src, dst) = (IpAddress::Ipv4(p.src_addr()), IpAddress::Ipv4(p.dst_addr()));
         let caps = ChecksumCapabilities::ignored();
         let Ok(seg) = TcpRepr::parse(&t, &src, &dst, &caps) else {
             return false;
@@ -348,22 +366,16 @@ impl<S: FrameSink> Net<S> {
                 .map(|ts| TcpTimestampRepr::new(ts.tsecr, ts.tsval)),
             payload: &[],
         };
-        let ip_repr = Ipv4Repr {
-            src_addr: p.dst_addr(),
-            dst_addr: p.src_addr(),
-            next_header: IpProtocol::Tcp,
-            payload_len: reply.buffer_len(),
-            hop_limit: 64,
-        };
+        let ip_repr = IpRepr::new(dst, src, IpProtocol::Tcp, reply.buffer_len(), 64);
         let src_mac = self.specs[port].mac;
-        let len = wire::ETH_HEADER_LEN + ip_repr.buffer_len() + reply.buffer_len();
+        let len = wire::ETH_HEADER_LEN + ip_repr.buffer_len();
+        let ipv6 = matches!(ip_repr, IpRepr::Ipv6(_));
         let sent = self.sinks[port].send(len, |f| {
             let (eth, rest) = f.split_at_mut(wire::ETH_HEADER_LEN);
-            wire::write_eth_header(eth, dst_mac, src_mac, false);
+            wire::write_eth_header(eth, dst_mac, src_mac, ipv6);
             let full = ChecksumCapabilities::default();
-            let mut ipp = Ipv4Packet::new_unchecked(rest);
-            ip_repr.emit(&mut ipp, &full);
-            let mut tcp = TcpPacket::new_unchecked(ipp.payload_mut());
+            ip_repr.emit(&mut *rest, &full);
+            let mut tcp = TcpPacket::new_unchecked(&mut rest[ip_repr.header_len()..]);
             reply.emit(&mut tcp, &dst, &src, &full);
         });
         if sent.is_some() {

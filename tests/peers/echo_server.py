@@ -30,9 +30,11 @@ async def handle(reader, writer):
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int, nargs="?", default=7000)
-    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--bind", default="0.0.0.0",
+                        help="address to listen on; '::' listens on IPv6 and IPv4 (one socket each)")
     args = parser.parse_args()
-    server = await asyncio.start_server(handle, args.bind, args.port, backlog=4096, reuse_address=True)
+    host = None if args.bind == "::" else args.bind
+    server = await asyncio.start_server(handle, host, args.port, backlog=4096, reuse_address=True)
     sys.stderr.write("echo server listening on %s:%d\n" % (args.bind, args.port))
     sys.stderr.flush()
     async with server:

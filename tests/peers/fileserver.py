@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import random
+import socket
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -124,12 +125,21 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
+    def server_bind(self):
+        if self.address_family == socket.AF_INET6:
+            # One socket for both families, whatever net.ipv6.bindv6only says.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=80)
-    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--bind", default="0.0.0.0",
+                        help="address to listen on; '::' listens on IPv6 and IPv4 (dual stack)")
     args = parser.parse_args()
+    if ":" in args.bind:
+        Server.address_family = socket.AF_INET6
     server = Server((args.bind, args.port), Handler)
     sys.stderr.write("fileserver listening on %s:%d\n" % (args.bind, args.port))
     sys.stderr.flush()

@@ -30,7 +30,7 @@ pub use peers::{
 };
 pub use process::ProcHandle;
 pub use report::{DemoReport, ReportRow};
-pub use topology::{unique_prefix, Node, Topology, TopologyOpts};
+pub use topology::{unique_prefix, Families, Node, Topology, TopologyOpts};
 
 /// The switch CI sets (`.ci/run`): with `XDPMESH_REQUIRE_ROOT=1` a root-gated test that
 /// runs without root fails instead of skipping, so a suite cannot pass by skipping.

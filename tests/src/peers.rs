@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{BufWriter, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -330,15 +330,27 @@ impl Topology {
     /// Starts `fileserver.py` on `port` in `node` and waits until it listens.
     pub fn start_fileserver(&self, node: Node, port: u16) -> anyhow::Result<ProcHandle> {
         let port_s = port.to_string();
-        let p = self.spawn_python(node, "fileserver.py", &["--port", &port_s])?;
+        let bind = self.any_address();
+        let p = self.spawn_python(node, "fileserver.py", &["--port", &port_s, "--bind", bind])?;
         self.wait_listening(node, port, p)
     }
 
     /// Starts `echo_server.py` on `port` in `node` and waits until it listens.
     pub fn start_echo_server(&self, node: Node, port: u16) -> anyhow::Result<ProcHandle> {
         let port_s = port.to_string();
-        let p = self.spawn_python(node, "echo_server.py", &[&port_s])?;
+        let bind = self.any_address();
+        let p = self.spawn_python(node, "echo_server.py", &[&port_s, "--bind", bind])?;
         self.wait_listening(node, port, p)
+    }
+
+    /// What the Python servers listen on: every IPv4 address, and every IPv6 one too
+    /// where the topology has IPv6.
+    fn any_address(&self) -> &'static str {
+        if self.opts().families.v6() {
+            "::"
+        } else {
+            "0.0.0.0"
+        }
     }
 
     /// Starts `iperf3 -s` on `port` in `node` and waits until it listens.
@@ -480,7 +492,7 @@ impl Topology {
     pub fn run_echo_client(
         &self,
         node: Node,
-        host: Ipv4Addr,
+        host: impl Into<IpAddr>,
         port: u16,
         connections: u32,
         bytes: u64,
@@ -493,7 +505,7 @@ impl Topology {
     pub fn run_echo_client_all_open(
         &self,
         node: Node,
-        host: Ipv4Addr,
+        host: impl Into<IpAddr>,
         port: u16,
         connections: u32,
         bytes: u64,
@@ -504,14 +516,14 @@ impl Topology {
     fn echo_client(
         &self,
         node: Node,
-        host: Ipv4Addr,
+        host: impl Into<IpAddr>,
         port: u16,
         connections: u32,
         bytes: u64,
         all_open: bool,
     ) -> anyhow::Result<EchoResult> {
         let script = self.peer_script("echo_client.py")?;
-        let host_s = host.to_string();
+        let host_s = host.into().to_string();
         let port_s = port.to_string();
         let conns_s = connections.to_string();
         let bytes_s = bytes.to_string();
@@ -566,7 +578,7 @@ impl Topology {
     pub fn run_iperf(
         &self,
         node: Node,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         port: u16,
         seconds: u32,
     ) -> anyhow::Result<IperfResult> {
@@ -578,12 +590,13 @@ impl Topology {
     pub fn run_iperf_opts(
         &self,
         node: Node,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         port: u16,
         seconds: u32,
         reverse: bool,
         streams: u32,
     ) -> anyhow::Result<IperfResult> {
+        let server: IpAddr = server.into();
         let mut attempts = 0;
         let mut r = retry_while_iperf_busy(|| {
             attempts += 1;
@@ -596,13 +609,13 @@ impl Topology {
     fn run_iperf_once(
         &self,
         node: Node,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         port: u16,
         seconds: u32,
         reverse: bool,
         streams: u32,
     ) -> anyhow::Result<IperfResult> {
-        let server_s = server.to_string();
+        let server_s = server.into().to_string();
         let port_s = port.to_string();
         let secs_s = seconds.to_string();
         let streams_s = streams.to_string();

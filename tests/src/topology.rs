@@ -5,12 +5,19 @@
 //!  eth0 198.18.1.2 ── pod0 198.18.1.1   up0 198.18.0.1 ══ up0 198.18.0.2   pod0 198.18.2.1 ── eth0 198.18.2.2
 //! ```
 //!
+//! With [`TopologyOpts::families`] the links also (or only) carry IPv6 addresses from
+//! the benchmarking range 2001:2::/48 (RFC 5180), a /64 per link, in the same places:
+//!
+//! ```text
+//!  eth0 2001:2:0:1::2 ── pod0 2001:2:0:1::1   up0 2001:2::1 ══ up0 2001:2::2   pod0 2001:2:0:2::1 ── eth0 2001:2:0:2::2
+//! ```
+//!
 //! Veths are created directly inside the namespaces (`ip -n`), so interface names never
 //! clash between topologies and nothing touches the host's network namespace.
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -68,6 +75,60 @@ pub const GWB_UP_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const GWB_POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 
+/// The IPv6 addresses, in the same places as the IPv4 ones above.
+pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2);
+pub const GWA_POD_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
+pub const GWA_UP_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+pub const GWB_UP_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+pub const GWB_POD_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1);
+pub const SERVER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 2);
+
+/// Which IP families the links carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Families {
+    /// IPv4 only; IPv6 is disabled in every namespace, so no router solicitation or
+    /// MLD report adds packets that tests counting XDP verdicts would have to allow for.
+    #[default]
+    V4,
+    /// IPv6 only: the namespaces have no IPv4 address but loopback.
+    V6,
+    /// Both: every interface has its IPv4 and its IPv6 address.
+    Dual,
+}
+
+impl Families {
+    /// Whether the links carry IPv4.
+    pub fn v4(self) -> bool {
+        self != Families::V6
+    }
+
+    /// Whether the links carry IPv6.
+    pub fn v6(self) -> bool {
+        self != Families::V4
+    }
+}
+
+impl Node {
+    /// The node's pod-facing IPv6 address (see [`Node::addr`]).
+    pub fn addr6(self) -> Ipv6Addr {
+        match self {
+            Node::Client => CLIENT_ADDR6,
+            Node::GatewayA => GWA_POD_ADDR6,
+            Node::GatewayB => GWB_POD_ADDR6,
+            Node::Server => SERVER_ADDR6,
+        }
+    }
+
+    /// [`Node::addr`] or [`Node::addr6`].
+    pub fn addr_of(self, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(self.addr6())
+        } else {
+            IpAddr::V4(self.addr())
+        }
+    }
+}
+
 /// Smallest and largest MTU [`Topology::new`] accepts: 576 is the smallest datagram
 /// every IPv4 host must take, 65535 the largest MTU a veth or bridge takes.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65535;
@@ -97,6 +158,8 @@ pub struct TopologyOpts {
     /// ([`Topology::wire_ns`]). On the gateways themselves it cannot: frames that XDP
     /// redirects, and frames sent from AF_XDP, bypass the kernel's packet taps.
     pub wire_tap: bool,
+    /// The IP families of the links' addresses and routes.
+    pub families: Families,
 }
 
 impl Default for TopologyOpts {
@@ -107,6 +170,7 @@ impl Default for TopologyOpts {
             uplink_mtu: DEFAULT_MTU,
             offloads: false,
             wire_tap: false,
+            families: Families::V4,
         }
     }
 }
@@ -221,17 +285,34 @@ impl Topology {
             ip(&["netns", "add", &self.ns_name(node)])?;
         }
         // Sysctls first: `default` applies to the interfaces created below.
+        let families = self.opts.families;
         for node in Node::ALL {
             let mut keys = vec![
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
+            ];
+            if families.v6() {
+                // No duplicate address detection: the addresses are usable at once
+                // (tentative ones are not), and this topology makes every address.
+                keys.extend([
+                    "net.ipv6.conf.all.disable_ipv6=0",
+                    "net.ipv6.conf.default.disable_ipv6=0",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ]);
+            } else {
                 // No IPv6: router solicitations and MLD reports would add packets that
                 // XDP counters in tests would have to account for.
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ];
+                keys.extend([
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ]);
+            }
             if matches!(node, Node::GatewayA | Node::GatewayB) {
                 keys.push("net.ipv4.ip_forward=1");
+                if families.v6() {
+                    keys.push("net.ipv6.conf.all.forwarding=1");
+                }
             }
             let mut args = vec!["sysctl", "-q", "-w"];
             args.extend(keys);
@@ -266,20 +347,25 @@ impl Topology {
         }
         veth(&ns(Node::GatewayB), "pod0", &ns(Node::Server), "eth0", pod)?;
 
-        let addrs: [(Node, &str, &str); 6] = [
-            (Node::Client, "eth0", "198.18.1.2/24"),
-            (Node::GatewayA, "pod0", "198.18.1.1/24"),
-            (Node::GatewayA, "up0", "198.18.0.1/24"),
-            (Node::GatewayB, "up0", "198.18.0.2/24"),
-            (Node::GatewayB, "pod0", "198.18.2.1/24"),
-            (Node::Server, "eth0", "198.18.2.2/24"),
+        let addrs: [(Node, &str, &str, &str); 6] = [
+            (Node::Client, "eth0", "198.18.1.2/24", "2001:2:0:1::2/64"),
+            (Node::GatewayA, "pod0", "198.18.1.1/24", "2001:2:0:1::1/64"),
+            (Node::GatewayA, "up0", "198.18.0.1/24", "2001:2::1/64"),
+            (Node::GatewayB, "up0", "198.18.0.2/24", "2001:2::2/64"),
+            (Node::GatewayB, "pod0", "198.18.2.1/24", "2001:2:0:2::1/64"),
+            (Node::Server, "eth0", "198.18.2.2/24", "2001:2:0:2::2/64"),
         ];
         for node in Node::ALL {
             ip(&["-n", &self.ns_name(node), "link", "set", "lo", "up"])?;
         }
-        for (node, iface, addr) in addrs {
+        for (node, iface, addr, addr6) in addrs {
             let ns = self.ns_name(node);
-            ip(&["-n", &ns, "addr", "add", addr, "dev", iface])?;
+            if families.v4() {
+                ip(&["-n", &ns, "addr", "add", addr, "dev", iface])?;
+            }
+            if families.v6() {
+                ip(&["-n", &ns, "addr", "add", addr6, "dev", iface, "nodad"])?;
+            }
             if let Some(argv) = offloads_argv(&self.opts, iface) {
                 self.run(node, &argv)
                     .with_context(|| format!("disabling offloads on {ns}/{iface}"))?;
@@ -306,8 +392,31 @@ impl Topology {
                 &["default", "via", "198.18.2.1", "dev", "eth0"],
             ),
         ];
-        for (node, route) in routes {
-            let ns = self.ns_name(node);
+        let routes6: [(Node, &[&str]); 4] = [
+            (
+                Node::Client,
+                &["default", "via", "2001:2:0:1::1", "dev", "eth0"],
+            ),
+            (
+                Node::GatewayA,
+                &["2001:2:0:2::/64", "via", "2001:2::2", "dev", "up0"],
+            ),
+            (
+                Node::GatewayB,
+                &["2001:2:0:1::/64", "via", "2001:2::1", "dev", "up0"],
+            ),
+            (
+                Node::Server,
+                &["default", "via", "2001:2:0:2::1", "dev", "eth0"],
+            ),
+        ];
+        let wanted = [(families.v4(), &routes), (families.v6(), &routes6)];
+        for (node, route) in wanted
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .flat_map(|(_, r)| r)
+        {
+            let ns = self.ns_name(*node);
             let mut args = vec!["-n", ns.as_str(), "route", "add"];
             args.extend_from_slice(route);
             ip(&args)?;

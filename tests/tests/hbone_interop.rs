@@ -652,7 +652,7 @@ fn test_interop_xdpmesh_outbound_to_python_server() {
     let r = topo
         .run_echo_client(
             Node::Client,
-            PYSERVER_ADDR.parse().unwrap(),
+            PYSERVER_ADDR.parse::<std::net::IpAddr>().unwrap(),
             PYSERVER_PORT,
             5,
             64 * 1024,
@@ -872,7 +872,13 @@ fn test_service_vip_over_hbone_reaches_the_endpoint_with_authority_and_forwarded
     let json_log = topo.tmp_dir().join("hbone-server.jsonl");
     let server = start_hbone_server(&topo, &cert, &key, &json_log, "vip");
     let r = topo
-        .run_echo_client(Node::Client, "198.18.10.5".parse().unwrap(), 80, 3, 10_000)
+        .run_echo_client(
+            Node::Client,
+            "198.18.10.5".parse::<std::net::IpAddr>().unwrap(),
+            80,
+            3,
+            10_000,
+        )
         .unwrap();
     assert_eq!((r.ok, r.failed, r.bytes), (3, 0, 30_000), "{:?}", r.errors);
     drop(server);
@@ -929,7 +935,7 @@ fn test_certificates_rotate_at_half_life_under_a_long_transfer() {
         let r = topo
             .run_echo_client(
                 Node::Client,
-                PYSERVER_ADDR.parse().unwrap(),
+                PYSERVER_ADDR.parse::<std::net::IpAddr>().unwrap(),
                 PYSERVER_PORT,
                 1,
                 payload,
@@ -1107,7 +1113,7 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
         let mark = LogMark::now(&topo, Node::GatewayA);
         let r = topo.run_echo_client(
             Node::Client,
-            PYSERVER_ADDR.parse().unwrap(),
+            PYSERVER_ADDR.parse::<std::net::IpAddr>().unwrap(),
             PYSERVER_PORT,
             1,
             1024,

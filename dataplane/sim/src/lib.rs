@@ -11,12 +11,15 @@
 //!                     198.18.1.1   198.18.0.1    198.18.0.2   198.18.2.1
 //! ```
 //!
+//! With [`Opts::ipv6`] the same world is IPv6-only, from the benchmarking range
+//! 2001:2::/48 (RFC 5180): see [`Addrs::V6`].
+//!
 //! The pods are smoltcp interfaces, not kernel sockets (the namespace tests in
 //! `tests/` use real kernel peers); they stand in for them here so that the engine's
 //! state machines can be driven and observed exactly.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -57,6 +60,44 @@ pub const B_POD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
 /// The server pod (a mesh workload served by gateway b).
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
 
+/// The addresses of a world, in the order of the constants above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    pub client: IpAddr,
+    pub a_pod: IpAddr,
+    pub a_up: IpAddr,
+    pub b_up: IpAddr,
+    pub b_pod: IpAddr,
+    pub server: IpAddr,
+}
+
+const fn v6(seg: [u16; 8]) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(
+        seg[0], seg[1], seg[2], seg[3], seg[4], seg[5], seg[6], seg[7],
+    ))
+}
+
+impl Addrs {
+    /// The IPv4 world (the constants above).
+    pub const V4: Addrs = Addrs {
+        client: IpAddr::V4(CLIENT_IP),
+        a_pod: IpAddr::V4(A_POD_IP),
+        a_up: IpAddr::V4(A_UP_IP),
+        b_up: IpAddr::V4(B_UP_IP),
+        b_pod: IpAddr::V4(B_POD_IP),
+        server: IpAddr::V4(SERVER_IP),
+    };
+    /// The IPv6 world: a /64 per link, as the namespace topology's IPv6 addresses.
+    pub const V6: Addrs = Addrs {
+        client: v6([0x2001, 2, 0, 1, 0, 0, 0, 2]),
+        a_pod: v6([0x2001, 2, 0, 1, 0, 0, 0, 1]),
+        a_up: v6([0x2001, 2, 0, 0, 0, 0, 0, 1]),
+        b_up: v6([0x2001, 2, 0, 0, 0, 0, 0, 2]),
+        b_pod: v6([0x2001, 2, 0, 2, 0, 0, 0, 1]),
+        server: v6([0x2001, 2, 0, 2, 0, 0, 0, 2]),
+    };
+}
+
 /// MACs, in the order of the addresses above.
 pub const CLIENT_MAC: Mac = [2, 0, 0, 0, 1, 2];
 pub const A_POD_MAC: Mac = [2, 0, 0, 0, 1, 1];
@@ -86,6 +127,8 @@ pub struct Opts {
     pub pod_mtu: usize,
     /// IP MTU of the link between the gateways.
     pub uplink_mtu: usize,
+    /// An IPv6-only world ([`Addrs::V6`]) instead of the IPv4 one.
+    pub ipv6: bool,
 }
 
 impl Default for Opts {
@@ -97,21 +140,27 @@ impl Default for Opts {
             buffers: Buffers::default(),
             pod_mtu: 1500,
             uplink_mtu: 1500,
+            ipv6: false,
         }
     }
 }
 
-/// The tables of gateway `local` (0 = a, 1 = b).
+/// The tables of gateway `local` (0 = a, 1 = b) of the IPv4 world.
 pub fn tables(local: u32, protocol: Protocol, policies: Vec<Policy>) -> Tables {
+    tables_for(&Addrs::V4, local, protocol, policies)
+}
+
+/// The tables of gateway `local` (0 = a, 1 = b) of the world with addresses `ips`.
+pub fn tables_for(ips: &Addrs, local: u32, protocol: Protocol, policies: Vec<Policy>) -> Tables {
     // A workload served here is on pod0; one served by the other gateway is reached
     // through up0 via that gateway.
-    let route = |served_here: bool, gateway: Ipv4Addr| Route {
+    let route = |served_here: bool, gateway: IpAddr| Route {
         ifindex: if served_here {
             POD0_IFINDEX
         } else {
             UP0_IFINDEX
         },
-        via: (!served_here).then_some(IpAddr::V4(gateway)),
+        via: (!served_here).then_some(gateway),
     };
     let workload = |name: &str, node: u32| Workload {
         name: name.into(),
@@ -128,24 +177,24 @@ pub fn tables(local: u32, protocol: Protocol, policies: Vec<Policy>) -> Tables {
         nodes: vec![
             Node {
                 name: "node-a".into(),
-                gateway: Some(IpAddr::V4(A_UP_IP)),
+                gateway: Some(ips.a_up),
             },
             Node {
                 name: "node-b".into(),
-                gateway: Some(IpAddr::V4(B_UP_IP)),
+                gateway: Some(ips.b_up),
             },
         ],
         workloads: vec![workload("client", 0), workload("server", 1)],
         addresses: vec![
             Address {
-                addr: IpAddr::V4(CLIENT_IP),
+                addr: ips.client,
                 workload: 0,
-                route: route(local == 0, A_UP_IP),
+                route: route(local == 0, ips.a_up),
             },
             Address {
-                addr: IpAddr::V4(SERVER_IP),
+                addr: ips.server,
                 workload: 1,
-                route: route(local == 1, B_UP_IP),
+                route: route(local == 1, ips.b_up),
             },
         ],
         policies,
@@ -196,8 +245,8 @@ pub fn spiffe(sa: &str) -> SpiffeId {
 fn engine(
     id_: u32,
     neigh: &Neighbors,
-    pod: (Ipv4Addr, Mac),
-    up: (Ipv4Addr, Mac),
+    pod: (IpAddr, Mac),
+    up: (IpAddr, Mac),
     opts: &Opts,
 ) -> Engine<MemSink> {
     let n = neigh.clone();
@@ -211,11 +260,18 @@ fn engine(
         log_limiter: Default::default(),
         tap: Default::default(),
     };
-    let spec = |name: &str, ifindex, (ip, mac): (Ipv4Addr, Mac), mtu| PortSpec {
+    let spec = |name: &str, ifindex, (ip, mac): (IpAddr, Mac), mtu| PortSpec {
         name: format!("{name}{id_}"),
         ifindex,
         mac,
-        ipv4: Some(ip),
+        ipv4: match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        },
+        ipv6: match ip {
+            IpAddr::V4(_) => None,
+            IpAddr::V6(v6) => Some(v6),
+        },
         mtu,
     };
     // Frames as large as the link's, as the AF_XDP TX half takes them (multi-buffer).
@@ -236,13 +292,13 @@ fn engine(
     )
 }
 
-/// A smoltcp TCP host standing in for a pod: one IPv4 address, a default route via its
-/// gateway, Ethernet framing added and checked here.
+/// A smoltcp TCP host standing in for a pod: one IPv4 or IPv6 address, a default route
+/// via its gateway, Ethernet framing added and checked here.
 pub struct Host {
     iface: Interface,
     dev: Queue,
     pub sockets: SocketSet<'static>,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     mac: Mac,
     gw_mac: Mac,
     /// Frames that arrived for another MAC (must stay 0).
@@ -299,24 +355,37 @@ impl phy::Device for Queue {
 impl Host {
     /// A host at `ip` (MAC `mac`) whose default route goes to `gw` (MAC `gw_mac`), on
     /// a link of IP MTU 1500.
-    pub fn new(ip: Ipv4Addr, gw: Ipv4Addr, mac: Mac, gw_mac: Mac) -> Host {
+    pub fn new(ip: impl Into<IpAddr>, gw: impl Into<IpAddr>, mac: Mac, gw_mac: Mac) -> Host {
         Host::with_mtu(ip, gw, mac, gw_mac, 1500)
     }
 
     /// [`Host::new`] on a link of IP MTU `mtu`.
-    pub fn with_mtu(ip: Ipv4Addr, gw: Ipv4Addr, mac: Mac, gw_mac: Mac, mtu: usize) -> Host {
+    pub fn with_mtu(
+        ip: impl Into<IpAddr>,
+        gw: impl Into<IpAddr>,
+        mac: Mac,
+        gw_mac: Mac,
+        mtu: usize,
+    ) -> Host {
+        let (ip, gw) = (ip.into(), gw.into());
         let mut dev = Queue {
             rx: VecDeque::new(),
             tx: Vec::new(),
             mtu,
         };
         let mut cfg = Config::new(HardwareAddress::Ip);
-        cfg.random_seed = u64::from(u32::from(ip));
+        cfg.random_seed = match ip {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)),
+            IpAddr::V6(v6) => u128::from(v6) as u64,
+        };
         let mut iface = Interface::new(cfg, &mut dev, Instant::from_micros(0));
         iface.update_ip_addrs(|a| {
-            a.push(IpCidr::new(IpAddress::Ipv4(ip), 24)).unwrap();
+            a.push(Host::cidr(ip)).unwrap();
         });
-        iface.routes_mut().add_default_ipv4_route(gw).unwrap();
+        match gw {
+            IpAddr::V4(gw) => iface.routes_mut().add_default_ipv4_route(gw).unwrap(),
+            IpAddr::V6(gw) => iface.routes_mut().add_default_ipv6_route(gw).unwrap(),
+        };
         Host {
             iface,
             dev,
@@ -331,6 +400,12 @@ impl Host {
         }
     }
 
+    /// `ip` on the link's prefix: a /24 for IPv4, a /64 for IPv6.
+    fn cidr(ip: IpAddr) -> IpCidr {
+        let len = if ip.is_ipv4() { 24 } else { 64 };
+        IpCidr::new(IpAddress::from(ip), len)
+    }
+
     fn socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; rx]),
@@ -343,23 +418,24 @@ impl Host {
     /// A socket connecting from our `port` to `dst`.
     pub fn connect(&mut self, dst: SocketAddr, port: u16) -> SocketHandle {
         let mut s = Self::socket(256 * 1024, 256 * 1024);
-        s.connect(self.iface.context(), dst, (IpAddress::Ipv4(self.ip), port))
+        s.connect(self.iface.context(), dst, (IpAddress::from(self.ip), port))
             .unwrap();
         self.sockets.add(s)
     }
 
     /// Gives the host one more address (on the same link, same gateway).
-    pub fn add_address(&mut self, ip: Ipv4Addr) {
+    pub fn add_address(&mut self, ip: impl Into<IpAddr>) {
+        let cidr = Host::cidr(ip.into());
         self.iface.update_ip_addrs(|a| {
-            a.push(IpCidr::new(IpAddress::Ipv4(ip), 24)).unwrap();
+            a.push(cidr).unwrap();
         });
     }
 
     /// A socket listening on our `port` of address `ip` only.
-    pub fn listen_on(&mut self, ip: Ipv4Addr, port: u16) -> SocketHandle {
+    pub fn listen_on(&mut self, ip: impl Into<IpAddr>, port: u16) -> SocketHandle {
         let mut s = Self::socket(256 * 1024, 256 * 1024);
         s.listen(smoltcp::wire::IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(ip)),
+            addr: Some(IpAddress::from(ip.into())),
             port,
         })
         .unwrap();
@@ -400,7 +476,7 @@ impl Host {
             .drain(..)
             .map(|ip| {
                 let mut f = vec![0; wire::ETH_HEADER_LEN + ip.len()];
-                wire::write_eth_header(&mut f, self.gw_mac, self.mac, false);
+                wire::write_eth_header(&mut f, self.gw_mac, self.mac, ip[0] >> 4 == 6);
                 f[wire::ETH_HEADER_LEN..].copy_from_slice(&ip);
                 f
             })
@@ -452,37 +528,40 @@ pub struct World {
     pub up_peer: Option<Host>,
     /// The mesh CA (HBONE worlds).
     pub ca: Option<Ca>,
+    /// The world's addresses ([`Addrs::V4`] unless [`Opts::ipv6`]).
+    pub addrs: Addrs,
 }
 
 impl World {
     /// Two gateways with their tables (and identities, for HBONE), two pods, time 0.
     pub fn new(opts: Opts) -> World {
+        let ips = if opts.ipv6 { Addrs::V6 } else { Addrs::V4 };
         let a_neigh: Neighbors = Default::default();
         let b_neigh: Neighbors = Default::default();
         {
             let mut a = a_neigh.lock().unwrap();
-            a.insert((POD0_IFINDEX, IpAddr::V4(CLIENT_IP)), CLIENT_MAC);
-            a.insert((UP0_IFINDEX, IpAddr::V4(B_UP_IP)), B_UP_MAC);
+            a.insert((POD0_IFINDEX, ips.client), CLIENT_MAC);
+            a.insert((UP0_IFINDEX, ips.b_up), B_UP_MAC);
             let mut b = b_neigh.lock().unwrap();
-            b.insert((POD0_IFINDEX, IpAddr::V4(SERVER_IP)), SERVER_MAC);
-            b.insert((UP0_IFINDEX, IpAddr::V4(A_UP_IP)), A_UP_MAC);
+            b.insert((POD0_IFINDEX, ips.server), SERVER_MAC);
+            b.insert((UP0_IFINDEX, ips.a_up), A_UP_MAC);
         }
         let mut a = engine(
             0,
             &a_neigh,
-            (A_POD_IP, A_POD_MAC),
-            (A_UP_IP, A_UP_MAC),
+            (ips.a_pod, A_POD_MAC),
+            (ips.a_up, A_UP_MAC),
             &opts,
         );
         let mut b = engine(
             1,
             &b_neigh,
-            (B_POD_IP, B_POD_MAC),
-            (B_UP_IP, B_UP_MAC),
+            (ips.b_pod, B_POD_MAC),
+            (ips.b_up, B_UP_MAC),
             &opts,
         );
-        a.set_tables(1, tables(0, opts.protocol, opts.policies.clone()));
-        b.set_tables(1, tables(1, opts.protocol, opts.policies.clone()));
+        a.set_tables(1, tables_for(&ips, 0, opts.protocol, opts.policies.clone()));
+        b.set_tables(1, tables_for(&ips, 1, opts.protocol, opts.policies.clone()));
         let mut mesh_ca = None;
         if opts.protocol == Protocol::Hbone {
             let ca = Ca::generate(TRUST_DOMAIN).unwrap();
@@ -515,8 +594,8 @@ impl World {
             now: 0,
             a,
             b,
-            client: Host::with_mtu(CLIENT_IP, A_POD_IP, CLIENT_MAC, A_POD_MAC, opts.pod_mtu),
-            server: Host::with_mtu(SERVER_IP, B_POD_IP, SERVER_MAC, B_POD_MAC, opts.pod_mtu),
+            client: Host::with_mtu(ips.client, ips.a_pod, CLIENT_MAC, A_POD_MAC, opts.pod_mtu),
+            server: Host::with_mtu(ips.server, ips.b_pod, SERVER_MAC, B_POD_MAC, opts.pod_mtu),
             a_neigh,
             b_neigh,
             wire_log: Vec::new(),
@@ -524,6 +603,7 @@ impl World {
             cut: false,
             up_peer: None,
             ca: mesh_ca,
+            addrs: ips,
         }
     }
 

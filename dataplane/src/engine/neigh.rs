@@ -1,8 +1,10 @@
-//! Next-hop resolution: the neighbour cache, ARP requests, and the objects whose leg
-//! waits for a next hop's MAC (RFC 826).
+//! Next-hop resolution: the neighbour cache, ARP requests and Neighbor Solicitations,
+//! and the objects whose leg waits for a next hop's MAC (RFC 826, RFC 4861).
 //!
-//! A MAC comes from the cache, else from the resolver (the XDP program's ARP snoop map,
-//! then the kernel's table), else an ARP request goes out and the object waits: its leg
+//! A MAC comes from the cache, else from the resolver (the XDP program's ARP and NDP
+//! snoop map, then the kernel's ARP table), else a request goes out (ARP for an IPv4
+//! next hop, a Neighbor Solicitation for an IPv6 one: the answer reaches the snoop map
+//! on its way to the kernel) and the object waits: its leg
 //! sends nothing until the MAC is known, then it is serviced. A next hop that does not
 //! answer within [`RESOLVE_TIMEOUT_US`] fails the leg like a refused connect. Waiting
 //! entries hold generational keys: one whose object was freed resolves nothing, so a
@@ -19,7 +21,7 @@ use crate::wire::{self, Mac};
 
 /// Give up resolving a next hop after this long.
 pub const RESOLVE_TIMEOUT_US: i64 = 3_000_000;
-/// Re-send an ARP request this often while resolving.
+/// Re-send a request this often while resolving.
 pub const RESOLVE_RETRY_US: i64 = 200_000;
 /// Waiting objects are looked at most this often.
 const RESOLVE_PASS_US: i64 = 1_000;
@@ -89,24 +91,35 @@ impl<S: FrameSink> Engine<S> {
         self.neigh.lookup(port, ifindex, ip)
     }
 
-    fn send_arp(&mut self, port: usize, target: IpAddr) {
+    /// Asks for `target`'s MAC on `port`: ARP for IPv4, a Neighbor Solicitation for
+    /// IPv6. Nothing goes out when the port has no address of the target's family to
+    /// ask from (see [`Self::wait_for_neighbor`]) or no TX frame is free.
+    fn solicit(&mut self, port: usize, target: IpAddr) {
         let spec = self.net.spec(port);
-        let (IpAddr::V4(target), Some(src_ip)) = (target, spec.ipv4) else {
-            return;
-        };
         let mac = spec.mac;
-        let mut buf = [0u8; wire::ARP_FRAME_LEN];
-        wire::write_arp_request(&mut buf, mac, src_ip, target);
-        let sent = self
-            .net
-            .sink_mut(port)
-            .send(buf.len(), |f| f.copy_from_slice(&buf));
+        let sent = match (target, spec.ipv4, spec.ipv6) {
+            (IpAddr::V4(target), Some(src), _) => {
+                let mut buf = [0u8; wire::ARP_FRAME_LEN];
+                wire::write_arp_request(&mut buf, mac, src, target);
+                self.net
+                    .sink_mut(port)
+                    .send(buf.len(), |f| f.copy_from_slice(&buf))
+            }
+            (IpAddr::V6(target), _, Some(src)) => {
+                let mut buf = [0u8; wire::NS_FRAME_LEN];
+                wire::write_neighbor_solicitation(&mut buf, mac, src, target);
+                self.net
+                    .sink_mut(port)
+                    .send(buf.len(), |f| f.copy_from_slice(&buf))
+            }
+            _ => None,
+        };
         if sent.is_some() {
             self.stats.neighbor_requests += 1;
         }
     }
 
-    /// Parks an object whose leg's next hop is unknown; an ARP request goes out now.
+    /// Parks an object whose leg's next hop is unknown; a request goes out now.
     pub(crate) fn wait_for_neighbor(
         &mut self,
         obj: ObjKey,
@@ -114,7 +127,15 @@ impl<S: FrameSink> Engine<S> {
         nexthop: IpAddr,
         now: i64,
     ) {
-        self.send_arp(port, nexthop);
+        let spec = self.net.spec(port);
+        let can_ask = match nexthop {
+            IpAddr::V4(_) => spec.ipv4.is_some(),
+            IpAddr::V6(_) => spec.ipv6.is_some(),
+        };
+        if !can_ask {
+            warn!(worker = self.id, %nexthop, port = %spec.name, "the port has no address of the next hop's family to ask from; the connection fails unless the next hop's MAC becomes known");
+        }
+        self.solicit(port, nexthop);
         self.neigh.waiting.push(Waiting {
             obj,
             port,
@@ -125,7 +146,7 @@ impl<S: FrameSink> Engine<S> {
     }
 
     /// Gives resolved next hops to their legs (and services them), fails the legs whose
-    /// next hop did not answer in time, repeats ARP requests. At most every
+    /// next hop did not answer in time, repeats requests. At most every
     /// millisecond.
     pub(crate) fn resolve_pending(&mut self, now: i64) {
         if self.neigh.waiting.is_empty()
@@ -145,7 +166,7 @@ impl<S: FrameSink> Engine<S> {
                 self.service(w.obj, now);
             } else if now - w.started > RESOLVE_TIMEOUT_US {
                 self.stats.neighbor_timeouts += 1;
-                warn!(worker = self.id, nexthop = %w.nexthop, port = %self.net.spec(w.port).name, "next hop did not answer ARP; resetting the connection");
+                warn!(worker = self.id, nexthop = %w.nexthop, port = %self.net.spec(w.port).name, "next hop did not answer ARP or neighbor solicitation; resetting the connection");
                 // Like a failed connect: the leg closes and the other side is reset.
                 if let Some(o) = self.objects.get_mut(w.obj) {
                     o.resolving_leg().fail();
@@ -154,7 +175,7 @@ impl<S: FrameSink> Engine<S> {
             } else {
                 if now - w.last_request >= RESOLVE_RETRY_US {
                     w.last_request = now;
-                    self.send_arp(w.port, w.nexthop);
+                    self.solicit(w.port, w.nexthop);
                 }
                 self.neigh.waiting.push(w);
             }

@@ -5,6 +5,7 @@
 
 mod admission;
 mod hbone;
+mod ipv6;
 mod keepalive;
 mod plain;
 mod services;

@@ -17,7 +17,7 @@ fn server_addr() -> SocketAddr {
 /// at both ends.
 fn established(w: &mut World, port: u16) -> (SocketHandle, SocketHandle) {
     let srv = w.server.listen(80);
-    let cli = w.client.connect(server_addr(), port);
+    let cli = w.client.connect(SocketAddr::new(w.addrs.server, 80), port);
     w.run_until("established", 1_000_000, |w| {
         w.client.tcp(cli).state() == State::Established
             && w.server.tcp(srv).state() == State::Established
@@ -339,8 +339,21 @@ fn jumbo_links_carry_pod_sized_segments_byte_exact() {
 /// instead of silence until the linger ends and a reset after it.
 #[test]
 fn a_retransmitted_fin_of_a_freed_connection_is_acknowledged() {
-    use smoltcp::wire::{Ipv4Packet, TcpPacket};
-    let mut w = World::new(Opts::default());
+    retransmitted_fin_is_acknowledged(false);
+}
+
+/// [`a_retransmitted_fin_of_a_freed_connection_is_acknowledged`] over IPv6.
+#[test]
+fn a_retransmitted_fin_of_a_freed_ipv6_connection_is_acknowledged() {
+    retransmitted_fin_is_acknowledged(true);
+}
+
+fn retransmitted_fin_is_acknowledged(ipv6: bool) {
+    use smoltcp::wire::{Ipv4Packet, Ipv6Packet, TcpPacket};
+    let mut w = World::new(Opts {
+        ipv6,
+        ..Default::default()
+    });
     let (cli, srv) = established(&mut w, 40_008);
     w.client.keep_log = true;
     // The server closes first, so the client's FIN ends the connection (LAST-ACK).
@@ -361,8 +374,13 @@ fn a_retransmitted_fin_of_a_freed_connection_is_acknowledged() {
         .cloned()
         .expect("the client's FIN");
     let tcp_of = |frame: &[u8]| {
-        let ip = Ipv4Packet::new_checked(&frame[wire::ETH_HEADER_LEN..]).unwrap();
-        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        let ip = &frame[wire::ETH_HEADER_LEN..];
+        let payload = if ipv6 {
+            Ipv6Packet::new_checked(ip).unwrap().payload()
+        } else {
+            Ipv4Packet::new_checked(ip).unwrap().payload()
+        };
+        let t = TcpPacket::new_checked(payload).unwrap();
         (
             t.seq_number(),
             t.ack_number(),

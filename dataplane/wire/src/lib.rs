@@ -2,10 +2,11 @@
 //! `Medium::Ip` and we own layer 2), then IPv4/IPv6 and TCP through smoltcp's checked
 //! wire types, with checksum verification so that every drop has a counted reason.
 //!
-//! References: IEEE 802.3 (Ethernet II), RFC 826 (ARP), RFC 791, RFC 8200, RFC 9293.
+//! References: IEEE 802.3 (Ethernet II), RFC 826 (ARP), RFC 4861 (NDP), RFC 791,
+//! RFC 8200, RFC 9293.
 //! No allocation, no logging: errors are small `Copy` values that become counter labels.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket};
 
@@ -272,6 +273,64 @@ pub fn write_arp_request(
     a[24..28].copy_from_slice(&target.octets());
 }
 
+/// Length of a Neighbor Solicitation frame: Ethernet, IPv6, the 24-byte solicitation
+/// and one source link-layer address option (RFC 4861, 4.3 and 4.6.1).
+pub const NS_FRAME_LEN: usize = eth::HEADER_LEN + 40 + 24 + 8;
+
+/// The solicited-node multicast address of `target` (RFC 4291, 2.7.1): `ff02::1:ff`
+/// and its low 24 bits.
+pub fn solicited_node(target: Ipv6Addr) -> Ipv6Addr {
+    let o = target.octets();
+    Ipv6Addr::from([
+        0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0xff, o[13], o[14], o[15],
+    ])
+}
+
+/// Builds a multicast Neighbor Solicitation (RFC 4861, 7.2.2) from `src_ip` asking for
+/// `target`: to its solicited-node group (Ethernet `33:33` + the group's low 32 bits,
+/// RFC 2464, 7), hop limit 255, with our MAC in a source link-layer address option so
+/// the target can answer without soliciting us back.
+///
+/// Written here rather than with smoltcp's `NdiscRepr`: that type exists only with
+/// smoltcp's `medium-ethernet`, which would build an Ethernet layer the dataplane does
+/// not use (it owns layer 2, see `stack.rs`).
+pub fn write_neighbor_solicitation(
+    buf: &mut [u8; NS_FRAME_LEN],
+    src_mac: Mac,
+    src_ip: Ipv6Addr,
+    target: Ipv6Addr,
+) {
+    let group = solicited_node(target);
+    let g = group.octets();
+    buf.fill(0);
+    buf[eth::DST].copy_from_slice(&[0x33, 0x33, g[12], g[13], g[14], g[15]]);
+    buf[eth::SRC].copy_from_slice(&src_mac);
+    buf[eth::ETHERTYPE].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    let (ip, icmp) = buf[eth::HEADER_LEN..].split_at_mut(40);
+    ip[0] = 0x60; // version 6, traffic class 0, flow label 0
+    ip[4..6].copy_from_slice(&32u16.to_be_bytes()); // payload length
+    ip[6] = 58; // next header: ICMPv6
+    ip[7] = 255; // hop limit: RFC 4861 requires 255
+    ip[8..24].copy_from_slice(&src_ip.octets());
+    ip[24..40].copy_from_slice(&g);
+    icmp[0] = 135; // type: Neighbor Solicitation; code 0; reserved 0
+    icmp[8..24].copy_from_slice(&target.octets());
+    icmp[24] = 1; // option: source link-layer address
+    icmp[25] = 1; // its length, in units of 8 bytes
+    icmp[26..32].copy_from_slice(&src_mac);
+    // The ICMPv6 checksum covers a pseudo-header of both addresses, the upper-layer
+    // length and the next header (RFC 8200, 8.1).
+    let mut sum: u32 = 0;
+    for pair in ip[8..40].chunks(2).chain(icmp.chunks(2)) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    sum += 32 + 58;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
 /// If `frame` is an ARP packet (request or reply), returns the sender's (IPv4, MAC).
 pub fn arp_sender(frame: &[u8]) -> Option<(Ipv4Addr, Mac)> {
     if frame.len() < eth::HEADER_LEN + 28
@@ -393,6 +452,31 @@ mod tests {
             Some((Ipv4Addr::new(198, 18, 0, 1), [2, 0, 0, 0, 0, 9]))
         );
         assert_eq!(arp_sender(&buf[..41]), None);
+    }
+
+    #[test]
+    fn neighbor_solicitation_is_exact() {
+        let mut buf = [0xa5u8; NS_FRAME_LEN];
+        let target: Ipv6Addr = "2001:2::2".parse().unwrap();
+        write_neighbor_solicitation(
+            &mut buf,
+            [2, 0, 0, 0, 0, 9],
+            "fe80::1".parse().unwrap(),
+            target,
+        );
+        let group: Ipv6Addr = "ff02::1:ff00:2".parse().unwrap();
+        assert_eq!(solicited_node(target), group);
+        let mut want = vec![0x33, 0x33, 0xff, 0, 0, 2, 2, 0, 0, 0, 0, 9, 0x86, 0xdd];
+        want.extend([0x60, 0, 0, 0, 0, 32, 58, 255]);
+        want.extend("fe80::1".parse::<Ipv6Addr>().unwrap().octets());
+        want.extend(group.octets());
+        // Checksum 0x590d computed independently (Python, RFC 8200 pseudo-header).
+        want.extend([135, 0, 0x59, 0x0d, 0, 0, 0, 0]);
+        want.extend(target.octets());
+        want.extend([1, 1, 2, 0, 0, 0, 0, 9]);
+        assert_eq!(&buf[..], &want[..]);
+        let icmp = smoltcp::wire::Icmpv6Packet::new_checked(&buf[54..]).unwrap();
+        assert!(icmp.verify_checksum(&"fe80::1".parse().unwrap(), &group));
     }
 
     #[test]
