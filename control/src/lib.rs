@@ -7,5 +7,6 @@
 
 pub mod certs;
 pub mod config;
+pub mod drain;
 pub mod tables;
 pub mod watch;

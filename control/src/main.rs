@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
 use xdpmesh_control::certs::{self, IdentitySource, SourceKind};
 use xdpmesh_control::config::MeshConfig;
+use xdpmesh_control::drain::{Drain, Ended};
 use xdpmesh_control::tables::{self, KernelRoutes};
 use xdpmesh_control::watch::ConfigWatch;
 use xdpmesh_hbone::{SpiffeId, Validity};
@@ -55,6 +56,11 @@ enum Cmd {
         /// (default /run/xdpmesh/<instance>; the dataplane's --run-dir).
         #[arg(long)]
         run_dir: Option<PathBuf>,
+        /// How long a removed workload's or service's address stays diverted at most
+        /// while connections opened before its removal drain (`30s`, `2m`; 0 ends
+        /// them at once). New connections follow the new tables either way.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        drain_timeout: Duration,
         #[command(flatten)]
         identity: IdentityArgs,
         /// Identity directory written for the dataplane (default
@@ -237,6 +243,7 @@ fn main() {
             shm,
             shm_area_size,
             run_dir,
+            drain_timeout,
             identity,
             identity_out,
         } => {
@@ -249,15 +256,19 @@ fn main() {
                 .and_then(|_lock| {
                     let source = identity.source()?;
                     run(
-                        config,
-                        &node,
-                        &pin_root.unwrap_or_else(|| {
-                            PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))
-                        }),
-                        &shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
-                        shm_area_size,
+                        Gateway {
+                            config,
+                            node: &node,
+                            pin_dir: &pin_root.unwrap_or_else(|| {
+                                PathBuf::from(format!("/sys/fs/bpf/xdpmesh/{instance}"))
+                            }),
+                            shm: &shm.unwrap_or_else(|| xdpmesh_shm::default_path(&instance)),
+                            area: shm_area_size,
+                            identity_out: &identity_out
+                                .unwrap_or_else(|| certs::default_identity_out(&instance)),
+                        },
+                        Drain::new(drain_timeout),
                         source,
-                        &identity_out.unwrap_or_else(|| certs::default_identity_out(&instance)),
                     )
                 })
         }
@@ -356,14 +367,14 @@ fn publish_identities(
     Ok(())
 }
 
-/// Keeps the XDP divert set equal to the tables in force (idempotent; also repairs
-/// the map after a dataplane restart that recreated it).
-fn sync_xdp(pin_dir: &Path, t: &Tables, quiet: bool) -> Result<bool> {
+/// Keeps the XDP divert set equal to the tables in force and the addresses draining
+/// (idempotent; also repairs the map after a dataplane restart that recreated it).
+fn sync_xdp(pin_dir: &Path, t: &Tables, drain: &Drain, quiet: bool) -> Result<bool> {
     let maps = match PinnedMaps::open(pin_dir) {
         Ok(m) => m,
         Err(_) => return Ok(false),
     };
-    let s = maps.sync_workloads(&tables::divert_set(t))?;
+    let s = maps.sync_workloads(&drain.divert_set(&tables::divert_set(t)))?;
     if !quiet || s.inserted + s.updated + s.deleted > 0 {
         info!(
             inserted = s.inserted,
@@ -392,11 +403,11 @@ fn sync_xdp(pin_dir: &Path, t: &Tables, quiet: bool) -> Result<bool> {
 /// the kernel (a held SYN's connection, say, whose ACK would otherwise meet the old
 /// maps). What only the old generation diverts is removed by the sync after the
 /// publication.
-fn sync_xdp_before(pin_dir: &Path, old: &Tables, new: &Tables) -> Result<()> {
+fn sync_xdp_before(pin_dir: &Path, old: &Tables, new: &Tables, drain: &Drain) -> Result<()> {
     let Ok(maps) = PinnedMaps::open(pin_dir) else {
         return Ok(());
     };
-    let mut divert = tables::divert_set(old);
+    let mut divert = drain.divert_set(&tables::divert_set(old));
     divert.extend(tables::divert_set(new));
     let mut cidrs = tables::pod_cidr_set(old);
     cidrs.extend(tables::pod_cidr_set(new));
@@ -405,15 +416,25 @@ fn sync_xdp_before(pin_dir: &Path, old: &Tables, new: &Tables) -> Result<()> {
     Ok(())
 }
 
-fn run(
+/// What `run` serves: the gateway of one node, and where its state lives.
+struct Gateway<'a> {
     config: Option<PathBuf>,
-    node: &str,
-    pin_dir: &Path,
-    shm: &Path,
+    node: &'a str,
+    pin_dir: &'a Path,
+    shm: &'a Path,
     area: usize,
-    mut identities: IdentitySource,
-    identity_out: &Path,
-) -> Result<()> {
+    identity_out: &'a Path,
+}
+
+fn run(gw: Gateway<'_>, mut drain: Drain, mut identities: IdentitySource) -> Result<()> {
+    let Gateway {
+        config,
+        node,
+        pin_dir,
+        shm,
+        area,
+        identity_out,
+    } = gw;
     let term = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
@@ -445,6 +466,22 @@ fn run(
     }
     let generation = writer.publish(&tables, Duration::from_secs(5))?;
     info!(generation, shm = %shm.display(), workloads = tables.workloads.len(), "tables published");
+    // A restart whose config no longer names an address that the running dataplane
+    // diverts: it drains like a removal by this generation.
+    if let Ok(diverted) = PinnedMaps::open(pin_dir).and_then(|m| m.workloads()) {
+        drain.published(
+            &diverted,
+            &tables::divert_set(&tables),
+            generation,
+            Instant::now(),
+        );
+        if !drain.is_empty() {
+            info!(
+                addresses = drain.len(),
+                "addresses the dataplane diverts that the config no longer names: draining"
+            );
+        }
+    }
     publish_identities(&mut identities, &cfg, node, identity_out, generation)?;
 
     // The dataplane creates the pinned maps when it loads the XDP program; until it
@@ -477,11 +514,25 @@ fn run(
                 let t = tables::build(&c, node, &mut KernelRoutes::default())?;
                 Ok((c, t))
             }) {
-                Ok((c, t)) => match sync_xdp_before(pin_dir, &tables, &t)
+                Ok((c, t)) => match sync_xdp_before(pin_dir, &tables, &t, &drain)
                     .and_then(|()| Ok(writer.publish(&t, Duration::from_secs(5))?))
                 {
                     Ok(g) => {
                         info!(generation = g, "config reloaded and published");
+                        let before = drain.len();
+                        drain.published(
+                            &tables::divert_set(&tables),
+                            &tables::divert_set(&t),
+                            g,
+                            Instant::now(),
+                        );
+                        if drain.len() > before {
+                            info!(
+                                generation = g,
+                                draining = drain.len(),
+                                "removed addresses stay diverted while their connections drain"
+                            );
+                        }
                         tables = t;
                         cfg = c;
                         last_sync = Instant::now() - Duration::from_secs(10);
@@ -539,7 +590,17 @@ fn run(
             last_sync = Instant::now();
             // Readers tell a live control process from a dead one by this.
             writer.heartbeat();
-            match sync_xdp(pin_dir, &tables, announced) {
+            for (addr, why, took) in drain.expire(writer.oldest_in_use(), Instant::now()) {
+                match why {
+                    Ended::Drained => {
+                        info!(%addr, after = ?took, "removed address drained: its connections ended; no longer diverted")
+                    }
+                    Ended::TimedOut => {
+                        warn!(%addr, after = ?took, "removed address still had connections at the drain timeout; no longer diverted, they break")
+                    }
+                }
+            }
+            match sync_xdp(pin_dir, &tables, &drain, announced) {
                 Ok(true) if !announced => {
                     announced = true;
                     eprintln!(

@@ -18,7 +18,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// `b"XDPMESH\0"` as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"XDPMESH\0");
 /// Layout version; readers refuse any other.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 /// Worker acknowledgement slots in the header.
 pub const MAX_WORKERS: usize = 128;
 /// Size reserved for the header; areas start page-aligned after it.
@@ -48,8 +48,13 @@ pub mod header {
     pub const SLOTS: usize = 64;
     /// Bytes per worker slot.
     pub const SLOT_SIZE: usize = 16;
+    /// Start of `MAX_WORKERS` × AtomicU64, one per slot (ABI 4): the oldest table
+    /// generation the slot's worker still has a connection of (its acked generation
+    /// when it has none; 0 until it first says). Control keeps the divert entries of a
+    /// removed address until no worker has a connection older than the removal.
+    pub const IN_USE: usize = SLOTS + super::MAX_WORKERS * SLOT_SIZE;
 }
-const _: () = assert!(header::SLOTS + super::abi::MAX_WORKERS * header::SLOT_SIZE <= HEADER_SIZE);
+const _: () = assert!(header::IN_USE + MAX_WORKERS * 8 <= HEADER_SIZE);
 
 /// Offset of area `i` (0 or 1) for a file whose areas are `area_size` bytes.
 pub const fn area_offset(i: usize, area_size: usize) -> usize {

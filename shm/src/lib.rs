@@ -276,6 +276,19 @@ impl ShmWriter {
         }
     }
 
+    /// The oldest table generation a live worker still has a connection of: every
+    /// connection opened under an earlier generation has ended. `None` with no live
+    /// worker; `Some(0)` while a worker has not said (before its first load).
+    pub fn oldest_in_use(&self) -> Option<u64> {
+        (0..abi::MAX_WORKERS)
+            .filter_map(|i| {
+                let o = self.map.slot(i).0.load(Ordering::Acquire);
+                (o != 0 && pid_alive(owner_pid(o)))
+                    .then(|| self.map.in_use(i).load(Ordering::Acquire))
+            })
+            .min()
+    }
+
     /// Per-slot state: (pid, acked generation) of live workers.
     pub fn workers(&self) -> Vec<(u32, u64)> {
         (0..abi::MAX_WORKERS)
@@ -352,7 +365,9 @@ impl ShmReader {
             }
             // Ack 0 until the first load: the writer then waits for this worker before
             // reusing any area, the conservative choice for a reader that may be copying.
+            // In use 0 likewise: no drain ends on a worker's word before it has one.
             acked.store(0, Ordering::Release);
+            self.map.in_use(i).store(0, Ordering::Release);
             if owner
                 .compare_exchange(o, owner_id, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -425,6 +440,12 @@ impl WorkerSlot {
     /// The generation this worker uses.
     pub fn seen(&self) -> u64 {
         self.seen
+    }
+
+    /// Records the oldest generation this worker still has a connection of (the one
+    /// it uses when it has none): see [`ShmWriter::oldest_in_use`].
+    pub fn set_in_use(&self, g: u64) {
+        self.map.in_use(self.slot).store(g, Ordering::Release);
     }
 }
 
@@ -525,6 +546,29 @@ mod tests {
         drop(slot);
         // Released slot: the writer no longer waits for it.
         assert_eq!(w.publish(&tables(4), Duration::from_millis(20)).unwrap(), 4);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn oldest_in_use_is_the_minimum_over_live_workers() {
+        let path = tmp("inuse");
+        let w = ShmWriter::create(&path, 4096).unwrap();
+        let r = ShmReader::open(&path).unwrap();
+        assert_eq!(w.oldest_in_use(), None, "no worker");
+        let a = r.register(0).unwrap();
+        let b = r.register(1).unwrap();
+        assert_eq!(w.oldest_in_use(), Some(0), "not said yet");
+        a.set_in_use(7);
+        b.set_in_use(5);
+        assert_eq!(w.oldest_in_use(), Some(5));
+        b.set_in_use(9);
+        assert_eq!(w.oldest_in_use(), Some(7));
+        drop(a);
+        assert_eq!(w.oldest_in_use(), Some(9), "a released slot does not count");
+        // A slot claimed again starts unsaid.
+        let c = r.register(2).unwrap();
+        assert_eq!(w.oldest_in_use(), Some(0));
+        drop((b, c));
         std::fs::remove_file(&path).unwrap();
     }
 

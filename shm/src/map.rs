@@ -151,6 +151,12 @@ impl Mapping {
         self.atomic(header::HEARTBEAT_MS)
     }
 
+    /// Slot `i`'s oldest generation in use ([`header::IN_USE`]).
+    pub(crate) fn in_use(&self, i: usize) -> &AtomicU64 {
+        assert!(i < MAX_WORKERS);
+        self.atomic(header::IN_USE + i * 8)
+    }
+
     /// Slot `i`: (owner, acked generation).
     pub(crate) fn slot(&self, i: usize) -> (&AtomicU64, &AtomicU64) {
         assert!(i < MAX_WORKERS);

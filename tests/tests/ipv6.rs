@@ -26,8 +26,8 @@ const MIB: u64 = 1024 * 1024;
 fn mesh_config(topo: &Topology, families: Families, protocol: &str) -> PathBuf {
     let list = |v4: &dyn std::fmt::Display, v6: &dyn std::fmt::Display| match families {
         Families::V4 => format!("[{v4}]"),
-        Families::V6 => format!("[\"{v6}\"]"),
-        Families::Dual => format!("[{v4}, \"{v6}\"]"),
+        Families::V6 => format!("[{v6}]"),
+        Families::Dual => format!("[{v4}, {v6}]"),
     };
     let yaml = format!(
         "trust_domain: cluster.local\n\

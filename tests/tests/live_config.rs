@@ -481,3 +481,135 @@ fn test_100_config_changes_under_load_break_nothing() {
         topo.dead_gateway_processes()
     );
 }
+
+/// A workload removed while it carries a connection (issue 9, live updates): the
+/// connection drains through the dataplanes instead of breaking; new connections to
+/// the removed workload are refused from the new generation on; once the connection
+/// has ended, control stops diverting the address (logged), and the server's traffic
+/// is the kernel's again.
+#[test]
+fn test_a_removed_workload_drains_its_connections_then_is_no_longer_diverted() {
+    if !require_root("test_a_removed_workload_drains_its_connections_then_is_no_longer_diverted") {
+        return;
+    }
+    let mut topo =
+        Topology::new(&unique_prefix("xdrain"), TopologyOpts::default()).expect("topology");
+    let cfg: PathBuf = topo.tmp_dir().join("mesh.yaml");
+    std::fs::write(&cfg, config(false)).unwrap();
+    topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
+        .expect("gateways");
+    wait_loaded(&topo);
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let _iperf = topo.start_iperf_server(Node::Server, IPERF_PORT).unwrap();
+    assert!(echo_ok(&topo), "through the mesh before the removal");
+    let mut iperf = topo
+        .spawn(
+            Node::Client,
+            &[
+                "iperf3",
+                "-c",
+                &SERVER_ADDR.to_string(),
+                "-p",
+                &IPERF_PORT.to_string(),
+                "-t",
+                "6",
+                "-b",
+                "200M",
+                "-J",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // The server workload is removed (the file replaced by rename).
+    let without_server = {
+        let text = config(false);
+        let at = text.find("  - name: server").expect("the server workload");
+        text[..at].to_owned()
+    };
+    let before = [Node::GatewayA, Node::GatewayB].map(|n| generation(&topo, n));
+    let tmp = topo.tmp_dir().join(".mesh.yaml.tmp");
+    std::fs::write(&tmp, without_server).unwrap();
+    let removed = Instant::now();
+    std::fs::rename(&tmp, &cfg).unwrap();
+    wait_new_generation(&topo, before[1], removed);
+    topo.wait_for_stats(Node::GatewayA, Duration::from_secs(2), |s| {
+        if counter(s, &["generation"]) > before[0] {
+            Ok(())
+        } else {
+            Err("gateway A still on the old generation".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // New connections follow the new tables: refused while the address drains.
+    let no_route = counter(
+        &topo.gateway_stats(Node::GatewayA).unwrap(),
+        &["totals", "no_route"],
+    );
+    assert!(
+        !echo_ok(&topo),
+        "a new connection to the removed workload is refused"
+    );
+    topo.wait_for_stats(Node::GatewayA, Duration::from_secs(2), |s| {
+        match counter(s, &["totals", "no_route"]) {
+            n if n == no_route + 1 => Ok(()),
+            n => Err(format!("no_route {n}, was {no_route}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // The established connection finished through both dataplanes.
+    let status = iperf.wait_timeout(Duration::from_secs(30)).unwrap();
+    let ended = Instant::now();
+    let report: serde_json::Value = serde_json::from_str(&iperf.log())
+        .unwrap_or_else(|e| panic!("iperf3 report ({e}): {}", iperf.log()));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "iperf3: {}",
+        report["error"]
+    );
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    let seconds = report["end"]["sum_received"]["seconds"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        received > 100_000_000 && seconds > 5.9,
+        "iperf3 moved {received} bytes in {seconds} s across the removal"
+    );
+    // Then each control stops diverting the address, a second or so after the last
+    // connection of before the removal ended.
+    for node in [Node::GatewayA, Node::GatewayB] {
+        let deadline = ended + Duration::from_secs(5);
+        loop {
+            let log = topo.control_log(node);
+            let drained = log.lines().find(|l| {
+                l.contains("removed address drained: its connections ended; no longer diverted")
+                    && l.contains("addr=198.18.2.2")
+            });
+            if drained.is_some() {
+                assert!(
+                    !log.contains("drain timeout"),
+                    "{node:?}: no drain timed out:\n{log}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "{node:?}: not drained:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The server is outside the mesh now: the kernel forwards to it, and the
+    // dataplanes see no new connection.
+    let opened = counter(
+        &topo.gateway_stats(Node::GatewayA).unwrap(),
+        &["totals", "opened_connections"],
+    );
+    assert!(
+        echo_ok(&topo),
+        "the kernel's path to a workload no longer in the mesh"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let s = topo.gateway_stats(Node::GatewayA).unwrap();
+    assert_eq!(
+        counter(&s, &["totals", "opened_connections"]),
+        opened,
+        "{s:#}"
+    );
+}

@@ -37,7 +37,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
-use slotmap::SlotMap;
+use slotmap::{SecondaryMap, SlotMap};
 use smoltcp::time::Instant;
 use tracing::debug;
 use xdpmesh_shm::Tables;
@@ -192,6 +192,12 @@ pub struct Engine<S> {
     due: Vec<ObjKey>,
     /// Live connections (plain and stream) and tunnels, kept as objects come and go.
     live: Live,
+    /// The table generation each live connection (plain or stream) was opened under,
+    /// and how many are live per generation: a removed address stays diverted until
+    /// no connection older than its removal is left
+    /// ([`Engine::oldest_generation_in_use`]).
+    born: SecondaryMap<ObjKey, u64>,
+    by_generation: std::collections::BTreeMap<u64, u32>,
     inboxes: Vec<Arc<ArrayQueue<Handover>>>,
     /// SYNs of unknown sources held (`unknown_source: hold`).
     pub(crate) holds: Holds,
@@ -235,6 +241,8 @@ impl<S: FrameSink> Engine<S> {
             dirty_tunnels: Vec::new(),
             due: Vec::new(),
             live: Live::default(),
+            born: SecondaryMap::new(),
+            by_generation: Default::default(),
             inboxes: cfg.inboxes,
             holds: Holds::default(),
             log_limiter: cfg.log_limiter,
@@ -265,6 +273,19 @@ impl<S: FrameSink> Engine<S> {
     /// The generation in force (0: none yet).
     pub fn generation(&self) -> u64 {
         self.index.generation
+    }
+
+    /// The oldest table generation a live connection was opened under, or the one in
+    /// force when none is live. Control keeps a removed address in the XDP divert set
+    /// until every worker says a generation at least as new as the removal, so that
+    /// connections to and from a removed workload drain instead of breaking. Tunnels
+    /// do not count: an idle one is reopened on demand.
+    pub fn oldest_generation_in_use(&self) -> u64 {
+        self.by_generation
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.index.generation)
     }
 
     /// Puts a new set of workload identities in force (for new handshakes).
@@ -430,7 +451,13 @@ impl<S: FrameSink> Engine<S> {
     /// Inserts a new object whose legs are routed by the flow table.
     pub(crate) fn insert(&mut self, object: Object) -> ObjKey {
         *self.live.count(&object) += 1;
+        let is_connection = !matches!(object, Object::Tunnel(_));
         let key = self.objects.insert(object);
+        if is_connection {
+            let g = self.index.generation;
+            self.born.insert(key, g);
+            *self.by_generation.entry(g).or_default() += 1;
+        }
         let o = &mut self.objects[key];
         for (which, leg) in o.legs_mut().iter().enumerate() {
             self.flows.insert(leg.key, key, which as u8);
@@ -478,6 +505,14 @@ impl<S: FrameSink> Engine<S> {
     pub(crate) fn free(&mut self, key: ObjKey, now: i64) -> Option<Object> {
         let mut o = self.objects.remove(key)?;
         *self.live.count(&o) -= 1;
+        if let Some(g) = self.born.remove(key) {
+            if let Some(n) = self.by_generation.get_mut(&g) {
+                *n -= 1;
+                if *n == 0 {
+                    self.by_generation.remove(&g);
+                }
+            }
+        }
         for leg in o.legs_mut() {
             self.flows.forget(leg.key, now);
         }

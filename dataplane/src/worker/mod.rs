@@ -118,12 +118,18 @@ pub fn run(setup: WorkerSetup) {
     let mut last_publish = 0i64;
     let mut last_sample = 0i64;
     let mut loops = 0u64;
+    let mut in_use = 0u64;
     shared.running.store(true, Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         loops += 1;
         let t = now();
         if shm.changed().is_some() {
             reload_tables(&mut e, &mut shm, id, &shared);
+        }
+        // What control waits for before it stops diverting a removed address.
+        if e.oldest_generation_in_use() != in_use {
+            in_use = e.oldest_generation_in_use();
+            shm.set_in_use(in_use);
         }
         if let Ok(ids) = identities.try_recv() {
             debug!(

@@ -439,3 +439,34 @@ fn the_next_connections_reuse_freed_sockets_byte_exact() {
     }
     assert_clean(&mut w, 3);
 }
+
+/// Each connection remembers the table generation it was opened under; the engine
+/// reports the oldest one live (the generation in force when none is), which control
+/// waits on before it stops diverting a removed address.
+#[test]
+fn the_oldest_generation_in_use_follows_the_live_connections() {
+    let mut w = World::new(Opts::default());
+    assert_eq!(
+        w.a.oldest_generation_in_use(),
+        1,
+        "none live: the one in force"
+    );
+    let (c1, s1) = established(&mut w, 40_030);
+    w.a.set_tables(2, tables(0, xdpmesh_shm::Protocol::Tcp, Vec::new()));
+    assert_eq!(
+        w.a.oldest_generation_in_use(),
+        1,
+        "a generation-1 connection is live"
+    );
+    let (c2, s2) = established(&mut w, 40_031);
+    w.a.set_tables(3, tables(0, xdpmesh_shm::Protocol::Tcp, Vec::new()));
+    for (cli, srv, after) in [(c1, s1, 2), (c2, s2, 3)] {
+        w.client.tcp(cli).close();
+        w.server.tcp(srv).close();
+        let live = w.a.counters().live_connections;
+        w.run_until("one connection freed", 5_000_000, |w| {
+            w.a.counters().live_connections == live - 1
+        });
+        assert_eq!(w.a.oldest_generation_in_use(), after);
+    }
+}
