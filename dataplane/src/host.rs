@@ -1,7 +1,8 @@
 //! Facts read from the host at start-up and on the slow path: interface index, MAC,
-//! IPv4 and IPv6 addresses and RX queue count (through `ip -json`, so the dataplane does not carry
-//! its own netlink client), and the kernel's ARP table (`/proc/net/arp` of the current
-//! network namespace) as a neighbour source. Nothing here runs per packet.
+//! IPv4 and IPv6 addresses and RX queue count (through `ip -json`, so the dataplane
+//! does not carry its own netlink client), and the kernel's ARP table (`/proc/net/arp`
+//! of the current network namespace) as a neighbour source. Nothing here runs per
+//! packet.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;

@@ -524,6 +524,7 @@ fn run(a: RunArgs) -> Result<()> {
                 mtu = p.mtu,
                 frame_size = cfg.frame_size,
                 multi_buffer = cfg.multi_buffer(),
+                tx_budget = tx.tx_budget(),
                 "AF_XDP socket bound"
             );
             per_port.push((p.clone(), rx, tx));

@@ -237,10 +237,12 @@ pub fn open(
             need_wakeup: cfg.need_wakeup,
             assembly: Assembly::default(),
         };
+        let tx_budget = raise_tx_budget(&tx, half);
         let tx_part = TxPart {
             umem,
             tx,
             comp,
+            tx_budget,
             free: tx_descs.iter().map(|d| Frame(*d)).collect(),
             pending: Vec::with_capacity(half),
             scratch: vec![FrameDesc::default(); half],
@@ -424,6 +426,40 @@ pub struct TxPart {
     /// Where a multi-buffer packet is written before it is split into UMEM frames.
     spill: Vec<u8>,
     in_flight: usize,
+    /// Frames one `sendto` transmits at most in copy mode ([`raise_tx_budget`]).
+    tx_budget: usize,
+}
+
+/// `XDP_MAX_TX_SKB_BUDGET` (`linux/if_xdp.h`, Linux 6.17+): the socket option that sets
+/// how many TX descriptors one `sendto` hands to the driver in copy mode.
+const XDP_MAX_TX_SKB_BUDGET: libc::c_int = 9;
+/// The copy-mode budget without it (`TX_BATCH_SIZE` in `net/xdp/xsk.c`).
+const DEFAULT_TX_BUDGET: usize = 32;
+
+/// Raises the socket's copy-mode TX budget to its whole TX ring (`entries`), so that
+/// one `sendto` transmits everything a loop iteration queued. Without it the kernel
+/// stops after 32 frames and the rest wait in the ring for the next kick, which may be
+/// a whole sleep away. Returns the budget in force: `entries`, or 32 on a kernel
+/// without the option ([`TxPart::flush`] then kicks once per 32 frames).
+fn raise_tx_budget(tx: &TxQueue, entries: usize) -> usize {
+    let budget = entries as libc::c_uint;
+    // SAFETY: the descriptor is the bound AF_XDP socket `tx` owns (open for the call);
+    // the option value is a valid `c_uint` of the size passed, read by the kernel only
+    // during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            tx.fd().as_raw_fd(),
+            libc::SOL_XDP,
+            XDP_MAX_TX_SKB_BUDGET,
+            (&budget as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        entries
+    } else {
+        DEFAULT_TX_BUDGET
+    }
 }
 
 impl TxPart {
@@ -546,10 +582,18 @@ impl TxPart {
             self.in_flight += sent;
         }
         if sent > 0 || self.tx.needs_wakeup() {
-            // Copy mode transmits inside this syscall; EAGAIN/EBUSY are retried later.
-            let _ = self.tx.wakeup();
+            // Copy mode transmits inside this syscall, at most `tx_budget` frames per
+            // call; EAGAIN/EBUSY are retried at the next flush.
+            for _ in 0..sent.div_ceil(self.tx_budget).max(1) {
+                let _ = self.tx.wakeup();
+            }
         }
         sent
+    }
+
+    /// Frames one kick transmits at most (the copy-mode TX budget).
+    pub fn tx_budget(&self) -> usize {
+        self.tx_budget
     }
 
     /// Frames queued but not yet on the ring.

@@ -93,7 +93,7 @@ impl<S: FrameSink> Engine<S> {
 
     /// Asks for `target`'s MAC on `port`: ARP for IPv4, a Neighbor Solicitation for
     /// IPv6. Nothing goes out when the port has no address of the target's family to
-    /// ask from (see [`Self::wait_for_neighbor`]) or no TX frame is free.
+    /// ask from (the wait then times out, and says why) or no TX frame is free.
     fn solicit(&mut self, port: usize, target: IpAddr) {
         let spec = self.net.spec(port);
         let mac = spec.mac;
@@ -127,14 +127,6 @@ impl<S: FrameSink> Engine<S> {
         nexthop: IpAddr,
         now: i64,
     ) {
-        let spec = self.net.spec(port);
-        let can_ask = match nexthop {
-            IpAddr::V4(_) => spec.ipv4.is_some(),
-            IpAddr::V6(_) => spec.ipv6.is_some(),
-        };
-        if !can_ask {
-            warn!(worker = self.id, %nexthop, port = %spec.name, "the port has no address of the next hop's family to ask from; the connection fails unless the next hop's MAC becomes known");
-        }
         self.solicit(port, nexthop);
         self.neigh.waiting.push(Waiting {
             obj,
@@ -166,7 +158,16 @@ impl<S: FrameSink> Engine<S> {
                 self.service(w.obj, now);
             } else if now - w.started > RESOLVE_TIMEOUT_US {
                 self.stats.neighbor_timeouts += 1;
-                warn!(worker = self.id, nexthop = %w.nexthop, port = %self.net.spec(w.port).name, "next hop did not answer ARP or neighbor solicitation; resetting the connection");
+                let spec = self.net.spec(w.port);
+                let asked = match w.nexthop {
+                    IpAddr::V4(_) => spec.ipv4.is_some(),
+                    IpAddr::V6(_) => spec.ipv6.is_some(),
+                };
+                if asked {
+                    warn!(worker = self.id, nexthop = %w.nexthop, port = %spec.name, "next hop did not answer ARP or neighbor solicitation; resetting the connection");
+                } else {
+                    warn!(worker = self.id, nexthop = %w.nexthop, port = %spec.name, "next hop unknown and the port has no address of its family to ask from; resetting the connection");
+                }
                 // Like a failed connect: the leg closes and the other side is reset.
                 if let Some(o) = self.objects.get_mut(w.obj) {
                     o.resolving_leg().fail();
