@@ -14,6 +14,8 @@
 //! - Every way a peer can be refused (identity, trust domain, expiry, CA, missing
 //!   certificate, TLS 1.2, ALPN, bad target, closed port) is logged by the refusing
 //!   gateway with its reason, and no byte reaches the pod.
+//! - Both directions again over IPv6, on a dual-stack topology: pyclient and pyserver
+//!   also have 2001:2::3 and 2001:2::5, and the authorities are `[addr]:port`.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -28,12 +30,16 @@ use xdpmesh_netns::peers::python;
 use xdpmesh_netns::stat as counter;
 use xdpmesh_netns::topology::{CLIENT_ADDR, SERVER_ADDR};
 use xdpmesh_netns::{
-    bin, require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts, ECHO_PORT,
+    bin, require_root, unique_prefix, Families, GatewayKind, Node, Topology, TopologyOpts,
+    ECHO_PORT,
 };
 
 /// pyclient's and pyserver's addresses on the wire namespace's bridge (node-c).
 const PYCLIENT_ADDR: &str = "198.18.0.3";
 const PYSERVER_ADDR: &str = "198.18.0.5";
+/// Their IPv6 addresses on the bridge (dual-stack tests).
+const PYCLIENT_ADDR6: &str = "2001:2::3";
+const PYSERVER_ADDR6: &str = "2001:2::5";
 /// pyserver's application port (the client pod connects to it).
 const PYSERVER_PORT: u16 = 8080;
 /// A port on the server pod where a listener records every connection it accepts.
@@ -100,13 +106,49 @@ fn interop_topology(tag: &str) -> Topology {
 
 /// [`interop_topology`] with extra arguments for the gateways' control and dataplane.
 fn interop_topology_with(tag: &str, control_args: &[&str], dataplane_args: &[&str]) -> Topology {
+    interop_topology_of(tag, Families::V4, control_args, dataplane_args)
+}
+
+/// The interop config with every workload's IPv6 address added (dual stack).
+fn interop_config_dual(topo: &Topology) -> PathBuf {
+    let mut text = std::fs::read_to_string(interop_config()).unwrap();
+    for (v4, v6) in [
+        ("198.18.1.2", "2001:2:0:1::2"),
+        ("198.18.2.2", "2001:2:0:2::2"),
+        ("198.18.0.3", PYCLIENT_ADDR6),
+        ("198.18.0.5", PYSERVER_ADDR6),
+    ] {
+        let from = format!("    addresses: [{v4}]");
+        assert!(text.contains(&from), "{from} in the interop config");
+        text = text.replace(&from, &format!("    addresses: [{v4}, {v6}]"));
+    }
+    let path = topo.tmp_dir().join("interop-dual.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// [`interop_topology_with`] on links of `families`: with IPv6, the gateways run on
+/// [`interop_config_dual`] and node-c's bridge also has pyclient's and pyserver's IPv6
+/// addresses.
+fn interop_topology_of(
+    tag: &str,
+    families: Families,
+    control_args: &[&str],
+    dataplane_args: &[&str],
+) -> Topology {
     let opts = TopologyOpts {
         wire_tap: true,
+        families,
         ..Default::default()
     };
     let mut topo = Topology::new(&unique_prefix(tag), opts).expect("topology");
     topo.set_gateway_args(control_args, dataplane_args);
-    topo.start_gateways(GatewayKind::xdpmesh(1), &interop_config())
+    let config = if families.v6() {
+        interop_config_dual(&topo)
+    } else {
+        interop_config()
+    };
+    topo.start_gateways(GatewayKind::xdpmesh(1), &config)
         .expect("xdpmesh gateways");
     let wire = topo.wire_ns().unwrap();
     let ip_cmds: [&[&str]; 4] = [
@@ -139,21 +181,67 @@ fn interop_topology_with(tag: &str, control_args: &[&str], dataplane_args: &[&st
             .unwrap();
         must(&format!("ip -n {wire} {}", args.join(" ")), &out);
     }
-    let sysctl = [
+    let ipv6 = if families.v6() {
+        [
+            "net.ipv6.conf.all.disable_ipv6=0",
+            "net.ipv6.conf.br0.disable_ipv6=0",
+            "net.ipv6.conf.br0.accept_dad=0",
+        ]
+    } else {
+        [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+            "net.ipv6.conf.br0.disable_ipv6=1",
+        ]
+    };
+    let mut sysctl = vec![
         "sysctl",
         "-q",
         "-w",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
         "net.ipv4.conf.br0.rp_filter=0",
-        "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1",
     ];
+    sysctl.extend(ipv6);
     let out = wire_cmd(&topo, sysctl[0])
         .args(&sysctl[1..])
         .output()
         .unwrap();
     must("sysctl in the wire namespace", &out);
+    if families.v6() {
+        let pyclient6 = format!("{PYCLIENT_ADDR6}/64");
+        let pyserver6 = format!("{PYSERVER_ADDR6}/64");
+        let ip6_cmds: [&[&str]; 4] = [
+            &["addr", "add", &pyclient6, "dev", "br0", "nodad"],
+            &["addr", "add", &pyserver6, "dev", "br0", "nodad"],
+            &[
+                "route",
+                "add",
+                "2001:2:0:1::/64",
+                "via",
+                "2001:2::1",
+                "src",
+                PYCLIENT_ADDR6,
+            ],
+            &[
+                "route",
+                "add",
+                "2001:2:0:2::/64",
+                "via",
+                "2001:2::2",
+                "src",
+                PYCLIENT_ADDR6,
+            ],
+        ];
+        for args in ip6_cmds {
+            let out = Command::new("ip")
+                .args(["-n", &wire])
+                .args(args)
+                .output()
+                .unwrap();
+            must(&format!("ip -n {wire} {}", args.join(" ")), &out);
+        }
+    }
     // Locally sent segments must carry full checksums when they reach the gateways'
     // AF_XDP sockets (copy mode sees CHECKSUM_PARTIAL otherwise).
     for dev in ["br0", "to-gwa", "to-gwb"] {
@@ -247,10 +335,22 @@ fn hbone_client(
     extra: &[&str],
     timeout_s: u64,
 ) -> ClientRun {
+    hbone_client_to(topo, &hbone_addr(), cert, key, authority, extra, timeout_s)
+}
+
+/// [`hbone_client`] connecting to `connect` (`ip:15008`, `[ip]:15008` for IPv6).
+fn hbone_client_to(
+    topo: &Topology,
+    connect: &str,
+    cert: &Path,
+    key: &Path,
+    authority: &str,
+    extra: &[&str],
+    timeout_s: u64,
+) -> ClientRun {
     let py = python();
     let script = peer_script("hbone_client.py");
     let ca = mesh_ca_cert(topo);
-    let connect = hbone_addr();
     let server_san = spiffe("server");
     let timeout = timeout_s.to_string();
     let mut argv: Vec<&OsStr> = vec![
@@ -333,13 +433,27 @@ fn start_hbone_server(
     json_log: &Path,
     tag: &str,
 ) -> WireProc {
+    start_hbone_server_on(topo, PYSERVER_ADDR, cert, key, json_log, tag)
+}
+
+/// [`start_hbone_server`] listening on `ip` (pyserver's IPv4 or IPv6 address), where
+/// it expects `ip:8080` (`[ip]:8080`) as the authority.
+fn start_hbone_server_on(
+    topo: &Topology,
+    ip: &str,
+    cert: &Path,
+    key: &Path,
+    json_log: &Path,
+    tag: &str,
+) -> WireProc {
     let py = python();
     let script = peer_script("hbone_server.py");
     let ca = mesh_ca_cert(topo);
     let ready = topo.tmp_dir().join(format!("hbone-server-{tag}.ready"));
     let _ = std::fs::remove_file(&ready);
-    let listen = format!("{PYSERVER_ADDR}:{HBONE_PORT}");
-    let authority = format!("{PYSERVER_ADDR}:{PYSERVER_PORT}");
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let listen = std::net::SocketAddr::new(ip, HBONE_PORT).to_string();
+    let authority = std::net::SocketAddr::new(ip, PYSERVER_PORT).to_string();
     let client_san = spiffe("client");
     let argv: Vec<&OsStr> = vec![
         py.as_os_str(),
@@ -1419,4 +1533,126 @@ fn test_refusals_each_with_a_reason_and_no_byte_to_the_pod() {
         a["totals"],
         b["totals"]
     );
+}
+
+/// Both HBONE directions over IPv6 with the independent Python peers, on a dual-stack
+/// topology: pyclient's CONNECT to `[2001:2:0:2::2]:7000` is terminated by gateway
+/// B's inbound HBONE and reaches the server pod's echo server; the client pod's
+/// connection to `[2001:2::5]:8080` is carried by gateway A's outbound HBONE to
+/// `hbone_server.py` on `[2001:2::5]:15008`, which checks the bracketed authority, the
+/// `forwarded` header and the client's identity.
+#[test]
+fn test_interop_ipv6_both_directions_with_bracketed_authorities() {
+    if !require_root("test_interop_ipv6_both_directions_with_bracketed_authorities") {
+        return;
+    }
+    let topo = interop_topology_of("iv6", Families::Dual, &[], &[]);
+    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let server6 = "2001:2:0:2::2";
+
+    // pyclient → gateway B (inbound).
+    let (cert, key) = issue(
+        &topo.ca_dir(),
+        &spiffe("pyclient"),
+        topo.tmp_dir(),
+        "pyclient",
+        false,
+    );
+    let forwarded_for = format!("[{PYCLIENT_ADDR6}]:40000");
+    let run = hbone_client_to(
+        &topo,
+        &format!("[{server6}]:{HBONE_PORT}"),
+        &cert,
+        &key,
+        &format!("[{server6}]:{ECHO_PORT}"),
+        &[
+            "--forwarded-for",
+            &forwarded_for,
+            "--streams",
+            "3",
+            "--bytes",
+            "100000",
+        ],
+        30,
+    );
+    let r = run
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("no report: {}", run.describe()));
+    assert_eq!(
+        (r["ok"].as_u64(), r["failed"].as_u64(), r["bytes"].as_u64()),
+        (Some(3), Some(0), Some(300_000)),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.statuses(), vec![Some(200); 3], "{}", run.describe());
+    assert_eq!(
+        r["peer_san"].as_str(),
+        Some(spiffe("server").as_str()),
+        "{}",
+        run.describe()
+    );
+    let log = strip_ansi(&std::fs::read_to_string(dataplane_log(&topo, Node::GatewayB)).unwrap());
+    let inbound: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("direction=\"inbound\""))
+        .collect();
+    assert_eq!(inbound.len(), 3, "{log}");
+    for l in inbound {
+        assert!(l.contains(&format!("src.addr=[{PYCLIENT_ADDR6}]:")), "{l}");
+        assert!(
+            l.contains(&format!(
+                "dst.addr=[{server6}]:15008 dst.hbone_addr=[{server6}]:{ECHO_PORT} \
+                 dst.workload=\"server\""
+            )),
+            "{l}"
+        );
+        assert!(!l.contains("error="), "{l}");
+    }
+
+    // client pod → gateway A (outbound) → pyserver.
+    let (cert, key) = issue(
+        &topo.ca_dir(),
+        &spiffe("pyserver"),
+        topo.tmp_dir(),
+        "pyserver",
+        false,
+    );
+    let json_log = topo.tmp_dir().join("hbone-server-v6.jsonl");
+    let server = start_hbone_server_on(&topo, PYSERVER_ADDR6, &cert, &key, &json_log, "v6");
+    let e = topo
+        .run_echo_client(
+            Node::Client,
+            PYSERVER_ADDR6.parse::<std::net::IpAddr>().unwrap(),
+            PYSERVER_PORT,
+            3,
+            64 * 1024,
+        )
+        .unwrap();
+    assert_eq!(
+        (e.ok, e.failed, e.bytes),
+        (3, 0, 3 * 64 * 1024),
+        "echo client errors {:?}\nhbone_server.py log:\n{}",
+        e.errors,
+        std::fs::read_to_string(&json_log).unwrap_or_default()
+    );
+    drop(server);
+    let requests = server_events(&json_log, "request");
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    let client_prefix = "for=\"[2001:2:0:1::2]:";
+    for req in &requests {
+        assert_eq!(req["status"], 200, "{req:#}");
+        assert_eq!(
+            req["authority"].as_str(),
+            Some(format!("[{PYSERVER_ADDR6}]:{PYSERVER_PORT}").as_str()),
+            "{req:#}"
+        );
+        assert_eq!(
+            req["client_san"].as_str(),
+            Some(spiffe("client").as_str()),
+            "{req:#}"
+        );
+        let forwarded = req["forwarded"].as_str().unwrap_or_default();
+        assert!(forwarded.starts_with(client_prefix), "{req:#}");
+    }
 }

@@ -15,7 +15,8 @@ use nix::sys::signal::Signal;
 use xdpmesh_netns::stat as counter;
 use xdpmesh_netns::topology::SERVER_ADDR;
 use xdpmesh_netns::{
-    require_root, unique_prefix, GatewayKind, Node, Topology, TopologyOpts, ECHO_PORT, IPERF_PORT,
+    require_root, unique_prefix, GatewayKind, Node, ProcHandle, Topology, TopologyOpts, ECHO_PORT,
+    IPERF_PORT,
 };
 
 fn demo_config() -> String {
@@ -80,27 +81,40 @@ fn echo_ok(topo: &Topology) -> bool {
     r.ok == 1 && r.bytes == 1000
 }
 
+/// A topology whose gateways run on the config file `mesh.yaml` of its temp dir,
+/// holding `text`, with their tables loaded; the echo server runs on the server pod.
+fn topology_with_config(tag: &str, text: &str) -> (Topology, PathBuf, ProcHandle) {
+    let mut topo = Topology::new(&unique_prefix(tag), TopologyOpts::default()).expect("topology");
+    let cfg: PathBuf = topo.tmp_dir().join("mesh.yaml");
+    std::fs::write(&cfg, text).unwrap();
+    topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
+        .expect("gateways");
+    wait_loaded(&topo);
+    let echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    (topo, cfg, echo)
+}
+
+/// Replaces `cfg` by a file holding `text`, by rename (as editors and deployment tools
+/// save it). Returns when the rename happened.
+fn replace_by_rename(topo: &Topology, cfg: &Path, text: &str) -> Instant {
+    let tmp = topo.tmp_dir().join(".mesh.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    let t = Instant::now();
+    std::fs::rename(&tmp, cfg).unwrap();
+    t
+}
+
 #[test]
 fn test_config_file_changes_take_effect_without_sighup() {
     if !require_root("test_config_file_changes_take_effect_without_sighup") {
         return;
     }
-    let mut topo =
-        Topology::new(&unique_prefix("xlive"), TopologyOpts::default()).expect("topology");
-    let cfg: PathBuf = topo.tmp_dir().join("mesh.yaml");
-    std::fs::write(&cfg, config(true)).unwrap();
-    topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
-        .expect("gateways");
-    wait_loaded(&topo);
-    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let (topo, cfg, _echo) = topology_with_config("xlive", &config(true));
     assert!(!echo_ok(&topo), "DENY in force");
 
     // Replaced by rename, as an editor saves it.
     let g0 = generation(&topo, Node::GatewayB);
-    let tmp = topo.tmp_dir().join(".mesh.yaml.tmp");
-    std::fs::write(&tmp, config(false)).unwrap();
-    let t = Instant::now();
-    std::fs::rename(&tmp, &cfg).unwrap();
+    let t = replace_by_rename(&topo, &cfg, &config(false));
     let (g1, took) = wait_new_generation(&topo, g0, t);
     eprintln!("renamed file in force after {took:?}");
     assert!(echo_ok(&topo), "the policy is gone");
@@ -492,14 +506,7 @@ fn test_a_removed_workload_drains_its_connections_then_is_no_longer_diverted() {
     if !require_root("test_a_removed_workload_drains_its_connections_then_is_no_longer_diverted") {
         return;
     }
-    let mut topo =
-        Topology::new(&unique_prefix("xdrain"), TopologyOpts::default()).expect("topology");
-    let cfg: PathBuf = topo.tmp_dir().join("mesh.yaml");
-    std::fs::write(&cfg, config(false)).unwrap();
-    topo.start_gateways(GatewayKind::xdpmesh(1), &cfg)
-        .expect("gateways");
-    wait_loaded(&topo);
-    let _echo = topo.start_echo_server(Node::Server, ECHO_PORT).unwrap();
+    let (topo, cfg, _echo) = topology_with_config("xdrain", &config(false));
     let _iperf = topo.start_iperf_server(Node::Server, IPERF_PORT).unwrap();
     assert!(echo_ok(&topo), "through the mesh before the removal");
     let mut iperf = topo
@@ -527,10 +534,7 @@ fn test_a_removed_workload_drains_its_connections_then_is_no_longer_diverted() {
         text[..at].to_owned()
     };
     let before = [Node::GatewayA, Node::GatewayB].map(|n| generation(&topo, n));
-    let tmp = topo.tmp_dir().join(".mesh.yaml.tmp");
-    std::fs::write(&tmp, without_server).unwrap();
-    let removed = Instant::now();
-    std::fs::rename(&tmp, &cfg).unwrap();
+    let removed = replace_by_rename(&topo, &cfg, &without_server);
     wait_new_generation(&topo, before[1], removed);
     topo.wait_for_stats(Node::GatewayA, Duration::from_secs(2), |s| {
         if counter(s, &["generation"]) > before[0] {
