@@ -488,3 +488,48 @@ fn small_windows_need_the_reader_to_release_capacity() {
     assert_eq!(sha256(&got_up), sha256(&up));
     assert_eq!(sha256(&got_down), sha256(&down));
 }
+
+/// The transport ends without close_notify (a TCP FIN, a truncation): the plaintext
+/// that arrived before the EOF is still delivered, exact, after it.
+#[test]
+fn plaintext_before_a_transport_eof_without_close_notify_is_delivered() {
+    let mesh = Mesh::new();
+    let mut p = mesh.pair();
+    p.connect();
+    let sid = p.open(8080);
+    let up = payload(100_000, 7);
+    let (got_up, _) = transfer_both_ways(&mut p, sid, &up, &[]);
+    assert!(got_up == up);
+    // The client writes more; its ciphertext reaches the server, then the transport's
+    // EOF, with no close_notify in between.
+    let tail = payload(5_000, 8);
+    assert_eq!(p.client.stream_write(sid, &tail).unwrap(), tail.len());
+    let mut wire = Vec::new();
+    p.client.take_ciphertext(&mut wire);
+    assert_eq!(p.server.feed_ciphertext(&wire).unwrap(), wire.len());
+    let _ = p.server.feed_eof();
+    let mut buf = vec![0u8; 10_000];
+    let mut after = Vec::new();
+    for _ in 0..100 {
+        let _ = p.server.poll();
+        while let Some(e) = p.server.poll_event() {
+            p.server_events.push(e);
+        }
+        if let Ok(n) = p.server.stream_read(sid, &mut buf) {
+            after.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(
+        after == tail,
+        "{} of {} bytes after the EOF",
+        after.len(),
+        tail.len()
+    );
+    assert!(
+        p.server_events
+            .iter()
+            .any(|e| matches!(e, Event::Readable(id) if *id == sid)),
+        "{:?}",
+        p.server_events
+    );
+}
