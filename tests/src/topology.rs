@@ -17,7 +17,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -116,15 +116,6 @@ impl Node {
             Node::GatewayA => GWA_POD_ADDR6,
             Node::GatewayB => GWB_POD_ADDR6,
             Node::Server => SERVER_ADDR6,
-        }
-    }
-
-    /// [`Node::addr`] or [`Node::addr6`].
-    pub fn addr_of(self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.addr6())
-        } else {
-            IpAddr::V4(self.addr())
         }
     }
 }

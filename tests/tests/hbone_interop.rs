@@ -173,14 +173,7 @@ fn interop_topology_of(
             PYCLIENT_ADDR,
         ],
     ];
-    for args in ip_cmds {
-        let out = Command::new("ip")
-            .args(["-n", &wire])
-            .args(args)
-            .output()
-            .unwrap();
-        must(&format!("ip -n {wire} {}", args.join(" ")), &out);
-    }
+    ip_in(&wire, &ip_cmds);
     let ipv6 = if families.v6() {
         [
             "net.ipv6.conf.all.disable_ipv6=0",
@@ -233,14 +226,7 @@ fn interop_topology_of(
                 PYCLIENT_ADDR6,
             ],
         ];
-        for args in ip6_cmds {
-            let out = Command::new("ip")
-                .args(["-n", &wire])
-                .args(args)
-                .output()
-                .unwrap();
-            must(&format!("ip -n {wire} {}", args.join(" ")), &out);
-        }
+        ip_in(&wire, &ip6_cmds);
     }
     // Locally sent segments must carry full checksums when they reach the gateways'
     // AF_XDP sockets (copy mode sees CHECKSUM_PARTIAL otherwise).
@@ -254,6 +240,18 @@ fn interop_topology_of(
         must(&format!("ethtool -K {dev} in the wire namespace"), &out);
     }
     topo
+}
+
+/// Runs each `ip` command of `cmds` in namespace `ns`; each must succeed.
+fn ip_in(ns: &str, cmds: &[&[&str]]) {
+    for args in cmds {
+        let out = Command::new("ip")
+            .args(["-n", ns])
+            .args(*args)
+            .output()
+            .unwrap();
+        must(&format!("ip -n {ns} {}", args.join(" ")), &out);
+    }
 }
 
 fn total(topo: &Topology, node: Node, name: &str) -> u64 {

@@ -81,6 +81,23 @@ fn echo_ok(topo: &Topology) -> bool {
     r.ok == 1 && r.bytes == 1000
 }
 
+/// `iperf3 -c <server> -t secs -b rate -J` from the client pod, in the background: its
+/// JSON report is the process's log.
+fn spawn_iperf(topo: &Topology, secs: u32, rate: &str) -> ProcHandle {
+    let (server, port, secs) = (
+        SERVER_ADDR.to_string(),
+        IPERF_PORT.to_string(),
+        secs.to_string(),
+    );
+    topo.spawn(
+        Node::Client,
+        &[
+            "iperf3", "-c", &server, "-p", &port, "-t", &secs, "-b", rate, "-J",
+        ],
+    )
+    .unwrap()
+}
+
 /// A topology whose gateways run on the config file `mesh.yaml` of its temp dir,
 /// holding `text`, with their tables loaded; the echo server runs on the server pod.
 fn topology_with_config(tag: &str, text: &str) -> (Topology, PathBuf, ProcHandle) {
@@ -188,23 +205,7 @@ fn test_control_killed_under_load_then_restarted_disturbs_nothing() {
     let generation_before = generation(&topo, Node::GatewayB);
     // 14 s of iperf3 at 100 Mbit/s: established before the kill, still running after
     // the restart.
-    let mut iperf = topo
-        .spawn(
-            Node::Client,
-            &[
-                "iperf3",
-                "-c",
-                &SERVER_ADDR.to_string(),
-                "-p",
-                &IPERF_PORT.to_string(),
-                "-t",
-                "14",
-                "-b",
-                "100M",
-                "-J",
-            ],
-        )
-        .unwrap();
+    let mut iperf = spawn_iperf(&topo, 14, "100M");
     std::thread::sleep(Duration::from_secs(2));
     for node in [Node::GatewayA, Node::GatewayB] {
         topo.stop_gateway_control(node, Signal::SIGKILL).unwrap();
@@ -402,23 +403,7 @@ fn test_100_config_changes_under_load_break_nothing() {
             ],
         )
         .unwrap();
-    let mut iperf = topo
-        .spawn(
-            Node::Client,
-            &[
-                "iperf3",
-                "-c",
-                &SERVER_ADDR.to_string(),
-                "-p",
-                &IPERF_PORT.to_string(),
-                "-t",
-                "25",
-                "-b",
-                "50M",
-                "-J",
-            ],
-        )
-        .unwrap();
+    let mut iperf = spawn_iperf(&topo, 25, "50M");
     std::thread::sleep(Duration::from_secs(2));
     let mut slowest = Duration::ZERO;
     for i in 1..=100usize {
@@ -509,23 +494,7 @@ fn test_a_removed_workload_drains_its_connections_then_is_no_longer_diverted() {
     let (topo, cfg, _echo) = topology_with_config("xdrain", &config(false));
     let _iperf = topo.start_iperf_server(Node::Server, IPERF_PORT).unwrap();
     assert!(echo_ok(&topo), "through the mesh before the removal");
-    let mut iperf = topo
-        .spawn(
-            Node::Client,
-            &[
-                "iperf3",
-                "-c",
-                &SERVER_ADDR.to_string(),
-                "-p",
-                &IPERF_PORT.to_string(),
-                "-t",
-                "6",
-                "-b",
-                "200M",
-                "-J",
-            ],
-        )
-        .unwrap();
+    let mut iperf = spawn_iperf(&topo, 6, "200M");
     std::thread::sleep(Duration::from_secs(2));
     // The server workload is removed (the file replaced by rename).
     let without_server = {
