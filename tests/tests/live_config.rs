@@ -98,6 +98,20 @@ fn spawn_iperf(topo: &Topology, secs: u32, rate: &str) -> ProcHandle {
     .unwrap()
 }
 
+/// Waits up to `timeout` for a [`spawn_iperf`] run to end, asserts that it succeeded
+/// and returns its JSON report.
+fn finish_iperf(iperf: &mut ProcHandle, timeout: Duration) -> serde_json::Value {
+    let status = iperf.wait_timeout(timeout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&iperf.log())
+        .unwrap_or_else(|e| panic!("iperf3 report ({e}): {}", iperf.log()));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "iperf3: {}",
+        report["error"]
+    );
+    report
+}
+
 /// A topology whose gateways run on the config file `mesh.yaml` of its temp dir,
 /// holding `text`, with their tables loaded; the echo server runs on the server pod.
 fn topology_with_config(tag: &str, text: &str) -> (Topology, PathBuf, ProcHandle) {
@@ -268,14 +282,7 @@ fn test_control_killed_under_load_then_restarted_disturbs_nothing() {
             .unwrap_or_else(|e| panic!("{e:#}"));
         assert!(counter(&s, &["tables", "age_ms"]) < 10_000, "{s:#}");
     }
-    let status = iperf.wait_timeout(Duration::from_secs(30)).unwrap();
-    let report: serde_json::Value = serde_json::from_str(&iperf.log())
-        .unwrap_or_else(|e| panic!("iperf3 report ({e}): {}", iperf.log()));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "iperf3: {}",
-        report["error"]
-    );
+    let report = finish_iperf(&mut iperf, Duration::from_secs(30));
     let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     assert!(
         received > 100_000_000,
@@ -461,14 +468,7 @@ fn test_100_config_changes_under_load_break_nothing() {
         rounds >= 10,
         "200 connections echoed only {rounds} rounds: {log}"
     );
-    let status = iperf.wait_timeout(Duration::from_secs(40)).unwrap();
-    let report: serde_json::Value = serde_json::from_str(&iperf.log())
-        .unwrap_or_else(|e| panic!("iperf3 report ({e}): {}", iperf.log()));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "iperf3: {}",
-        report["error"]
-    );
+    let report = finish_iperf(&mut iperf, Duration::from_secs(40));
     assert!(
         report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 50_000_000,
         "{}",
@@ -530,15 +530,8 @@ fn test_a_removed_workload_drains_its_connections_then_is_no_longer_diverted() {
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
     // The established connection finished through both dataplanes.
-    let status = iperf.wait_timeout(Duration::from_secs(30)).unwrap();
+    let report = finish_iperf(&mut iperf, Duration::from_secs(30));
     let ended = Instant::now();
-    let report: serde_json::Value = serde_json::from_str(&iperf.log())
-        .unwrap_or_else(|e| panic!("iperf3 report ({e}): {}", iperf.log()));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "iperf3: {}",
-        report["error"]
-    );
     let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
     let seconds = report["end"]["sum_received"]["seconds"]
         .as_f64()
