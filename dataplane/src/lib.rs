@@ -5,7 +5,9 @@
 //!
 //! * [`wire`]: classify a received Ethernet frame (safe parsing, checksum checks,
 //!   drop reasons as counter labels).
-//! * [`xsk`]: AF_XDP sockets and UMEM frames (the only `unsafe` of this crate).
+//! * [`xsk`]: AF_XDP sockets and UMEM frames (with [`ringmem`], the only `unsafe` of
+//!   this crate).
+//! * [`ringmem`]: the memory of the legs' TCP ring buffers, given back while idle.
 //! * [`sink`]: the [`sink::FrameSink`] trait the engine writes frames into: the AF_XDP
 //!   TX half in production, an in-memory sink in tests.
 //! * [`stack`]: smoltcp over a frame sink, connection legs and the TCP splice.
@@ -30,6 +32,7 @@ pub mod identity;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
+pub mod ringmem;
 pub mod sink;
 pub mod sockets;
 pub mod stack;

@@ -149,6 +149,7 @@ counters!(
     xsk_rx_oversized,
     sockets_reused,
     sockets_pooled,
+    socket_buffers_released,
     hbone_pool_tunnels,
     tx_in_flight,
     rx_refill_backlog,

@@ -1,9 +1,12 @@
 //! Freed legs' smoltcp sockets, kept for the worker's next legs.
 //!
 //! A new leg's socket needs two buffers of `--rx-buffer`/`--tx-buffer` bytes. Allocated
-//! fresh they are zeroed (`vec![0; n]`), and that memset was 83% of the engine's own
-//! instructions on the connection path (callgrind over `xdpmesh-engine-bench --scenario
-//! connrate`): a plain connection has four 64 KiB buffers per gateway. A socket whose
+//! fresh from the heap they were zeroed (`vec![0; n]`), and that memset was 83% of the
+//! engine's own instructions on the connection path (callgrind over
+//! `xdpmesh-engine-bench --scenario connrate`): a plain connection has four 64 KiB
+//! buffers per gateway. (They now live in [`crate::ringmem`] slots, which the kernel
+//! zeroes a page at a time on first write; a reused socket still saves those faults and
+//! the mutex of the slot lists.) A socket whose
 //! connection is over is reset by smoltcp itself when it is used again (`listen` and
 //! `connect` call its `reset`, which empties both buffers without touching their bytes
 //! and clears every piece of connection state: sequence numbers, windows, timers, the
@@ -12,13 +15,14 @@
 //! smoltcp sends and delivers only what was enqueued since the reset.
 //!
 //! The pool is bounded in bytes ([`POOL_BYTES`]), so a burst of connections does not
-//! leave its buffers resident after it ends: beyond the bound, freed sockets are dropped
-//! and their memory goes back to the allocator as before.
+//! leave its buffers resident after it ends: beyond the bound, freed sockets are dropped,
+//! their slots go back to the free lists, pages released. [`SocketPool::release`] gives
+//! back the pages of the sockets kept while the pool is not being used.
 
-use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
 
+use crate::ringmem::RingSocket;
 use crate::stack::Buffers;
 
 /// Buffer bytes the pool keeps at most per worker (32 plain legs' sockets at the
@@ -29,14 +33,12 @@ pub const POOL_BYTES: usize = 4 << 20;
 /// when it sends its FIN.
 const ACK_DELAY: Duration = Duration::from_millis(10);
 
-/// A socket in a set of its own (see [`crate::stack`]: one socket per set keeps
-/// smoltcp from scanning).
-pub type OwnSet = (SocketSet<'static>, SocketHandle);
-
 /// The pool.
 #[derive(Default)]
 pub struct SocketPool {
-    free: Vec<OwnSet>,
+    free: Vec<RingSocket>,
+    /// How many of `free` (the last ones) may have resident buffer pages.
+    touched: usize,
     /// Sockets handed out again instead of being allocated.
     pub reused: u64,
 }
@@ -44,33 +46,45 @@ pub struct SocketPool {
 impl SocketPool {
     /// A socket with buffers of `buffers`' sizes, configured as a new leg's: from the
     /// pool when one of those sizes is there, else freshly allocated.
-    pub fn take(&mut self, buffers: Buffers) -> OwnSet {
-        while let Some((mut set, handle)) = self.free.pop() {
-            let s = set.get_mut::<tcp::Socket>(handle);
+    pub fn take(&mut self, buffers: Buffers) -> RingSocket {
+        while let Some(mut r) = self.free.pop() {
+            self.touched = self.touched.min(self.free.len());
+            let s = r.socket();
             if s.recv_capacity() == buffers.rx && s.send_capacity() == buffers.tx {
                 configure(s);
                 self.reused += 1;
-                return (set, handle);
+                return r;
             }
         }
-        let rx = tcp::SocketBuffer::new(vec![0; buffers.rx]);
-        let tx = tcp::SocketBuffer::new(vec![0; buffers.tx]);
-        let mut s = tcp::Socket::new(rx, tx);
-        configure(&mut s);
-        let mut set = SocketSet::new(Vec::with_capacity(1));
-        let handle = set.add(s);
-        (set, handle)
+        let mut r = RingSocket::new(buffers.rx, buffers.tx);
+        configure(r.socket());
+        r
     }
 
     /// Keeps a freed leg's socket, if its connection is over (CLOSED or TIME-WAIT: a
     /// socket still open is dropped) and the pool has room.
-    pub fn put(&mut self, (set, handle): OwnSet) {
-        let s = set.get::<tcp::Socket>(handle);
+    pub fn put(&mut self, r: RingSocket) {
+        let s = r.socket_ref();
         let bytes = s.recv_capacity() + s.send_capacity();
         if s.is_open() || (self.free.len() + 1) * bytes > POOL_BYTES {
             return;
         }
-        self.free.push((set, handle));
+        self.free.push(r);
+        self.touched += 1;
+    }
+
+    /// Gives back the buffer pages of the sockets put since the last call (a closed
+    /// socket's buffers hold nothing anyone will read: smoltcp's `reset` empties them
+    /// when the socket is used again). Returns the buffers released.
+    pub fn release(&mut self) -> usize {
+        let from = self.free.len() - self.touched;
+        self.touched = 0;
+        self.free[from..].iter_mut().map(RingSocket::release_closed).sum()
+    }
+
+    /// Bytes of the kept sockets' buffers resident now (tests).
+    pub fn resident(&self) -> usize {
+        self.free.iter().map(RingSocket::resident).sum()
     }
 
     /// Sockets kept now.
@@ -99,46 +113,46 @@ fn configure(s: &mut tcp::Socket<'static>) {
 mod tests {
     use super::*;
 
-    fn closed(pool: &mut SocketPool, b: Buffers) -> OwnSet {
-        let (mut set, h) = pool.take(b);
-        set.get_mut::<tcp::Socket>(h).abort();
-        (set, h)
+    fn closed(pool: &mut SocketPool, b: Buffers) -> RingSocket {
+        let mut r = pool.take(b);
+        r.socket().abort();
+        r
     }
 
     #[test]
     fn freed_sockets_come_back_configured_and_the_pool_is_bounded() {
         let b = Buffers::default();
         let mut pool = SocketPool::default();
-        let (mut set, h) = pool.take(b);
+        let mut r = pool.take(b);
         {
-            let s = set.get_mut::<tcp::Socket>(h);
+            let s = r.socket();
             s.set_ack_delay(None);
             s.listen(80).unwrap();
         }
-        pool.put((set, h));
+        pool.put(r);
         assert_eq!(pool.len(), 0, "a listening socket is open: dropped");
 
         let c = closed(&mut pool, b);
         pool.put(c);
         assert_eq!(pool.len(), 1);
-        let (mut set, h) = pool.take(b);
+        let mut r = pool.take(b);
         assert_eq!(pool.reused, 1);
-        let s = set.get_mut::<tcp::Socket>(h);
+        let s = r.socket();
         assert_eq!(s.ack_delay(), Some(ACK_DELAY));
         assert!(!s.nagle_enabled());
         assert_eq!(s.state(), tcp::State::Closed);
         assert_eq!((s.recv_queue(), s.send_queue()), (0, 0));
 
         // Other sizes are not reused.
-        pool.put((set, h));
+        pool.put(r);
         let small = Buffers { rx: 4096, tx: 4096 };
-        let (set, h) = pool.take(small);
-        assert_eq!(set.get::<tcp::Socket>(h).recv_capacity(), 4096);
+        let r = pool.take(small);
+        assert_eq!(r.socket_ref().recv_capacity(), 4096);
         assert_eq!(pool.reused, 1);
 
         // At most POOL_BYTES of buffers.
         let max = POOL_BYTES / (b.rx + b.tx);
-        let all: Vec<OwnSet> = (0..max + 5).map(|_| closed(&mut pool, b)).collect();
+        let all: Vec<RingSocket> = (0..max + 5).map(|_| closed(&mut pool, b)).collect();
         for s in all {
             pool.put(s);
         }

@@ -28,14 +28,15 @@
 
 use std::net::SocketAddr;
 
-use smoltcp::iface::{Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::iface::{Interface, PollResult, SocketSet};
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpListenEndpoint;
 
 use crate::sink::FrameSink;
-use crate::sockets::{OwnSet, SocketPool};
+use crate::ringmem::RingSocket;
+use crate::sockets::SocketPool;
 use crate::wire::{self, FlowKey, Mac};
 
 /// The IP MTU of a port whose interface reports none (Ethernet's).
@@ -257,6 +258,8 @@ impl<S: FrameSink> Net<S> {
     /// the frame when it has none yet.
     pub fn ingress(&mut self, leg: &mut Leg, ip: &[u8], src_mac: Mac, now: i64) {
         let dst_mac = *leg.dst_mac.get_or_insert(src_mac);
+        leg.pages.touch();
+        let queued = leg.socket_ref().recv_queue();
         let mut dev = LegDevice {
             rx: Some(ip),
             tx: &mut self.sinks[leg.port],
@@ -265,11 +268,30 @@ impl<S: FrameSink> Net<S> {
             mtu: self.mtus[leg.port],
             counters: &mut self.tx,
         };
-        self.ifaces[leg.port].poll_ingress_single(
-            Instant::from_micros(now),
-            &mut dev,
-            &mut leg.sockets,
-        );
+        let (set, _) = leg.sock.set_mut();
+        self.ifaces[leg.port].poll_ingress_single(Instant::from_micros(now), &mut dev, set);
+        // Ingress never dequeues: what the receive queue grew by is what smoltcp took in
+        // order (a hole filled included). Less after a reset, which empties it.
+        let taken = leg.socket_ref().recv_queue().saturating_sub(queued);
+        leg.rx.segment(ip, taken);
+    }
+
+    /// One sweep of a leg ([`RELEASE_SWEEP_US`]): a leg not used since the last sweep
+    /// gives back the pages of its send buffer if empty and of its receive buffer if
+    /// empty with no out-of-order data in it ([`RxEdge`]). Returns the buffers
+    /// released. A leg is released once per idle spell: a release costs a syscall, and
+    /// each page written again afterwards a page fault.
+    pub fn release_idle(&mut self, leg: &mut Leg) -> usize {
+        let p = &mut leg.pages;
+        if std::mem::take(&mut p.used) || !p.resident {
+            return 0;
+        }
+        let rx = leg.rx.in_order();
+        let n = leg.sock.release(rx);
+        // What could not be released is tried again at the next sweep.
+        let s = leg.sock.socket_ref();
+        leg.pages.resident = !rx || s.recv_queue() > 0 || s.send_queue() > 0;
+        n
     }
 
     /// Transmits what a leg's socket has queued (nothing while its next hop is being
@@ -286,9 +308,10 @@ impl<S: FrameSink> Net<S> {
             counters: &mut self.tx,
         };
         let iface = &mut self.ifaces[leg.port];
-        while iface.poll_egress(ts, &mut dev, &mut leg.sockets) == PollResult::SocketStateChanged {}
+        let (set, _) = leg.sock.set_mut();
+        while iface.poll_egress(ts, &mut dev, set) == PollResult::SocketStateChanged {}
         iface
-            .poll_at(ts, &leg.sockets)
+            .poll_at(ts, set)
             .map(|at| at.total_micros().max(now))
     }
 
@@ -388,7 +411,7 @@ impl<S: FrameSink> Net<S> {
 
     /// Gives a freed leg's socket back to the pool ([`SocketPool::put`]).
     pub fn recycle(&mut self, leg: Leg) {
-        self.sockets.put((leg.sockets, leg.handle));
+        self.sockets.put(leg.sock);
     }
 
     /// A leg that answers as `local` to the SYN about to be handed to it (transparent
@@ -427,8 +450,7 @@ impl<S: FrameSink> Net<S> {
         };
         let mut leg = Leg::new(self.sockets.take(buffers), port, dst_mac, key);
         let cx = self.ifaces[port].context();
-        leg.sockets
-            .get_mut::<tcp::Socket>(leg.handle)
+        leg.socket()
             .connect(cx, remote, local)
             .map_err(|_| OpenError)?;
         Ok(leg)
@@ -528,9 +550,13 @@ pub enum Ending {
 
 /// One TCP leg: a connection to a pod, a workload or another gateway.
 pub struct Leg {
-    /// A set holding exactly this leg's socket (see the module docs).
-    sockets: SocketSet<'static>,
-    handle: SocketHandle,
+    /// The socket, in a set of its own (see the module docs), buffers in
+    /// [`crate::ringmem`] slots.
+    sock: RingSocket,
+    /// Whether the buffers were used lately and may have resident pages.
+    pages: Pages,
+    /// Where the peer's data stands against what smoltcp took in order.
+    rx: RxEdge,
     /// Egress port index.
     pub port: usize,
     /// Next hop; `None` while it is being resolved.
@@ -546,10 +572,11 @@ pub struct Leg {
 
 impl Leg {
     /// Creates a leg on a new or reused socket ([`SocketPool::take`]).
-    fn new((sockets, handle): OwnSet, port: usize, dst_mac: Option<Mac>, key: FlowKey) -> Leg {
+    fn new(sock: RingSocket, port: usize, dst_mac: Option<Mac>, key: FlowKey) -> Leg {
         Leg {
-            sockets,
-            handle,
+            sock,
+            pages: Pages::default(),
+            rx: RxEdge::default(),
             port,
             dst_mac,
             key,
@@ -561,12 +588,18 @@ impl Leg {
 
     /// The socket.
     pub fn socket(&mut self) -> &mut tcp::Socket<'static> {
-        self.sockets.get_mut::<tcp::Socket>(self.handle)
+        self.pages.touch();
+        self.sock.socket()
     }
 
     /// The socket, read-only.
     pub fn socket_ref(&self) -> &tcp::Socket<'static> {
-        self.sockets.get::<tcp::Socket>(self.handle)
+        self.sock.socket_ref()
+    }
+
+    /// Bytes of the leg's buffers resident now (tests).
+    pub fn resident(&self) -> usize {
+        self.sock.resident()
     }
 
     /// The socket's state.
@@ -660,6 +693,110 @@ impl Leg {
     }
 }
 
+/// How often the engine sweeps its legs for idle buffers ([`Net::release_idle`]): a
+/// leg unused for a whole period gives its buffers' pages back, so an idle leg holds
+/// none after 250 to 500 ms (Linux frees a socket's buffers as soon as they are read).
+pub const RELEASE_SWEEP_US: i64 = 250_000;
+
+/// A leg's buffer use, for [`Net::release_idle`].
+#[derive(Debug, Clone, Copy)]
+struct Pages {
+    /// Used since the last sweep.
+    used: bool,
+    /// May have resident pages.
+    resident: bool,
+}
+
+impl Default for Pages {
+    fn default() -> Self {
+        Pages {
+            used: true,
+            resident: true,
+        }
+    }
+}
+
+impl Pages {
+    fn touch(&mut self) {
+        self.used = true;
+        self.resident = true;
+    }
+}
+
+/// The peer's sequence space on one leg: the next byte smoltcp has not taken in order,
+/// and the end of the furthest data received. smoltcp keeps a segment that arrives
+/// beyond a hole in the free part of its receive ring (its assembler records where),
+/// and nothing public says whether it holds one; a receive buffer may be released only
+/// when no data beyond the in-order point ever arrived, which this tracks from the
+/// segments the leg is handed. Conservative: a segment smoltcp dropped (outside its
+/// window, say) counts as held until in-order data passes its end.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RxEdge {
+    /// The next sequence number in order (`None` before the peer's SYN).
+    next: Option<u32>,
+    /// The end of the furthest data seen.
+    edge: u32,
+}
+
+impl RxEdge {
+    /// Accounts for segment `ip` (a TCP segment classified by
+    /// `wire::parse_tcp_frame`), of which smoltcp took `taken` bytes in order.
+    fn segment(&mut self, ip: &[u8], taken: usize) {
+        if let Some((seq, len, syn)) = seq_span(ip) {
+            if syn && self.next.is_none() {
+                // SYN or SYN-ACK: the peer's data starts after it.
+                let start = seq.wrapping_add(1);
+                self.next = Some(start);
+                self.edge = start.wrapping_add(len);
+            } else if let Some(next) = self.next {
+                let end = seq.wrapping_add(len);
+                // Within 2^31 ahead (windows are at most 1 GiB): beyond the furthest.
+                if len > 0 && (end.wrapping_sub(self.edge.max_seq(next)) as i32) > 0 {
+                    self.edge = end;
+                }
+            }
+        }
+        if let Some(next) = self.next.as_mut() {
+            *next = next.wrapping_add(taken as u32);
+        }
+    }
+
+    /// Whether no data beyond the in-order point is held (so the receive ring holds
+    /// exactly its queue).
+    pub fn in_order(&self) -> bool {
+        self.next
+            .is_some_and(|n| (self.edge.wrapping_sub(n) as i32) <= 0)
+    }
+}
+
+/// The later of two sequence numbers (RFC 9293's modular comparison).
+trait MaxSeq {
+    fn max_seq(self, other: u32) -> u32;
+}
+
+impl MaxSeq for u32 {
+    fn max_seq(self, other: u32) -> u32 {
+        if (self.wrapping_sub(other) as i32) >= 0 {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+/// A TCP segment's sequence number, payload length and SYN flag.
+fn seq_span(ip: &[u8]) -> Option<(u32, u32, bool)> {
+    use smoltcp::wire::{Ipv4Packet, Ipv6Packet, TcpPacket};
+    let tcp = match ip.first().map(|b| b >> 4) {
+        Some(4) => Ipv4Packet::new_checked(ip).ok()?.payload(),
+        Some(6) => Ipv6Packet::new_checked(ip).ok()?.payload(),
+        _ => return None,
+    };
+    let t = TcpPacket::new_checked(tcp).ok()?;
+    let len = tcp.len().saturating_sub(usize::from(t.header_len()));
+    Some((t.seq_number().0 as u32, len as u32, t.syn()))
+}
+
 /// Outcome of a splice step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pumped {
@@ -699,8 +836,8 @@ pub fn pump(legs: &mut [Leg; 2]) -> Pumped {
     let mut out = Pumped::default();
     let [l0, l1] = legs;
     {
-        let s0 = l0.sockets.get_mut::<tcp::Socket>(l0.handle);
-        let s1 = l1.sockets.get_mut::<tcp::Socket>(l1.handle);
+        let s0 = l0.socket();
+        let s1 = l1.socket();
         out.down_to_up = move_bytes(s0, s1);
         out.up_to_down = move_bytes(s1, s0);
     }

@@ -523,6 +523,9 @@ pub struct World {
     pub log_wire: bool,
     /// The wire between the gateways is cut: frames on it are lost.
     pub cut: bool,
+    /// Frames from the client pod reach gateway a only where this says true (tests
+    /// lose chosen segments with it).
+    pub client_link: Option<Box<dyn FnMut(&[u8]) -> bool>>,
     /// A scripted host in gateway a's place on gateway b's `up0` (gateway a then
     /// neither sends to nor hears from b).
     pub up_peer: Option<Host>,
@@ -601,6 +604,7 @@ impl World {
             wire_log: Vec::new(),
             log_wire: false,
             cut: false,
+            client_link: None,
             up_peer: None,
             ca: mesh_ca,
             addrs: ips,
@@ -614,8 +618,13 @@ impl World {
         self.client.poll(now);
         self.server.poll(now);
         for f in self.client.take_frames() {
-            self.a.on_frame(POD0, &f, now, true);
             moved += 1;
+            if let Some(pass) = self.client_link.as_mut() {
+                if !pass(&f) {
+                    continue;
+                }
+            }
+            self.a.on_frame(POD0, &f, now, true);
         }
         for f in self.server.take_frames() {
             self.b.on_frame(POD0, &f, now, true);

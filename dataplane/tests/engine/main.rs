@@ -7,5 +7,6 @@ mod admission;
 mod hbone;
 mod ipv6;
 mod keepalive;
+mod memory;
 mod plain;
 mod services;
