@@ -891,6 +891,14 @@ fn update_ops(
     }
 }
 
+/// Bytes the heap has handed out and not had back (jemalloc's `stats.allocated`, fresh
+/// after an epoch advance): what the process's objects hold, without the freed pages
+/// jemalloc keeps for up to its decay time. 0 if jemalloc cannot say.
+fn heap_allocated_bytes() -> u64 {
+    let _ = tikv_jemalloc_ctl::epoch::advance();
+    tikv_jemalloc_ctl::stats::allocated::read().map_or(0, |b| b as u64)
+}
+
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -953,6 +961,7 @@ fn write_stats(
         "identity_loads": identity_loads,
         "tables": control.to_json(min_generation),
         "rss_bytes": rss_bytes(),
+        "heap_allocated_bytes": heap_allocated_bytes(),
     });
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&v)?)?;

@@ -67,7 +67,10 @@ impl Slot {
         let class = len.max(1).next_multiple_of(PAGE);
         let addr = {
             let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-            let list = free.get_or_insert_with(HashMap::new).entry(class).or_default();
+            let list = free
+                .get_or_insert_with(HashMap::new)
+                .entry(class)
+                .or_default();
             if list.is_empty() {
                 map_chunk(class, list)?;
             }
@@ -252,7 +255,11 @@ mod tests {
     fn a_slot_is_page_aligned_backed_on_write_and_released_to_zeroes() {
         let (slot, buf) = Slot::take(10_000).unwrap();
         assert_eq!(slot.ptr.as_ptr() as usize % PAGE, 0);
-        assert_eq!((slot.class, buf.len()), (12_288, 10_000), "3 pages for 10,000 bytes");
+        assert_eq!(
+            (slot.class, buf.len()),
+            (12_288, 10_000),
+            "3 pages for 10,000 bytes"
+        );
         assert_eq!(slot.resident(), 0, "nothing written yet");
         buf[0] = 1;
         buf[9_999] = 2;
@@ -263,7 +270,11 @@ mod tests {
         assert_eq!(slot.resident(), PAGE, "the middle page, written again");
         // (A read maps the kernel's shared zero page, which mincore counts as resident
         // and RSS does not: reads come last.)
-        assert_eq!((buf[0], buf[9_999]), (0, 0), "released pages read as zeroes");
+        assert_eq!(
+            (buf[0], buf[9_999]),
+            (0, 0),
+            "released pages read as zeroes"
+        );
         let addr = slot.ptr.as_ptr() as usize;
         drop(slot);
         // Back on the free list, released: the next slot of its class is the same one

@@ -39,6 +39,8 @@ pub struct SocketPool {
     free: Vec<RingSocket>,
     /// How many of `free` (the last ones) may have resident buffer pages.
     touched: usize,
+    /// A socket was taken since the last [`SocketPool::release`].
+    busy: bool,
     /// Sockets handed out again instead of being allocated.
     pub reused: u64,
 }
@@ -47,6 +49,7 @@ impl SocketPool {
     /// A socket with buffers of `buffers`' sizes, configured as a new leg's: from the
     /// pool when one of those sizes is there, else freshly allocated.
     pub fn take(&mut self, buffers: Buffers) -> RingSocket {
+        self.busy = true;
         while let Some(mut r) = self.free.pop() {
             self.touched = self.touched.min(self.free.len());
             let s = r.socket();
@@ -73,13 +76,21 @@ impl SocketPool {
         self.touched += 1;
     }
 
-    /// Gives back the buffer pages of the sockets put since the last call (a closed
-    /// socket's buffers hold nothing anyone will read: smoltcp's `reset` empties them
-    /// when the socket is used again). Returns the buffers released.
+    /// Gives back the buffer pages of the sockets put since they were last released,
+    /// unless a socket was taken since the last call: while connections come and go,
+    /// the kept sockets' pages are about to be written again (a closed socket's buffers
+    /// hold nothing anyone will read: smoltcp's `reset` empties them when the socket is
+    /// used again). Returns the buffers released.
     pub fn release(&mut self) -> usize {
+        if std::mem::take(&mut self.busy) {
+            return 0;
+        }
         let from = self.free.len() - self.touched;
         self.touched = 0;
-        self.free[from..].iter_mut().map(RingSocket::release_closed).sum()
+        self.free[from..]
+            .iter_mut()
+            .map(RingSocket::release_closed)
+            .sum()
     }
 
     /// Bytes of the kept sockets' buffers resident now (tests).
@@ -157,5 +168,21 @@ mod tests {
             pool.put(s);
         }
         assert_eq!(pool.len(), max);
+    }
+
+    #[test]
+    fn kept_sockets_are_released_once_the_pool_sits_unused() {
+        let b = Buffers::default();
+        let mut pool = SocketPool::default();
+        let c = closed(&mut pool, b);
+        pool.put(c);
+        assert_eq!(pool.release(), 0, "a socket was taken in this period");
+        assert_eq!(pool.release(), 2, "unused for a period: both buffers");
+        assert_eq!(pool.release(), 0, "released already");
+        let (c, d) = (closed(&mut pool, b), closed(&mut pool, b));
+        assert_eq!(pool.reused, 1);
+        pool.put(c);
+        pool.put(d);
+        assert_eq!((pool.len(), pool.release(), pool.release()), (2, 0, 4));
     }
 }

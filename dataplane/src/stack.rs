@@ -34,8 +34,8 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpListenEndpoint;
 
-use crate::sink::FrameSink;
 use crate::ringmem::RingSocket;
+use crate::sink::FrameSink;
 use crate::sockets::SocketPool;
 use crate::wire::{self, FlowKey, Mac};
 
@@ -310,9 +310,7 @@ impl<S: FrameSink> Net<S> {
         let iface = &mut self.ifaces[leg.port];
         let (set, _) = leg.sock.set_mut();
         while iface.poll_egress(ts, &mut dev, set) == PollResult::SocketStateChanged {}
-        iface
-            .poll_at(ts, set)
-            .map(|at| at.total_micros().max(now))
+        iface.poll_at(ts, set).map(|at| at.total_micros().max(now))
     }
 
     /// Lets smoltcp answer a segment no connection owns (it replies with a RST unless

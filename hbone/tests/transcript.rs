@@ -126,6 +126,30 @@ fn transfer_both_ways(p: &mut Pair, sid: StreamId, up: &[u8], down: &[u8]) -> (V
     );
 }
 
+/// An idle connection frees its transport buffers (`shrink_buffers`, which the
+/// dataplane calls on idle tunnels), and the next transfer grows them again, exact.
+#[test]
+fn idle_buffers_are_freed_and_grow_again() {
+    let mesh = Mesh::new();
+    let mut p = mesh.pair();
+    p.connect();
+    let sid = p.open(8080);
+    let (up, down) = (payload(300_000, 5), payload(200_000, 6));
+    let (got_up, got_down) = transfer_both_ways(&mut p, sid, &up, &down);
+    assert!(got_up == up && got_down == down);
+    p.run();
+    let freed = (p.client.shrink_buffers(), p.server.shrink_buffers());
+    assert!(freed.0 > 0 && freed.1 > 0, "{freed:?}");
+    assert_eq!(
+        (p.client.shrink_buffers(), p.server.shrink_buffers()),
+        (0, 0)
+    );
+    let (up, down) = (payload(100_000, 7), payload(100_000, 8));
+    let (got_up, got_down) = transfer_both_ways(&mut p, sid, &up, &down);
+    assert!(got_up == up && got_down == down);
+    assert!(p.client_err.is_none() && p.server_err.is_none());
+}
+
 #[test]
 fn one_mib_each_way_then_half_close_both_directions() {
     let mesh = Mesh::new();

@@ -11,12 +11,18 @@ connection failed.
 With --all-open no connection sends a byte before every connection is open (or failed
 to open): all N are open at the same moment, so a gateway multiplexing them sees N
 concurrent streams (the HBONE pool test counts its tunnels from that).
+
+With --hold S each connection, once its bytes are echoed back, stays open and idle;
+when every connection got there (or failed), the client prints {"held":K} and waits S
+seconds, or until SIGUSR1, before each one half-closes and reads to EOF (the memory
+tests measure the gateways while the connections are held).
 """
 
 import argparse
 import asyncio
 import hashlib
 import json
+import signal
 import sys
 import time
 
@@ -40,7 +46,15 @@ class Barrier:
             self.event.set()
 
 
-async def one(conn_id, host, port, size, timeout, barrier):
+async def one(conn_id, host, port, size, timeout, barrier, hold):
+    try:
+        return await exchange(conn_id, host, port, size, timeout, barrier, hold)
+    finally:
+        if hold is not None:
+            hold.leave(conn_id)
+
+
+async def exchange(conn_id, host, port, size, timeout, barrier, hold):
     payload = pattern(conn_id, size)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -67,7 +81,17 @@ async def one(conn_id, host, port, size, timeout, barrier):
                     return b"".join(chunks)
                 chunks.append(data)
 
-        _, echoed = await asyncio.wait_for(asyncio.gather(send(), receive()), timeout)
+        if hold is None:
+            _, echoed = await asyncio.wait_for(asyncio.gather(send(), receive()), timeout)
+        else:
+            writer.write(payload)
+            await writer.drain()
+            echoed = await asyncio.wait_for(reader.readexactly(len(payload)), timeout)
+            hold.leave(conn_id)
+            await hold.over.wait()
+            writer.write_eof()
+            rest = await asyncio.wait_for(reader.read(), timeout)
+            echoed += rest
     finally:
         writer.close()
         try:
@@ -80,6 +104,31 @@ async def one(conn_id, host, port, size, timeout, barrier):
     return len(payload)
 
 
+class Hold:
+    """Holds echoed connections open until all are (or failed), then `seconds` more."""
+
+    def __init__(self, n, seconds):
+        self.waiting = set(range(n))
+        self.all_in = asyncio.Event()
+        self.over = asyncio.Event()
+        self.seconds = seconds
+
+    def leave(self, conn_id):
+        self.waiting.discard(conn_id)
+        if not self.waiting:
+            self.all_in.set()
+
+    async def run(self, results):
+        await self.all_in.wait()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.over.set)
+        print(json.dumps({"held": len(results())}), flush=True)
+        try:
+            await asyncio.wait_for(self.over.wait(), self.seconds)
+        except asyncio.TimeoutError:
+            pass
+        self.over.set()
+
+
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", required=True)
@@ -89,14 +138,24 @@ async def main():
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--all-open", action="store_true",
                         help="send only once every connection is open")
+    parser.add_argument("--hold", type=float, default=None,
+                        help="seconds to hold the echoed connections open and idle")
     args = parser.parse_args()
     barrier = Barrier(args.connections) if args.all_open else None
+    hold = Hold(args.connections, args.hold) if args.hold is not None else None
 
     started = time.monotonic()
-    results = await asyncio.gather(
-        *(one(i, args.host, args.port, args.bytes, args.timeout, barrier) for i in range(args.connections)),
-        return_exceptions=True,
-    )
+    tasks = [
+        asyncio.ensure_future(one(i, args.host, args.port, args.bytes, args.timeout, barrier, hold))
+        for i in range(args.connections)
+    ]
+    if hold is not None:
+        # Connections still open (echoed, not failed) when all are in.
+        holder = asyncio.ensure_future(
+            hold.run(lambda: [t for t in tasks if not t.done()]))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    if hold is not None:
+        await holder
     seconds = time.monotonic() - started
     ok = [r for r in results if not isinstance(r, BaseException)]
     errors = [repr(r) for r in results if isinstance(r, BaseException)]

@@ -18,6 +18,7 @@
 //! `XDPMESH_REQUIRE_ROOT=1` (CI) is set.
 
 pub mod gateway;
+pub mod memory;
 pub mod peers;
 pub mod process;
 pub mod report;
@@ -25,8 +26,8 @@ pub mod topology;
 
 pub use gateway::{bin, stat, GatewayKind};
 pub use peers::{
-    blob_sha256, write_blob, EchoResult, IperfResult, Transfer, UploadResult, ECHO_PORT,
-    FILESERVER_PORT, IPERF_PORT,
+    blob_sha256, held_echo_result, write_blob, EchoResult, IperfResult, Transfer, UploadResult,
+    ECHO_PORT, FILESERVER_PORT, IPERF_PORT,
 };
 pub use process::ProcHandle;
 pub use report::{DemoReport, ReportRow};

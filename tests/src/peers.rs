@@ -262,6 +262,38 @@ pub struct EchoResult {
     pub exit_ok: bool,
 }
 
+/// The report of a [`Topology::start_held_echo`] client, once it ends (within
+/// `timeout`).
+pub fn held_echo_result(p: &mut ProcHandle, timeout: Duration) -> anyhow::Result<EchoResult> {
+    let status = p
+        .wait_timeout(timeout)?
+        .with_context(|| format!("echo_client.py --hold still running: {}", p.log_tail(5)))?;
+    let log = p.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"connections\""))
+        .with_context(|| format!("echo_client.py --hold printed no report: {}", p.log_tail(5)))?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).with_context(|| format!("echo_client.py report {line:?}"))?;
+    Ok(EchoResult {
+        connections: field_u64(&v, "connections")?,
+        ok: field_u64(&v, "ok")?,
+        failed: field_u64(&v, "failed")?,
+        bytes: field_u64(&v, "bytes")?,
+        seconds: field_f64(&v, "seconds")?,
+        errors: v["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        exit_ok: status.success(),
+    })
+}
+
 /// Summary of an `iperf3 -J` client run.
 #[derive(Clone, Debug)]
 pub struct IperfResult {
@@ -511,6 +543,59 @@ impl Topology {
         bytes: u64,
     ) -> anyhow::Result<EchoResult> {
         self.echo_client(node, host, port, connections, bytes, true)
+    }
+
+    /// Starts `echo_client.py --hold`: `connections` connections, each echoes `bytes`
+    /// and then stays open and idle; returns once all are held (the client printed
+    /// `{"held":K}`; K, the connections held, is returned with it). They half-close and
+    /// end after `hold_secs` or on SIGUSR1; [`held_echo_result`] reads the client's
+    /// report then.
+    pub fn start_held_echo(
+        &self,
+        node: Node,
+        host: impl Into<IpAddr>,
+        port: u16,
+        connections: u32,
+        bytes: u64,
+        hold_secs: u32,
+    ) -> anyhow::Result<(ProcHandle, u64)> {
+        let host_s = host.into().to_string();
+        let (port_s, conns_s, bytes_s, hold_s) = (
+            port.to_string(),
+            connections.to_string(),
+            bytes.to_string(),
+            hold_secs.to_string(),
+        );
+        let mut p = self.spawn_python(
+            node,
+            "echo_client.py",
+            &[
+                "--host",
+                &host_s,
+                "--port",
+                &port_s,
+                "--connections",
+                &conns_s,
+                "--bytes",
+                &bytes_s,
+                "--hold",
+                &hold_s,
+            ],
+        )?;
+        p.wait_for_log(
+            "{\"held\":",
+            Duration::from_secs(60 + u64::from(connections) / 50),
+        )
+        .context("echo_client.py --hold: connections held")?;
+        let log = p.log();
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("{\"held\":"))
+            .unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("held line {line:?}"))?;
+        let held = field_u64(&v, "held")?;
+        Ok((p, held))
     }
 
     fn echo_client(

@@ -261,6 +261,17 @@ fn test_hbone_1000_concurrent_streams_share_ten_connections() {
     eprintln!("1000 streams over {tunnels} HBONE connections");
 }
 
+/// 1000 idle HBONE streams: each gateway gives back the pages of the two socket
+/// buffers of each stream's pod-side leg, and holds at most 4 KiB per stream.
+#[test]
+fn test_hbone_1000_idle_streams_hold_no_buffer_memory() {
+    if !require_root("test_hbone_1000_idle_streams_hold_no_buffer_memory") {
+        return;
+    }
+    let topo = hbone_topology("hidle");
+    xdpmesh_netns::memory::assert_idle_connections_hold_no_buffers(&topo, 1000, [2, 2]);
+}
+
 /// Slow reader: the server pod reads 1 KiB per second while the client pod writes as
 /// fast as it can for 8 s. Every buffer on the path is bounded and flow control holds
 /// end to end, so the writer is throttled to about one HTTP/2 stream window (4 MiB, held

@@ -207,6 +207,19 @@ fn test_xdpmesh_tcp_1000_concurrent_echo_frees_everything_mtu_65535() {
     );
 }
 
+/// 1000 idle connections: both gateways give back the pages of all four socket buffers
+/// of each (`socket_buffers_released`) and hold at most 4 KiB per connection (the
+/// performance issue's target; 16 KiB of buffer pages alone before).
+#[test]
+fn test_xdpmesh_tcp_1000_idle_connections_hold_no_buffer_memory() {
+    if !require_root("test_xdpmesh_tcp_1000_idle_connections_hold_no_buffer_memory") {
+        return;
+    }
+    let topo = xdpmesh_topology("xidle", TopologyOpts::default(), 1);
+    // Two legs per connection and gateway, a receive and a send buffer each.
+    xdpmesh_netns::memory::assert_idle_connections_hold_no_buffers(&topo, 1000, [4, 4]);
+}
+
 fn concurrent_echo_frees_everything(name: &str, mtu: u32) {
     if !require_root(name) {
         return;

@@ -501,6 +501,9 @@ impl Host {
     }
 }
 
+/// Says whether a frame gets through a link.
+pub type LinkFilter = Box<dyn FnMut(&[u8]) -> bool>;
+
 /// Two gateways, two pods, one clock.
 pub struct World {
     /// Simulated time, µs.
@@ -525,7 +528,7 @@ pub struct World {
     pub cut: bool,
     /// Frames from the client pod reach gateway a only where this says true (tests
     /// lose chosen segments with it).
-    pub client_link: Option<Box<dyn FnMut(&[u8]) -> bool>>,
+    pub client_link: Option<LinkFilter>,
     /// A scripted host in gateway a's place on gateway b's `up0` (gateway a then
     /// neither sends to nor hears from b).
     pub up_peer: Option<Host>,

@@ -572,6 +572,9 @@ impl<S: FrameSink> Engine<S> {
             for leg in o.legs_mut() {
                 n += self.net.release_idle(leg);
             }
+            if let Object::Tunnel(t) = o {
+                t.shrink_buffers();
+            }
         }
         n += self.net.sockets.release();
         self.stats.socket_buffers_released += n as u64;
@@ -583,8 +586,8 @@ impl<S: FrameSink> Engine<S> {
         if self.net.pending() || !self.dirty_tunnels.is_empty() {
             return Some(now);
         }
-        let sweep = (!self.objects.is_empty() || !self.net.sockets.is_empty())
-            .then_some(self.next_release);
+        let sweep =
+            (!self.objects.is_empty() || !self.net.sockets.is_empty()).then_some(self.next_release);
         [
             self.timers.next(),
             self.neigh.next_pass(),

@@ -67,7 +67,6 @@ pub(crate) struct Tunnel {
     phase: Phase,
     /// The leg's EOF was handed to the state machine.
     fed_eof: bool,
-    scratch: Vec<u8>,
     /// When its first segment came or went (the TLS handshake's start).
     started: i64,
     /// The TLS handshake is done.
@@ -85,7 +84,6 @@ impl Tunnel {
             idle_since: None,
             phase: Phase::Live,
             fed_eof: false,
-            scratch: Vec::new(),
             started: now,
             connected: false,
             error: None,
@@ -170,24 +168,29 @@ impl Tunnel {
         true
     }
 
-    /// Ciphertext out of the state machine into the leg, as far as it has room.
+    /// Ciphertext out of the state machine into the leg, as far as it has room:
+    /// rustls writes its records straight into the free part of the leg's send ring
+    /// (a contiguous part per round, two rounds when the ring wraps).
     fn move_ciphertext(&mut self) {
-        loop {
-            let room = self.leg.send_room();
-            if room == 0 {
-                break;
-            }
-            self.scratch.clear();
+        let conn = self.side.conn();
+        while self.leg.send_room() > 0 {
             let n = self
-                .side
-                .conn()
-                .take_ciphertext_max(&mut self.scratch, room);
+                .leg
+                .socket()
+                .send(|free| {
+                    let n = conn.take_ciphertext_into(free);
+                    (n, n)
+                })
+                .unwrap_or(0);
             if n == 0 {
                 break;
             }
-            let sent = self.leg.socket().send_slice(&self.scratch).unwrap_or(0);
-            debug_assert_eq!(sent, n);
         }
+    }
+
+    /// Frees the idle state machine's empty transport buffers (the engine's sweep).
+    pub(crate) fn shrink_buffers(&mut self) -> usize {
+        self.side.conn().shrink_buffers()
     }
 }
 

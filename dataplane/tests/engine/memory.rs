@@ -63,7 +63,12 @@ fn idle_connections_give_their_buffer_pages_back_and_take_them_again_on_use() {
     for (name, e) in [("a", &mut w.a), ("b", &mut w.b)] {
         assert_eq!(e.buffers_resident(), 0, "gateway {name}");
         let c = e.counters().clone();
-        assert_eq!(c.socket_buffers_released, 20 * 4, "gateway {name}: {}", summary(&c));
+        assert_eq!(
+            c.socket_buffers_released,
+            20 * 4,
+            "gateway {name}: {}",
+            summary(&c)
+        );
         assert_eq!(c.live_connections, 20, "gateway {name}");
     }
     // Another sweep releases nothing again.
@@ -72,7 +77,11 @@ fn idle_connections_give_their_buffer_pages_back_and_take_them_again_on_use() {
 
     // Used again: exact bytes, on fresh pages.
     echo(&mut w, &conns, 5000, 2);
-    assert_eq!(w.a.buffers_resident(), 20 * 4 * 2 * PAGE, "5000 bytes span two pages");
+    assert_eq!(
+        w.a.buffers_resident(),
+        20 * 4 * 2 * PAGE,
+        "5000 bytes span two pages"
+    );
     for &(cli, srv) in &conns {
         w.client.tcp(cli).close();
         w.server.tcp(srv).close();
@@ -140,7 +149,10 @@ fn out_of_order_data_in_an_idle_receive_buffer_is_kept() {
     w.run_for(3 * RELEASE_SWEEP_US);
     let mut at_server = Vec::new();
     recv_some(w.server.tcp(srv), &mut at_server, usize::MAX);
-    assert!(at_server.is_empty(), "nothing in order reached the server yet");
+    assert!(
+        at_server.is_empty(),
+        "nothing in order reached the server yet"
+    );
     assert!(
         w.a.buffers_resident() >= PAGE,
         "gateway a keeps the page holding the out-of-order bytes"
@@ -150,7 +162,13 @@ fn out_of_order_data_in_an_idle_receive_buffer_is_kept() {
         recv_some(w.server.tcp(srv), &mut at_server, usize::MAX);
         at_server.len() >= 2000
     });
-    assert!(at_server[..1000] == first[..], "the lost bytes, retransmitted");
-    assert!(at_server[1000..] == second[..], "the out-of-order bytes, kept");
+    assert!(
+        at_server[..1000] == first[..],
+        "the lost bytes, retransmitted"
+    );
+    assert!(
+        at_server[1000..] == second[..],
+        "the out-of-order bytes, kept"
+    );
     assert_eq!(w.a.counters().reset_connections, 0);
 }

@@ -256,6 +256,25 @@ impl HboneConn {
         total
     }
 
+    /// Writes at most `out.len()` bytes of ciphertext into the front of `out` (the free
+    /// space of the smoltcp send buffer, written in place); returns how many.
+    pub fn take_ciphertext_into(&mut self, out: &mut [u8]) -> usize {
+        let mut total = 0;
+        loop {
+            total += self.core.take_into(&mut out[total..]);
+            if total >= out.len() || self.poll().is_err() || !self.core.wants_write() {
+                break;
+            }
+        }
+        total
+    }
+
+    /// Frees the in-memory transport's buffers while they are empty (an idle
+    /// connection then holds none of their capacity); returns the bytes freed.
+    pub fn shrink_buffers(&mut self) -> usize {
+        self.core.shrink_buffers()
+    }
+
     /// Whether ciphertext is waiting to be taken.
     pub fn wants_write(&self) -> bool {
         self.core.wants_write()

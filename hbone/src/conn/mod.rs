@@ -669,13 +669,35 @@ impl Core {
 
     /// Drains encrypted bytes (at most `max`) into `out`.
     pub(crate) fn take(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
+        self.take_with(max, |tls, remaining| {
+            tls.write_tls(&mut LimitedVec { out, remaining })
+        })
+    }
+
+    /// Writes ciphertext into the front of `out`; returns how much (`out` is full or
+    /// rustls has nothing more).
+    pub(crate) fn take_into(&mut self, out: &mut [u8]) -> usize {
+        let mut at = 0;
+        let n = self.take_with(out.len(), |tls, _| {
+            let mut rest = &mut out[at..];
+            let n = tls.write_tls(&mut rest)?;
+            at += n;
+            Ok(n)
+        });
+        debug_assert_eq!(n, at);
+        n
+    }
+
+    /// Moves ciphertext out with `write` (given the room left) while rustls has some
+    /// and there is room, refilling rustls from h2's output between records.
+    fn take_with(
+        &mut self,
+        max: usize,
+        mut write: impl FnMut(&mut rustls::Connection, usize) -> io::Result<usize>,
+    ) -> usize {
         let mut total = 0;
         while total < max && self.tls.wants_write() {
-            let mut w = LimitedVec {
-                out,
-                remaining: max - total,
-            };
-            match self.tls.write_tls(&mut w) {
+            match write(&mut self.tls, max - total) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }
@@ -686,6 +708,22 @@ impl Core {
             self.bump();
         }
         total
+    }
+
+    /// Frees the pipe's buffers while they are empty, so an idle connection holds none
+    /// of their capacity (each grows again on its next write, up to its limit).
+    /// Returns the bytes of capacity freed.
+    pub(crate) fn shrink_buffers(&mut self) -> usize {
+        let mut guard = self.pipe.0.borrow_mut();
+        let p = &mut *guard;
+        let mut freed = 0;
+        for b in [&mut p.rx, &mut p.tx] {
+            if b.is_empty() && b.capacity() > 0 {
+                freed += b.capacity();
+                *b = BytesMut::new();
+            }
+        }
+        freed
     }
 
     /// Sends close_notify once (after the HTTP/2 connection has ended).
@@ -861,6 +899,11 @@ impl StreamState {
             let n = (buf.len() - total).min(self.rx_buf.len());
             buf[total..total + n].copy_from_slice(&self.rx_buf[..n]);
             self.rx_buf.advance(n);
+            if self.rx_buf.is_empty() {
+                // An empty slice still holds the chunk h2 cut it from (its whole read
+                // buffer, shared): an idle stream would keep that alive.
+                self.rx_buf = Bytes::new();
+            }
             total += n;
             if let Some(recv) = self.recv.as_mut() {
                 // The application consumed n bytes: only now may the peer send more.
