@@ -210,6 +210,9 @@ pub struct RunOptions {
     pub hbone_config: Option<PathBuf>,
     /// Skip the check that the dataplane really speaks HBONE.
     pub assume_hbone: bool,
+    /// Extra arguments of both gateways' `xdpmesh-dataplane run` (xdpmesh types), to
+    /// measure options such as `--poll busy`.
+    pub dataplane_args: Vec<String>,
     /// This executable (run in the pod namespaces for the load generators).
     pub self_exe: PathBuf,
 }
@@ -243,6 +246,7 @@ impl RunOptions {
             "tcp_config": self.tcp_config,
             "hbone_config": self.hbone_config,
             "assume_hbone": self.assume_hbone,
+            "dataplane_args": self.dataplane_args,
         })
     }
 }
@@ -556,6 +560,8 @@ fn setup(opts: &RunOptions, gw: &GatewayType) -> anyhow::Result<Bed> {
         queues,
         xdp_mode: opts.xdp_mode.clone(),
     };
+    let dataplane_args: Vec<&str> = opts.dataplane_args.iter().map(String::as_str).collect();
+    bed.topo.set_gateway_args(&[], &dataplane_args);
     match gw {
         GatewayType::Kernel | GatewayType::KernelOffload => bed
             .topo
@@ -1207,6 +1213,7 @@ mod tests {
             tcp_config: PathBuf::from("mesh.yaml"),
             hbone_config: None,
             assume_hbone: false,
+            dataplane_args: Vec::new(),
             self_exe: PathBuf::from("xdpmesh-bench"),
         }
     }

@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the benchmarks (the default command).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compare NEW against BASELINE on ratio-to-kernel figures; exit 1 on a regression,
     /// 2 when the files cannot be compared (unreadable, or taken at different MTUs).
     Compare {
@@ -137,6 +137,10 @@ struct RunArgs {
     /// Do not check that the dataplane reports HBONE activity for xdpmesh-hbone.
     #[arg(long)]
     assume_hbone: bool,
+    /// Extra arguments of both gateways' `xdpmesh-dataplane run`, space-separated
+    /// (e.g. "--poll busy"), for the xdpmesh gateway types.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    dataplane_args: Option<String>,
     /// Seconds per throughput run (default 5, smoke 1).
     #[arg(long)]
     iperf_secs: Option<u32>,
@@ -201,6 +205,11 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| root.join("control/testdata/demo.yaml")),
         hbone_config: a.hbone_config.clone(),
         assume_hbone: a.assume_hbone,
+        dataplane_args: a
+            .dataplane_args
+            .as_deref()
+            .map(|s| s.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
         self_exe: std::env::current_exe().context("locating this executable")?,
     };
     opts.validate()?;
@@ -262,7 +271,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.cmd {
         None => run_cmd(cli.run),
-        Some(Cmd::Run(a)) => run_cmd(a),
+        Some(Cmd::Run(a)) => run_cmd(*a),
         Some(Cmd::Compare {
             baseline,
             new,
