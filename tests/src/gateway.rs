@@ -69,6 +69,8 @@ pub(crate) struct GatewayProcs {
     /// Extra arguments for every control and dataplane started
     /// ([`Topology::set_gateway_args`]).
     extra_args: (Vec<String>, Vec<String>),
+    /// Extra environment of every dataplane started ([`Topology::set_dataplane_env`]).
+    dataplane_env: Vec<(String, String)>,
 }
 
 impl GatewayProcs {
@@ -235,7 +237,8 @@ impl Topology {
             }
             args.extend(["--xdp-mode", &xdp_mode]);
             args.extend(self.gateways.extra_args.1.iter().map(String::as_str));
-            let dataplane = match self.spawn(node, &args) {
+            let env = self.gateways.dataplane_env.clone();
+            let dataplane = match self.spawn_env(node, &args, &env) {
                 Ok(d) => d,
                 Err(e) => {
                     drop(control);
@@ -281,6 +284,15 @@ impl Topology {
     pub fn set_gateway_args(&mut self, control: &[&str], dataplane: &[&str]) {
         let own = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
         self.gateways.extra_args = (own(control), own(dataplane));
+    }
+
+    /// Extra environment variables of the dataplanes the next
+    /// [`Topology::start_gateways`] starts (e.g. the allocator's `_RJEM_MALLOC_CONF`).
+    pub fn set_dataplane_env(&mut self, env: &[(&str, &str)]) {
+        self.gateways.dataplane_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// The mesh CA directory of this topology (created by the first control process).

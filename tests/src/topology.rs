@@ -517,6 +517,16 @@ impl Topology {
     /// under [`Self::tmp_dir`]. The handle kills the process group when dropped; the
     /// topology kills it too if it is dropped first.
     pub fn spawn(&self, node: Node, argv: &[&str]) -> anyhow::Result<ProcHandle> {
+        self.spawn_env(node, argv, &[])
+    }
+
+    /// [`Topology::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        &self,
+        node: Node,
+        argv: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<ProcHandle> {
         let (program, args) = argv.split_first().context("empty argv")?;
         let n = self.spawned.fetch_add(1, Ordering::Relaxed);
         let base = Path::new(program)
@@ -528,6 +538,7 @@ impl Topology {
             .join(format!("{n:02}-{}-{base}.log", node.suffix()));
         let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = self.cmd(node, program, args);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);

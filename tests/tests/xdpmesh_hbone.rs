@@ -268,7 +268,9 @@ fn test_hbone_1000_idle_streams_hold_no_buffer_memory() {
     if !require_root("test_hbone_1000_idle_streams_hold_no_buffer_memory") {
         return;
     }
-    let topo = hbone_topology("hidle");
+    let mut topo =
+        Topology::new(&unique_prefix("hidle"), TopologyOpts::default()).expect("topology");
+    xdpmesh_netns::memory::start_gateways(&mut topo, &hbone_config());
     xdpmesh_netns::memory::assert_idle_connections_hold_no_buffers(&topo, 1000, [2, 2]);
 }
 

@@ -215,7 +215,9 @@ fn test_xdpmesh_tcp_1000_idle_connections_hold_no_buffer_memory() {
     if !require_root("test_xdpmesh_tcp_1000_idle_connections_hold_no_buffer_memory") {
         return;
     }
-    let topo = xdpmesh_topology("xidle", TopologyOpts::default(), 1);
+    let mut topo =
+        Topology::new(&unique_prefix("xidle"), TopologyOpts::default()).expect("topology");
+    xdpmesh_netns::memory::start_gateways(&mut topo, &demo_config());
     // Two legs per connection and gateway, a receive and a send buffer each.
     xdpmesh_netns::memory::assert_idle_connections_hold_no_buffers(&topo, 1000, [4, 4]);
 }
