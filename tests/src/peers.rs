@@ -274,6 +274,11 @@ pub fn held_echo_result(p: &mut ProcHandle, timeout: Duration) -> anyhow::Result
         .rev()
         .find(|l| l.starts_with("{\"connections\""))
         .with_context(|| format!("echo_client.py --hold printed no report: {}", p.log_tail(5)))?;
+    echo_report(line, status.success())
+}
+
+/// An `echo_client.py` report line as an [`EchoResult`].
+fn echo_report(line: &str, exit_ok: bool) -> anyhow::Result<EchoResult> {
     let v: serde_json::Value =
         serde_json::from_str(line).with_context(|| format!("echo_client.py report {line:?}"))?;
     Ok(EchoResult {
@@ -290,7 +295,7 @@ pub fn held_echo_result(p: &mut ProcHandle, timeout: Duration) -> anyhow::Result
                     .collect()
             })
             .unwrap_or_default(),
-        exit_ok: status.success(),
+        exit_ok,
     })
 }
 
@@ -639,24 +644,7 @@ impl Topology {
                 String::from_utf8_lossy(&out.stderr).trim_end()
             );
         };
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("echo_client.py report {line:?}"))?;
-        Ok(EchoResult {
-            connections: field_u64(&v, "connections")?,
-            ok: field_u64(&v, "ok")?,
-            failed: field_u64(&v, "failed")?,
-            bytes: field_u64(&v, "bytes")?,
-            seconds: field_f64(&v, "seconds")?,
-            errors: v["errors"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|e| e.as_str().unwrap_or_default().to_string())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            exit_ok: out.status.success(),
-        })
+        echo_report(line, out.status.success())
     }
 
     /// `iperf3 -c server -p port -t seconds -J` from `node`.
