@@ -95,6 +95,11 @@ enum Cmd {
         /// Send buffer per connection leg, bytes (default: as --rx-buffer).
         #[arg(long)]
         tx_buffer: Option<usize>,
+        /// Delayed-ACK time of the connection legs, milliseconds: a leg ACKs at the
+        /// latest this long after data arrives, and at once for every second full-sized
+        /// segment (smoltcp's rule, as Linux's); 0 ACKs every segment at once.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=500))]
+        ack_delay_ms: u64,
         /// UMEM frames per socket (power of two; half RX, half TX).
         #[arg(long, default_value_t = 4096)]
         frames: u32,
@@ -260,6 +265,7 @@ fn main() {
             poll,
             rx_buffer,
             tx_buffer,
+            ack_delay_ms,
             frames,
             pin_root,
             shm,
@@ -298,6 +304,8 @@ fn main() {
             xdp_mode,
             busy: matches!(poll, PollMode::Busy),
             buffers: (rx_buffer, tx_buffer),
+            ack_delay: (ack_delay_ms > 0)
+                .then(|| smoltcp::time::Duration::from_millis(ack_delay_ms)),
             frames,
             wait_tables: Duration::from_secs(wait_tables_secs),
         }),
@@ -442,6 +450,8 @@ struct RunArgs {
     busy: bool,
     /// --rx-buffer and --tx-buffer; the defaults depend on the interfaces' MTU.
     buffers: (Option<usize>, Option<usize>),
+    /// --ack-delay-ms (None: 0, off).
+    ack_delay: Option<smoltcp::time::Duration>,
     frames: u32,
     pin_dir: PathBuf,
     shm: PathBuf,
@@ -567,6 +577,7 @@ fn run(a: RunArgs) -> Result<()> {
             workers: queues,
             ports: per_port,
             buffers,
+            ack_delay: a.ack_delay,
             busy_poll: a.busy,
             shm: tables.register(q as u32)?,
             inboxes: inboxes.clone(),
@@ -631,7 +642,7 @@ fn run(a: RunArgs) -> Result<()> {
             .spawn(move || xdpmesh_dataplane::capture::serve(&dir, names, tap, stop))?;
     }
     prog.set_enabled(true)?;
-    info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, rx_buffer = buffers.rx, tx_buffer = buffers.tx, "running");
+    info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, rx_buffer = buffers.rx, tx_buffer = buffers.tx, ack_delay_ms = a.ack_delay.map_or(0, |d| d.total_millis()), "running");
     eprintln!("xdpmesh-dataplane ready");
 
     let stats_path = a.run_dir.join("stats.json");

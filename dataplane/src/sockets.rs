@@ -30,11 +30,10 @@ use crate::stack::Buffers;
 pub const POOL_BYTES: usize = 4 << 20;
 
 /// smoltcp's default delayed-ACK time (`ACK_DELAY_DEFAULT`), which a leg turns off
-/// when it sends its FIN.
-const ACK_DELAY: Duration = Duration::from_millis(10);
+/// when it sends its FIN; `xdpmesh-dataplane run --ack-delay-ms` sets another.
+pub const ACK_DELAY: Duration = Duration::from_millis(10);
 
 /// The pool.
-#[derive(Default)]
 pub struct SocketPool {
     free: Vec<RingSocket>,
     /// How many of `free` (the last ones) may have resident buffer pages.
@@ -43,6 +42,20 @@ pub struct SocketPool {
     busy: bool,
     /// Sockets handed out again instead of being allocated.
     pub reused: u64,
+    /// The delayed-ACK time of the legs' sockets (None: every segment ACKed at once).
+    pub ack_delay: Option<Duration>,
+}
+
+impl Default for SocketPool {
+    fn default() -> Self {
+        SocketPool {
+            free: Vec::new(),
+            touched: 0,
+            busy: false,
+            reused: 0,
+            ack_delay: Some(ACK_DELAY),
+        }
+    }
 }
 
 impl SocketPool {
@@ -54,13 +67,13 @@ impl SocketPool {
             self.touched = self.touched.min(self.free.len());
             let s = r.socket();
             if s.recv_capacity() == buffers.rx && s.send_capacity() == buffers.tx {
-                configure(s);
+                configure(s, self.ack_delay);
                 self.reused += 1;
                 return r;
             }
         }
         let mut r = RingSocket::new(buffers.rx, buffers.tx);
-        configure(r.socket());
+        configure(r.socket(), self.ack_delay);
         r
     }
 
@@ -110,10 +123,11 @@ impl SocketPool {
 }
 
 /// A new leg's configuration: Nagle off (the splice forwards what arrives at once),
-/// smoltcp's defaults for the rest, and a fresh congestion controller.
-fn configure(s: &mut tcp::Socket<'static>) {
+/// the pool's delayed-ACK time, smoltcp's defaults for the rest, and a fresh congestion
+/// controller.
+fn configure(s: &mut tcp::Socket<'static>, ack_delay: Option<Duration>) {
     s.set_nagle_enabled(false);
-    s.set_ack_delay(Some(ACK_DELAY));
+    s.set_ack_delay(ack_delay);
     s.set_keep_alive(None);
     s.set_timeout(None);
     let cc = s.congestion_control();
@@ -128,6 +142,27 @@ mod tests {
         let mut r = pool.take(b);
         r.socket().abort();
         r
+    }
+
+    #[test]
+    fn sockets_get_the_pools_delayed_ack_time_new_or_reused() {
+        let b = Buffers::default();
+        let mut pool = SocketPool {
+            ack_delay: None,
+            ..Default::default()
+        };
+        assert_eq!(pool.take(b).socket_ref().ack_delay(), None, "new");
+        let mut r = pool.take(b);
+        r.socket().set_ack_delay(Some(ACK_DELAY));
+        r.socket().abort();
+        pool.put(r);
+        assert_eq!(pool.take(b).socket_ref().ack_delay(), None, "reused");
+        assert_eq!(pool.reused, 1);
+        pool.ack_delay = Some(Duration::from_millis(1));
+        assert_eq!(
+            pool.take(b).socket_ref().ack_delay(),
+            Some(Duration::from_millis(1))
+        );
     }
 
     #[test]

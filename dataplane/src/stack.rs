@@ -511,9 +511,9 @@ impl Buffers {
     /// The default for links of IP MTU up to `mtu`: 64 KiB, or four full segments if
     /// that is more. A receive window of a few segments keeps a jumbo link's pipe
     /// full (Linux also caps its segments to half the largest window it has seen, so a
-    /// 64 KiB window would halve a 64 KiB MTU's segments); the buffers are allocated
-    /// zeroed, so the pages of an idle leg's buffer that no byte ever crossed are not
-    /// resident.
+    /// 64 KiB window would halve a 64 KiB MTU's segments); the buffers are
+    /// [`crate::ringmem`] slots, so a page no byte crossed is never resident, and an
+    /// idle leg gives back the ones that were.
     pub fn for_mtu(mtu: usize) -> Buffers {
         let four = 4 * mtu.saturating_sub(40);
         let d = Buffers::default();

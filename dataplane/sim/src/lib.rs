@@ -129,6 +129,8 @@ pub struct Opts {
     pub uplink_mtu: usize,
     /// An IPv6-only world ([`Addrs::V6`]) instead of the IPv4 one.
     pub ipv6: bool,
+    /// The legs' delayed-ACK time (both engines; None: off).
+    pub ack_delay: Option<smoltcp::time::Duration>,
 }
 
 impl Default for Opts {
@@ -141,6 +143,7 @@ impl Default for Opts {
             pod_mtu: 1500,
             uplink_mtu: 1500,
             ipv6: false,
+            ack_delay: Some(xdpmesh_dataplane::sockets::ACK_DELAY),
         }
     }
 }
@@ -254,6 +257,7 @@ fn engine(
         id: 0,
         workers: 1,
         buffers: opts.buffers,
+        ack_delay: opts.ack_delay,
         hbone: opts.hbone,
         resolver: Box::new(move |ifindex, ip| n.lock().unwrap().get(&(ifindex, ip)).copied()),
         inboxes: Vec::new(),

@@ -160,6 +160,8 @@ pub struct EngineConfig {
     pub workers: u32,
     /// Socket buffers.
     pub buffers: Buffers,
+    /// The legs' delayed-ACK time (None: every segment ACKed at once).
+    pub ack_delay: Option<smoltcp::time::Duration>,
     /// HBONE pool limits.
     pub hbone: HboneLimits,
     /// Next-hop resolver.
@@ -227,10 +229,12 @@ impl<S: FrameSink> Engine<S> {
             workers: cfg.workers,
         };
         let pid = std::process::id();
+        let mut net = Net::new(ports, Instant::from_micros(now));
+        net.sockets.ack_delay = cfg.ack_delay;
         Engine {
             id: cfg.id,
             owner,
-            net: Net::new(ports, Instant::from_micros(now)),
+            net,
             index: Index::default(),
             objects: SlotMap::with_key(),
             flows: Flows::new(owner, pid as u16),

@@ -39,6 +39,8 @@ pub struct WorkerSetup {
     pub ports: Vec<(PortSpec, RxPart, TxPart)>,
     /// Socket buffers.
     pub buffers: crate::stack::Buffers,
+    /// The legs' delayed-ACK time (None: off).
+    pub ack_delay: Option<smoltcp::time::Duration>,
     /// Spin instead of sleeping in poll().
     pub busy_poll: bool,
     /// Table slot.
@@ -78,6 +80,7 @@ pub fn run(setup: WorkerSetup) {
         workers,
         ports,
         buffers,
+        ack_delay,
         busy_poll,
         mut shm,
         inboxes,
@@ -108,6 +111,7 @@ pub fn run(setup: WorkerSetup) {
         id,
         workers,
         buffers,
+        ack_delay,
         hbone,
         resolver,
         inboxes,

@@ -334,6 +334,63 @@ fn jumbo_links_carry_pod_sized_segments_byte_exact() {
     assert_clean(&mut w, 1);
 }
 
+/// (data segments from a, pure ACKs from b) on the uplink while the client sends
+/// `segments` full-sized segments' worth (the server reading all of it), with the
+/// legs' delayed-ACK time `ack_delay`.
+fn uplink_acks(ack_delay: Option<smoltcp::time::Duration>, segments: usize) -> (usize, usize) {
+    let mut w = World::new(Opts {
+        ack_delay,
+        ..Default::default()
+    });
+    let conn = established(&mut w, 40_031);
+    w.log_wire = true;
+    let up = pattern(segments * 1460, 31);
+    let (at_server, _) = exchange(&mut w, conn, &up, b"", 5_000_000);
+    assert!(at_server == up, "bytes differ");
+    let payload = |f: &[u8]| {
+        let t = wire::parse_tcp_frame(f).unwrap();
+        let tcp = t.ip_offset + usize::from(f[t.ip_offset] & 0x0f) * 4;
+        (
+            t,
+            t.ip_offset + t.ip_len - (tcp + usize::from(f[tcp + 12] >> 4) * 4),
+        )
+    };
+    let data = w
+        .wire_log
+        .iter()
+        .filter(|(from_a, f)| *from_a && payload(f).1 > 0)
+        .count();
+    let acks = w
+        .wire_log
+        .iter()
+        .filter(|(from_a, f)| {
+            let (t, len) = payload(f);
+            !*from_a && len == 0 && t.flags.ack && !t.flags.syn && !t.flags.fin && !t.flags.rst
+        })
+        .count();
+    (data, acks)
+}
+
+/// Delayed ACKs as Linux's: a leg ACKs every second full-sized segment at once (and
+/// the odd last one when its delay ends); `--ack-delay-ms 0` (None) ACKs every one.
+#[test]
+fn a_leg_acks_every_second_segment_or_every_one_with_delayed_acks_off() {
+    let (data, acks) = uplink_acks(Some(xdpmesh_dataplane::sockets::ACK_DELAY), 100);
+    let (data0, acks0) = uplink_acks(None, 100);
+    // The splice forwards what has arrived, so a few segments are short: 100 segments'
+    // worth crosses in 100 to 104.
+    for d in [data, data0] {
+        assert!((100..=104).contains(&d), "{d} data segments on the uplink");
+    }
+    // One ACK when more than a full segment is unacknowledged: half of them, short
+    // ones counting for less.
+    assert!(
+        (data / 2 - 1..=data.div_ceil(2)).contains(&acks),
+        "delayed ACKs: {acks} for {data} segments"
+    );
+    assert_eq!(acks0, data0, "delayed ACKs off: one per segment");
+}
+
 /// A FIN retransmitted after its connection was freed (its ACK was lost) gets the ACK
 /// that TIME-WAIT would have sent, exact in sequence and acknowledgement numbers,
 /// instead of silence until the linger ends and a reset after it.
