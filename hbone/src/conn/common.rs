@@ -245,24 +245,28 @@ impl HboneConn {
     /// Appends at most `max` bytes of ciphertext to `out` (e.g. the free space of the
     /// smoltcp send buffer).
     pub fn take_ciphertext_max(&mut self, out: &mut Vec<u8>, max: usize) -> usize {
-        let mut total = 0;
-        loop {
-            let n = self.core.take(out, max - total);
-            total += n;
-            if total >= max || self.poll().is_err() || !self.core.wants_write() {
-                break;
-            }
-        }
-        total
+        self.take_ciphertext_with(max, |core, total| core.take(out, max - total))
     }
 
     /// Writes at most `out.len()` bytes of ciphertext into the front of `out` (the free
     /// space of the smoltcp send buffer, written in place); returns how many.
     pub fn take_ciphertext_into(&mut self, out: &mut [u8]) -> usize {
+        let max = out.len();
+        self.take_ciphertext_with(max, |core, total| core.take_into(&mut out[total..]))
+    }
+
+    /// Takes ciphertext with `take` (given the bytes taken so far) until `max` bytes
+    /// are out or there is no more, polling the connection between takes so that h2's
+    /// pending frames become records too.
+    fn take_ciphertext_with(
+        &mut self,
+        max: usize,
+        mut take: impl FnMut(&mut Core, usize) -> usize,
+    ) -> usize {
         let mut total = 0;
         loop {
-            total += self.core.take_into(&mut out[total..]);
-            if total >= out.len() || self.poll().is_err() || !self.core.wants_write() {
+            total += take(&mut self.core, total);
+            if total >= max || self.poll().is_err() || !self.core.wants_write() {
                 break;
             }
         }
