@@ -142,6 +142,13 @@ pub struct PingPongResult {
     pub latency: Percentiles,
     /// `[latency_us, quantile]` points.
     pub cdf: Vec<[f64; 2]>,
+    /// How long `connect` took, microseconds.
+    #[serde(default)]
+    pub connect_us: f64,
+    /// The first round trip (warm-up or not), microseconds: with `connect_us`, what a
+    /// new connection costs before its first answer.
+    #[serde(default)]
+    pub first_round_trip_us: f64,
 }
 
 /// One connection, `size`-byte messages echoed back, `warmup` unmeasured then up to
@@ -153,12 +160,15 @@ pub fn pingpong_client(
     duration: Duration,
     max_round_trips: u64,
 ) -> anyhow::Result<PingPongResult> {
+    let t_connect = Instant::now();
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
+    let connect_us = us(t_connect.elapsed());
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     let msg: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let mut back = vec![0u8; size];
+    let mut first_round_trip_us = None;
     let mut h = stats::new_histogram();
     let start = Instant::now();
     let mut measured_from: Option<Instant> = None;
@@ -178,6 +188,7 @@ pub fn pingpong_client(
             .with_context(|| format!("reading the echo of round trip {n}"))?;
         let dt = t0.elapsed();
         anyhow::ensure!(back == msg, "echo differs from the request");
+        first_round_trip_us.get_or_insert(us(dt));
         if measured_from.is_some() {
             stats::record(&mut h, dt.as_nanos() as u64);
             n += 1;
@@ -192,7 +203,13 @@ pub fn pingpong_client(
         seconds,
         latency: stats::percentiles(&h),
         cdf: stats::cdf(&h),
+        connect_us,
+        first_round_trip_us: first_round_trip_us.unwrap_or(0.0),
     })
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_nanos() as f64 / 1e3
 }
 
 /// Result of `connrate-client`.

@@ -205,6 +205,36 @@ pub fn figure_meta(name: &str) -> FigureMeta {
             Better::Higher,
             Basis::Ratio,
         ),
+        ["connrate", "first", "us"] => meta(
+            "first conn + echo (fresh gateways)".into(),
+            "µs",
+            Better::Neither,
+            Basis::Ratio,
+        ),
+        ["connrate", "first", "gw", "connect", "us"] => meta(
+            "first conn: gateway A set-up".into(),
+            "µs",
+            Better::Neither,
+            Basis::Absolute,
+        ),
+        ["connrate", "first", "tls", "us"] => meta(
+            "first conn: tunnel TLS handshake".into(),
+            "µs",
+            Better::Neither,
+            Basis::Absolute,
+        ),
+        ["connrate", "gw", "connect", "us"] => meta(
+            "gateway A set-up mean (SYN → accepted)".into(),
+            "µs",
+            Better::Neither,
+            Basis::Absolute,
+        ),
+        ["connrate", "tls", "handshakes"] => meta(
+            "TLS handshakes during connrate".into(),
+            "",
+            Better::Neither,
+            Basis::Absolute,
+        ),
         ["connrate", q, "us"] => meta(
             format!("new conn + echo {q}"),
             "µs",

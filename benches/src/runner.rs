@@ -414,18 +414,24 @@ fn run_round(
         gw,
         bed: &bed,
     };
-    if let Err(e) = ctx.probe_traffic() {
-        rr.status = if *gw == GatewayType::XdpmeshHbone {
-            format!("unsupported: {}", first_line(&e))
-        } else {
-            format!("error: traffic probe failed: {}", first_line(&e))
-        };
-        rr.details.insert(
-            "probe_error".into(),
-            serde_json::Value::String(format!("{e:#}\n{}", ctx.gateway_log_tails())),
-        );
-        rr.seconds = t0.elapsed().as_secs_f64();
-        return (rr, na);
+    let first = match ctx.probe_traffic() {
+        Ok(first) => first,
+        Err(e) => {
+            rr.status = if *gw == GatewayType::XdpmeshHbone {
+                format!("unsupported: {}", first_line(&e))
+            } else {
+                format!("error: traffic probe failed: {}", first_line(&e))
+            };
+            rr.details.insert(
+                "probe_error".into(),
+                serde_json::Value::String(format!("{e:#}\n{}", ctx.gateway_log_tails())),
+            );
+            rr.seconds = t0.elapsed().as_secs_f64();
+            return (rr, na);
+        }
+    };
+    if opts.scenarios.contains(&Scenario::ConnRate) {
+        ctx.first_connection(&first, &mut rr);
     }
     for &sc in &opts.scenarios {
         if let GatewayType::External { spec, .. } = gw {
@@ -640,6 +646,101 @@ struct Iperf {
     bytes: u64,
 }
 
+/// The first probe through fresh gateways, and how many tries it took.
+struct FirstProbe {
+    result: PingPongResult,
+    attempts: u32,
+}
+
+/// One of a dataplane's latency histograms, as `stats.json` has it (cumulative buckets).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct GwHistogram {
+    count: u64,
+    sum_us: u64,
+    /// `(upper bound as written, cumulative count)`, `"+Inf"` last.
+    buckets: Vec<(String, u64)>,
+}
+
+impl GwHistogram {
+    fn parse(v: &serde_json::Value) -> Option<GwHistogram> {
+        let buckets = v["buckets"]
+            .as_array()?
+            .iter()
+            .map(|b| {
+                Some((
+                    b["le"].to_string().trim_matches('"').to_owned(),
+                    b["count"].as_u64()?,
+                ))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(GwHistogram {
+            count: v["count"].as_u64()?,
+            sum_us: v["sum_us"].as_u64()?,
+            buckets,
+        })
+    }
+
+    /// The observations made after `before` (the same histogram, read earlier).
+    fn since(&self, before: &GwHistogram) -> GwHistogram {
+        let was = |le: &str| {
+            before
+                .buckets
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0, |b| b.1)
+        };
+        GwHistogram {
+            count: self.count.saturating_sub(before.count),
+            sum_us: self.sum_us.saturating_sub(before.sum_us),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(le, n)| (le.clone(), n.saturating_sub(was(le))))
+                .collect(),
+        }
+    }
+
+    fn mean_us(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum_us as f64 / self.count as f64
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let buckets: serde_json::Map<_, _> = self
+            .buckets
+            .iter()
+            .map(|(le, n)| (le.clone(), serde_json::json!(n)))
+            .collect();
+        serde_json::json!({"count": self.count, "mean_us": self.mean_us(), "le": buckets})
+    }
+}
+
+/// A dataplane's two latency histograms.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct GatewayLatency {
+    tls_handshake: GwHistogram,
+    connect: GwHistogram,
+}
+
+impl GatewayLatency {
+    fn since(&self, before: &GatewayLatency) -> GatewayLatency {
+        GatewayLatency {
+            tls_handshake: self.tls_handshake.since(&before.tls_handshake),
+            connect: self.connect.since(&before.connect),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "tls_handshake": self.tls_handshake.to_json(),
+            "connect": self.connect.to_json(),
+        })
+    }
+}
+
 struct Ctx<'a> {
     opts: &'a RunOptions,
     gw: &'a GatewayType,
@@ -785,17 +886,26 @@ impl Ctx<'_> {
 
     /// A few round trips through the gateways: is the path there at all? For
     /// `xdpmesh-hbone`, also checks that the dataplane reports HBONE activity.
-    fn probe_traffic(&self) -> anyhow::Result<()> {
+    /// Returns the first probe that went through: the first connection of the fresh
+    /// gateways (for HBONE, the first of its tunnel pool: it waited for the handshake).
+    fn probe_traffic(&self) -> anyhow::Result<FirstProbe> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let mut attempts = 0;
+        let first = loop {
+            attempts += 1;
             match self.pingpong(64, 0, 500, 20) {
-                Ok(_) => break,
+                Ok(r) => {
+                    break FirstProbe {
+                        result: r,
+                        attempts,
+                    }
+                }
                 Err(e) if Instant::now() >= deadline => {
                     return Err(e.context("no round trip through the gateways within 10 s"))
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(300)),
             }
-        }
+        };
         if *self.gw == GatewayType::XdpmeshHbone && !self.opts.assume_hbone {
             // Until HBONE exists the dataplane carries these workloads as plain TCP;
             // a figure labelled HBONE must not silently measure that.
@@ -814,7 +924,67 @@ impl Ctx<'_> {
                 );
             }
         }
-        Ok(())
+        Ok(first)
+    }
+
+    /// Records what the first connection through the fresh gateways cost: its connect
+    /// and first echo as the client saw them, and for xdpmesh the gateways' own view
+    /// (gateway A's set-up of it and, for HBONE, the tunnel's TLS handshake, key
+    /// exchange and certificate checks included).
+    fn first_connection(&self, first: &FirstProbe, rr: &mut RoundReport) {
+        let r = &first.result;
+        let total = r.connect_us + r.first_round_trip_us;
+        let mut detail = serde_json::json!({
+            "attempts": first.attempts,
+            "connect_us": r.connect_us,
+            "first_round_trip_us": r.first_round_trip_us,
+        });
+        let mut line = format!(
+            "    first connection: connect {:.0} µs + first echo {:.0} µs",
+            r.connect_us, r.first_round_trip_us
+        );
+        if first.attempts == 1 {
+            rr.figures.insert("connrate_first_us".into(), total);
+        } else {
+            // A probe that failed first measured a gateway that was not ready, not a
+            // first connection.
+            line.push_str(&format!(" (attempt {}: not recorded)", first.attempts));
+        }
+        if self.gw.is_xdpmesh() {
+            // stats.json is rewritten every 200 ms.
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        if let Some(a) = self.gateway_latency(Node::GatewayA) {
+            if a.connect.count > 0 {
+                rr.figures
+                    .insert("connrate_first_gw_connect_us".into(), a.connect.mean_us());
+                line.push_str(&format!("; gateway A set-up {:.0} µs", a.connect.mean_us()));
+            }
+            if a.tls_handshake.count > 0 {
+                rr.figures
+                    .insert("connrate_first_tls_us".into(), a.tls_handshake.mean_us());
+                line.push_str(&format!(
+                    ", TLS handshake {:.0} µs",
+                    a.tls_handshake.mean_us()
+                ));
+            }
+            detail["gateway_a"] = a.to_json();
+        }
+        progress(&line);
+        rr.details.insert("first_connection".into(), detail);
+    }
+
+    /// A dataplane's latency histograms (`stats.json`'s `latency`); `None` for
+    /// gateways that are not xdpmesh or whose stats cannot be read.
+    fn gateway_latency(&self, node: Node) -> Option<GatewayLatency> {
+        if !self.gw.is_xdpmesh() {
+            return None;
+        }
+        let v = self.topo().gateway_stats(node).ok()?;
+        Some(GatewayLatency {
+            tls_handshake: GwHistogram::parse(&v["latency"]["tls_handshake"])?,
+            connect: GwHistogram::parse(&v["latency"]["connect"])?,
+        })
     }
 
     /// One iperf3 run; after a failure the server is restarted so that the failure
@@ -934,6 +1104,7 @@ impl Ctx<'_> {
     fn connrate(&self, rr: &mut RoundReport) -> anyhow::Result<()> {
         let l = &self.opts.load;
         let addr = self.target("connrate", CONNRATE_PORT);
+        let before = self.gateway_latency(Node::GatewayA);
         let r: ConnRateResult = self.client_json(
             &[
                 "connrate-client".into(),
@@ -960,8 +1131,32 @@ impl Ctx<'_> {
                 .insert("connrate_p99_us".into(), r.latency.p99_us);
         }
         rr.figures.insert("connrate_errors".into(), r.errors as f64);
-        rr.details
-            .insert("connrate".into(), serde_json::to_value(&r)?);
+        let mut detail = serde_json::to_value(&r)?;
+        // Let stats.json (200 ms) catch up with the last connections.
+        let after = before.as_ref().and_then(|_| {
+            std::thread::sleep(Duration::from_millis(400));
+            self.gateway_latency(Node::GatewayA)
+        });
+        if let (Some(b), Some(a)) = (&before, &after) {
+            let d = a.since(b);
+            if d.connect.count > 0 {
+                rr.figures
+                    .insert("connrate_gw_connect_us".into(), d.connect.mean_us());
+            }
+            // A warm pool opens no tunnel per connection: this shows it does not.
+            rr.figures.insert(
+                "connrate_tls_handshakes".into(),
+                d.tls_handshake.count as f64,
+            );
+            progress(&format!(
+                "    gateway A: {} set-ups, mean {:.0} µs; {} TLS handshakes",
+                d.connect.count,
+                d.connect.mean_us(),
+                d.tls_handshake.count
+            ));
+            detail["gateway_a"] = d.to_json();
+        }
+        rr.details.insert("connrate".into(), detail);
         // A path that drops connections is broken, not slow.
         if r.ok == 0 || r.errors * 100 > r.attempted {
             bail!(
@@ -1267,6 +1462,30 @@ mod tests {
         assert_eq!(h.matches("protocol: HBONE").count(), 2, "{h}");
         assert!(!h.contains("protocol: TCP"));
         assert_eq!(h.lines().count(), demo.lines().count());
+    }
+
+    #[test]
+    fn gateway_histograms_are_read_from_stats_json_and_subtracted() {
+        let stats = |count: u64, sum: u64, low: u64| {
+            serde_json::json!({"count": count, "sum_us": sum, "buckets": [
+                {"le": 0.0001, "count": low}, {"le": 0.00025, "count": count},
+                {"le": "+Inf", "count": count}]})
+        };
+        let before = GwHistogram::parse(&stats(2, 300, 1)).unwrap();
+        let after = GwHistogram::parse(&stats(12, 2_300, 5)).unwrap();
+        assert_eq!(after.buckets[0], ("0.0001".to_string(), 5));
+        assert_eq!(after.buckets[2], ("+Inf".to_string(), 12));
+        let d = after.since(&before);
+        assert_eq!((d.count, d.sum_us), (10, 2_000));
+        assert_eq!(d.mean_us(), 200.0);
+        assert_eq!(
+            d.to_json(),
+            serde_json::json!({"count": 10, "mean_us": 200.0,
+                "le": {"0.0001": 4, "0.00025": 10, "+Inf": 10}})
+        );
+        assert_eq!(GwHistogram::default().mean_us(), 0.0);
+        // A dataplane without the histograms (an older build) gives none, not zeros.
+        assert_eq!(GwHistogram::parse(&serde_json::json!({"count": 1})), None);
     }
 
     #[test]

@@ -365,9 +365,12 @@ impl Traffic {
     }
 }
 
-/// Upper bounds of the latency histograms' buckets, in seconds (+Inf follows).
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// Upper bounds of the latency histograms' buckets, in seconds (+Inf follows). They
+/// start at 100 µs: a connection set up through two gateways on one machine takes a few
+/// hundred microseconds, and a first bucket of 500 µs would hold all of them.
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0,
 ];
 
 /// A latency histogram with [`LATENCY_BUCKETS`] (plain integers, counted on the worker).
@@ -417,6 +420,24 @@ impl Histogram {
                 (b, n)
             })
             .collect()
+    }
+
+    /// `{"count", "sum_us", "buckets": [{"le": seconds, "count": cumulative}, ...]}` for
+    /// `stats.json` (the +Inf bucket's `le` is the string `"+Inf"`, as in the exposition).
+    pub fn to_json(&self) -> serde_json::Value {
+        let buckets: Vec<_> = self
+            .cumulative()
+            .into_iter()
+            .map(|(le, n)| {
+                let le = if le.is_finite() {
+                    serde_json::json!(le)
+                } else {
+                    serde_json::json!("+Inf")
+                };
+                serde_json::json!({"le": le, "count": n})
+            })
+            .collect();
+        serde_json::json!({"count": self.count, "sum_us": self.sum_us, "buckets": buckets})
     }
 }
 
@@ -520,13 +541,34 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let mut h = Histogram::default();
+        h.observe(90); // 90 µs
         h.observe(400); // 0.4 ms
         h.observe(3_000); // 3 ms
         h.observe(60_000_000); // 60 s: +Inf
         let c = h.cumulative();
-        assert_eq!(c[0], (0.0005, 1));
-        assert_eq!(c[3], (0.005, 2));
-        assert_eq!(c.last().copied(), Some((f64::INFINITY, 3)));
-        assert_eq!((h.count, h.sum_us), (3, 60_003_400));
+        assert_eq!(c[0], (0.0001, 1));
+        assert_eq!(c[1], (0.00025, 1));
+        assert_eq!(c[2], (0.0005, 2));
+        assert_eq!(c[5], (0.005, 3));
+        assert_eq!(c.last().copied(), Some((f64::INFINITY, 4)));
+        assert_eq!((h.count, h.sum_us), (4, 60_003_490));
+        let j = h.to_json();
+        assert_eq!(
+            (j["count"].as_u64(), j["sum_us"].as_u64()),
+            (Some(4), Some(60_003_490))
+        );
+        assert_eq!(
+            j["buckets"][0],
+            serde_json::json!({"le": 0.0001, "count": 1})
+        );
+        assert_eq!(
+            j["buckets"][2],
+            serde_json::json!({"le": 0.0005, "count": 2})
+        );
+        assert_eq!(
+            j["buckets"][16],
+            serde_json::json!({"le": "+Inf", "count": 4})
+        );
+        assert_eq!(j["buckets"].as_array().map(Vec::len), Some(17));
     }
 }

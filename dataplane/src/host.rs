@@ -107,6 +107,7 @@ pub fn describe(ifname: &str) -> Result<(PortSpec, u32), HostError> {
             ipv4,
             ipv6,
             mtu,
+            tcp_checksum: Default::default(),
         },
         queues,
     ))

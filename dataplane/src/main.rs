@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crossbeam::queue::ArrayQueue;
 use serde_json::json;
 use tracing::{error, info, warn};
+use xdpmesh_dataplane::access::Histogram;
 use xdpmesh_dataplane::identity::IdentityStore;
 use xdpmesh_dataplane::metrics::{Local, Shared};
 use xdpmesh_dataplane::stack::Buffers;
@@ -100,6 +101,12 @@ enum Cmd {
         /// segment (smoltcp's rule, as Linux's); 0 ACKs every segment at once.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=500))]
         ack_delay_ms: u64,
+        /// Interface (repeat; one of --iface) whose received TCP checksums are taken
+        /// as good unverified: a link to local pods only, so that the pods' veth ends can
+        /// keep their checksum offload (`tx-checksumming`), whose frames carry only a
+        /// partial checksum. Uplinks always verify.
+        #[arg(long = "trust-tcp-checksum", value_name = "IFACE")]
+        trust_tcp_checksum: Vec<String>,
         /// UMEM frames per socket (power of two; half RX, half TX).
         #[arg(long, default_value_t = 4096)]
         frames: u32,
@@ -266,6 +273,7 @@ fn main() {
             rx_buffer,
             tx_buffer,
             ack_delay_ms,
+            trust_tcp_checksum,
             frames,
             pin_root,
             shm,
@@ -306,6 +314,7 @@ fn main() {
             buffers: (rx_buffer, tx_buffer),
             ack_delay: (ack_delay_ms > 0)
                 .then(|| smoltcp::time::Duration::from_millis(ack_delay_ms)),
+            trust_tcp_checksum,
             frames,
             wait_tables: Duration::from_secs(wait_tables_secs),
         }),
@@ -452,6 +461,8 @@ struct RunArgs {
     buffers: (Option<usize>, Option<usize>),
     /// --ack-delay-ms (None: 0, off).
     ack_delay: Option<smoltcp::time::Duration>,
+    /// --trust-tcp-checksum: interfaces whose received TCP checksums are not verified.
+    trust_tcp_checksum: Vec<String>,
     frames: u32,
     pin_dir: PathBuf,
     shm: PathBuf,
@@ -496,10 +507,20 @@ fn run(a: RunArgs) -> Result<()> {
     let ops_state = Arc::new(ops::OpsState::new(stop.clone(), log_filter, log_control));
     ops::serve(ops_state.clone(), a.listen)?;
 
+    if let Some(n) = a.trust_tcp_checksum.iter().find(|n| !a.ifaces.contains(n)) {
+        bail!(
+            "--trust-tcp-checksum {n}: not one of the dataplane's interfaces (--iface {})",
+            a.ifaces.join(" --iface ")
+        );
+    }
     let mut ports: Vec<PortSpec> = Vec::new();
     let mut queues_avail = u32::MAX;
     for name in &a.ifaces {
-        let (spec, q) = host::describe(name)?;
+        let (mut spec, q) = host::describe(name)?;
+        if a.trust_tcp_checksum.contains(name) {
+            spec.tcp_checksum = xdpmesh_dataplane::wire::TcpChecksum::Trust;
+            info!(iface = %name, "received TCP checksums trusted (a link to local pods)");
+        }
         queues_avail = queues_avail.min(q);
         ports.push(spec);
     }
@@ -640,6 +661,18 @@ fn run(a: RunArgs) -> Result<()> {
         std::thread::Builder::new()
             .name("xdpmesh-capture".into())
             .spawn(move || xdpmesh_dataplane::capture::serve(&dir, names, tap, stop))?;
+    }
+    // Diversion only once every worker's loop runs: each first seeds its TLS random
+    // number generator (tens of ms), and a connection diverted before would wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !shared.iter().all(|s| s.running.load(Ordering::Relaxed)) {
+        if handles.iter().any(|h| h.is_finished()) {
+            bail!("a worker exited while starting (see the log above)");
+        }
+        if Instant::now() >= deadline {
+            bail!("the workers were not running 10 s after they were started");
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
     prog.set_enabled(true)?;
     info!(instance = %a.instance, workers = queues, interfaces = ?a.ifaces, rx_buffer = buffers.rx, tx_buffer = buffers.tx, ack_delay_ms = a.ack_delay.map_or(0, |d| d.total_millis()), "running");
@@ -935,12 +968,17 @@ fn write_stats(
 ) -> Result<()> {
     let mut total = Local::default();
     let mut min_generation = u64::MAX;
+    let (mut handshake, mut connect) = (Histogram::default(), Histogram::default());
     let workers: Vec<_> = shared
         .iter()
         .enumerate()
         .map(|(q, s)| {
             let l = s.snapshot();
             total.add(&l);
+            if let Ok(ops) = s.ops.lock() {
+                handshake.add(&ops.tls_handshake);
+                connect.add(&ops.connect);
+            }
             min_generation = min_generation.min(l.table_generation);
             let mut j = l.to_json();
             j["queue"] = json!(q);
@@ -967,6 +1005,9 @@ fn write_stats(
         "uptime_ms": started.elapsed().as_millis() as u64,
         "workers": workers,
         "totals": total.to_json(),
+        // All workers' histograms (as `xdpmesh_tls_handshake_seconds` and
+        // `xdpmesh_connect_seconds`), for the benchmark harness and scripts.
+        "latency": {"tls_handshake": handshake.to_json(), "connect": connect.to_json()},
         "xdp": xdp,
         "unknown_sources": unknown.to_json(),
         "identity_loads": identity_loads,

@@ -60,6 +60,9 @@ pub struct PortSpec {
     /// of this less the headers, and send segments no larger than it allows (and than
     /// the port's frames hold).
     pub mtu: usize,
+    /// Whether received TCP checksums are verified or trusted (`--trust-tcp-checksum`:
+    /// links to local pods only; an uplink always verifies).
+    pub tcp_checksum: wire::TcpChecksum,
 }
 
 /// A device that receives at most one IP packet (the one being dispatched) and sends

@@ -101,6 +101,20 @@ impl IdentityError {
     }
 }
 
+/// Seeds the crypto library's random number generator now rather than in the first
+/// handshake. aws-lc seeds it on first use from CPU jitter entropy
+/// (`tree_jitter_initialize_once`), which measured 45–50 ms of CPU once per process on
+/// this project's machines: unwarmed, the first tunnel of a fresh dataplane paid it on
+/// each side, its handshake taking 97 ms instead of about 1. A worker calls this before
+/// it reports itself running (each thread: the generator's state is also per thread).
+pub fn warm_up() -> Result<(), rustls::Error> {
+    let mut b = [0u8; 32];
+    provider()
+        .secure_random
+        .fill(&mut b)
+        .map_err(|_| rustls::Error::FailedToGetRandomBytes)
+}
+
 /// The crypto provider HBONE uses: aws-lc-rs, TLS 1.3 AES-GCM suites, X25519 first.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(CryptoProvider {

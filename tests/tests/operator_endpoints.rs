@@ -246,6 +246,18 @@ fn test_prometheus_scrapes_exact_istio_tcp_metrics_and_config_dump_holds_no_keys
     let redirected = prom_query(&topo, "xdpmesh_xdp_packets_total{reason=\"redirect_mesh\"}");
     assert_eq!(redirected.len(), 2, "{redirected:?}");
     assert!(redirected.iter().all(|(_, v)| *v > 0), "{redirected:?}");
+    // stats.json carries the same histograms (the benchmark reads them there): one
+    // handshake per side, three connections set up per side.
+    for node in [Node::GatewayA, Node::GatewayB] {
+        let s = topo.gateway_stats(node).expect("stats.json");
+        for (hist, want) in [("tls_handshake", 1), ("connect", 3)] {
+            let h = &s["latency"][hist];
+            assert_eq!(h["count"], want, "{node:?} {hist}: {h}");
+            assert_eq!(h["buckets"][16]["le"], "+Inf", "{node:?} {hist}: {h}");
+            assert_eq!(h["buckets"][16]["count"], want, "{node:?} {hist}: {h}");
+            assert!(h["sum_us"].as_u64() > Some(0), "{node:?} {hist}: {h}");
+        }
+    }
 
     // /config_dump on gateway B (loopback only).
     let (code, body) = curl(

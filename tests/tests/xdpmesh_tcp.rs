@@ -538,6 +538,88 @@ fn test_xdpmesh_malformed_frames_are_counted_and_dropped() {
     assert_eq!(r.ok, 5, "{:?}", r.errors);
 }
 
+/// The pods' veth ends keep their checksum offload (`tx-checksumming on`, the
+/// kernel's default), so their TCP segments reach the gateways' XDP with only the
+/// pseudo-header's partial checksum. Verified, every one is dropped as a bad checksum
+/// (the connection never opens); with `--trust-tcp-checksum pod0` the gateways take
+/// them, and a download and an upload are byte-exact. The uplink still verifies.
+#[test]
+fn test_xdpmesh_tcp_trusts_partial_checksums_from_pods_only_where_told() {
+    let name = "test_xdpmesh_tcp_trusts_partial_checksums_from_pods_only_where_told";
+    if !require_root(name) {
+        return;
+    }
+    let mut topo = Topology::new(&unique_prefix("xcsum"), TopologyOpts::default()).unwrap();
+    for node in [Node::Client, Node::Server] {
+        topo.run(node, &["ethtool", "-K", "eth0", "tx", "on"])
+            .expect("ethtool -K eth0 tx on");
+        let k = topo.run(node, &["ethtool", "-k", "eth0"]).unwrap();
+        let k = String::from_utf8_lossy(&k.stdout).into_owned();
+        assert!(k.contains("tx-checksumming: on"), "{node:?}: {k}");
+    }
+    let _server = topo
+        .start_fileserver(Node::Server, FILESERVER_PORT)
+        .unwrap();
+    let url = format!("http://{SERVER_ADDR}:{FILESERVER_PORT}/blob?size=1000&seed=3");
+    let bad = |s: &serde_json::Value| counter(s, &["totals", "rx_dropped", "bad_tcp_checksum"]);
+
+    // Verified (the default): the client's SYNs are dropped, counted, and nothing opens.
+    topo.start_gateways(GatewayKind::xdpmesh(1), &demo_config())
+        .expect("gateways");
+    let err = topo
+        .run_timeout(
+            Node::Client,
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--connect-timeout",
+                "2",
+                &url,
+            ],
+            Duration::from_secs(10),
+        )
+        .expect_err("curl got through unverified partial checksums");
+    // curl's 28: the connection timed out (its SYNs were dropped, never reset).
+    assert!(format!("{err:#}").contains("exit status: 28"), "{err:#}");
+    let a = topo
+        .wait_for_stats(Node::GatewayA, Duration::from_secs(5), |s| {
+            if bad(s) >= 2 {
+                Ok(())
+            } else {
+                Err(format!("bad_tcp_checksum {}", bad(s)))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(counter(&a, &["totals", "opened_connections"]), 0, "{a:#}");
+    topo.stop_gateways(Signal::SIGTERM).unwrap();
+
+    // Trusted on the pod links: both directions byte-exact, nothing dropped.
+    topo.set_gateway_args(&[], &["--trust-tcp-checksum", "pod0"]);
+    topo.start_gateways(GatewayKind::xdpmesh(1), &demo_config())
+        .expect("gateways trusting pod0");
+    let size = 4 * MIB;
+    let url = format!("http://{SERVER_ADDR}:{FILESERVER_PORT}/blob?size={size}&seed=3");
+    let t = topo.http_download(Node::Client, &url).unwrap();
+    assert_eq!((t.bytes, t.sha256), (size, blob_sha256(size, 3)));
+    let u = topo
+        .http_upload(
+            Node::Client,
+            &format!("http://{SERVER_ADDR}:{FILESERVER_PORT}/upload"),
+            size,
+            4,
+        )
+        .unwrap();
+    assert!(u.ok(), "{u:?}");
+    let [a, b] = topo.wait_gateways_idle(Duration::from_secs(15));
+    for s in [&a, &b] {
+        assert_eq!(bad(s), 0, "{s:#}");
+        assert_eq!(counter(s, &["totals", "opened_connections"]), 2, "{s:#}");
+        assert_eq!(counter(s, &["totals", "reset_connections"]), 0, "{s:#}");
+    }
+}
+
 #[test]
 fn test_xdpmesh_two_queues_spread_flows_over_both_workers() {
     if !require_root("test_xdpmesh_two_queues_spread_flows_over_both_workers") {

@@ -33,7 +33,7 @@ use xdpmesh_dataplane::metrics::Local;
 use xdpmesh_dataplane::proxy::HboneLimits;
 use xdpmesh_dataplane::sink::MemSink;
 use xdpmesh_dataplane::stack::Buffers;
-use xdpmesh_dataplane::wire::{self, Mac};
+use xdpmesh_dataplane::wire::{self, Mac, TcpChecksum};
 use xdpmesh_hbone::identity::SpiffeId;
 use xdpmesh_hbone::{Ca, Validity};
 use xdpmesh_shm::{Address, Node, PeerAuth, Policy, Protocol, Route, Tables, Workload};
@@ -131,6 +131,9 @@ pub struct Opts {
     pub ipv6: bool,
     /// The legs' delayed-ACK time (both engines; None: off).
     pub ack_delay: Option<smoltcp::time::Duration>,
+    /// Both gateways trust the TCP checksums of frames from their pods
+    /// (`--trust-tcp-checksum pod0`).
+    pub trust_pod_tcp_checksum: bool,
 }
 
 impl Default for Opts {
@@ -144,6 +147,7 @@ impl Default for Opts {
             uplink_mtu: 1500,
             ipv6: false,
             ack_delay: Some(xdpmesh_dataplane::sockets::ACK_DELAY),
+            trust_pod_tcp_checksum: false,
         }
     }
 }
@@ -277,6 +281,7 @@ fn engine(
             IpAddr::V6(v6) => Some(v6),
         },
         mtu,
+        tcp_checksum: Default::default(),
     };
     // Frames as large as the link's, as the AF_XDP TX half takes them (multi-buffer).
     let sink = |mtu: usize| MemSink::new(2048, (mtu + 14).max(1792));
@@ -284,7 +289,14 @@ fn engine(
         cfg,
         vec![
             (
-                spec("pod", POD0_IFINDEX, pod, opts.pod_mtu),
+                PortSpec {
+                    tcp_checksum: if opts.trust_pod_tcp_checksum {
+                        TcpChecksum::Trust
+                    } else {
+                        TcpChecksum::Verify
+                    },
+                    ..spec("pod", POD0_IFINDEX, pod, opts.pod_mtu)
+                },
                 sink(opts.pod_mtu),
             ),
             (
@@ -505,8 +517,8 @@ impl Host {
     }
 }
 
-/// Says whether a frame gets through a link.
-pub type LinkFilter = Box<dyn FnMut(&[u8]) -> bool>;
+/// Says whether a frame gets through a link; it may rewrite the frame on the way.
+pub type LinkFilter = Box<dyn FnMut(&mut Vec<u8>) -> bool>;
 
 /// Two gateways, two pods, one clock.
 pub struct World {
@@ -624,10 +636,10 @@ impl World {
         let mut moved = 0;
         self.client.poll(now);
         self.server.poll(now);
-        for f in self.client.take_frames() {
+        for mut f in self.client.take_frames() {
             moved += 1;
             if let Some(pass) = self.client_link.as_mut() {
-                if !pass(&f) {
+                if !pass(&mut f) {
                     continue;
                 }
             }

@@ -210,7 +210,8 @@ impl<S: FrameSink> Engine<S> {
                 self.holds.held.push(h);
                 continue;
             }
-            let Ok(t) = wire::parse_tcp_frame(&h.frame) else {
+            let Ok(t) = wire::parse_tcp_frame_with(&h.frame, self.net.spec(h.port).tcp_checksum)
+            else {
                 continue;
             };
             let ip = &h.frame[t.ip_offset..t.ip_offset + t.ip_len];

@@ -311,7 +311,7 @@ impl<S: FrameSink> Engine<S> {
     pub fn on_frame(&mut self, port: usize, frame: &[u8], now: i64, from_rx: bool) {
         self.stats.rx_packets += 1;
         self.stats.rx_bytes += frame.len() as u64;
-        let t = match wire::parse_tcp_frame(frame) {
+        let t = match wire::parse_tcp_frame_with(frame, self.net.spec(port).tcp_checksum) {
             Ok(t) => t,
             Err(reason) => {
                 self.stats.rx_dropped[reason.index()] += 1;

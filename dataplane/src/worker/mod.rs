@@ -118,6 +118,10 @@ pub fn run(setup: WorkerSetup) {
         log_limiter,
         tap: tap.clone(),
     };
+    // Before the first connection: seeding the TLS library's RNG costs tens of ms.
+    if let Err(e) = xdpmesh_hbone::tls::warm_up() {
+        warn!(worker = id, "TLS random number generator not ready: {e}");
+    }
     let mut e = Engine::new(cfg, txs, now());
     let mut last_publish = 0i64;
     let mut last_sample = 0i64;

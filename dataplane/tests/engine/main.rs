@@ -4,6 +4,7 @@
 //! linger set, next-hop resolution, and HBONE (stream lifecycle, refusals, the pool, the keepalive).
 
 mod admission;
+mod checksums;
 mod hbone;
 mod ipv6;
 mod keepalive;

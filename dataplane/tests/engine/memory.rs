@@ -130,7 +130,7 @@ fn out_of_order_data_in_an_idle_receive_buffer_is_kept() {
     let heal = Rc::new(Cell::new(false));
     {
         let (lost, heal) = (lost.clone(), heal.clone());
-        w.client_link = Some(Box::new(move |f: &[u8]| {
+        w.client_link = Some(Box::new(move |f: &mut Vec<u8>| {
             let (seq, len) = segment(f);
             if len == 0 || heal.get() {
                 return true;

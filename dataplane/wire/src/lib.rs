@@ -170,6 +170,25 @@ fn addr(a: IpAddress) -> IpAddr {
 /// Classifies one received frame. Verifies the IPv4 header checksum and the TCP
 /// checksum (smoltcp's own verification is switched off so drops are counted here).
 pub fn parse_tcp_frame(frame: &[u8]) -> Result<TcpFrame, DropReason> {
+    parse_tcp_frame_with(frame, TcpChecksum::Verify)
+}
+
+/// What a port does with a received frame's TCP checksum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TcpChecksum {
+    /// Verify it; a bad one is dropped and counted (`bad_tcp_checksum`).
+    #[default]
+    Verify,
+    /// Take it as good unverified. Only for a link to local pods: a frame there comes
+    /// from the pod's own kernel over a veth, and with the veth's checksum offload on
+    /// (`tx-checksumming`, the kernel's default) it carries only the pseudo-header's
+    /// partial sum, which the kernel would have completed in hardware. The IPv4 header
+    /// checksum is always complete and always verified.
+    Trust,
+}
+
+/// [`parse_tcp_frame`], with the TCP checksum verified or trusted as `tcp` says.
+pub fn parse_tcp_frame_with(frame: &[u8], tcp: TcpChecksum) -> Result<TcpFrame, DropReason> {
     if frame.len() < eth::HEADER_LEN {
         return Err(DropReason::TruncatedEth);
     }
@@ -218,8 +237,9 @@ pub fn parse_tcp_frame(frame: &[u8]) -> Result<TcpFrame, DropReason> {
         }
         _ => return Err(DropReason::NotIp),
     };
+    let checksum = tcp;
     let tcp = TcpPacket::new_checked(payload).map_err(|_| DropReason::BadTcpHeader)?;
-    if !tcp.verify_checksum(&src, &dst) {
+    if checksum == TcpChecksum::Verify && !tcp.verify_checksum(&src, &dst) {
         return Err(DropReason::BadTcpChecksum);
     }
     Ok(TcpFrame {
@@ -409,6 +429,14 @@ mod tests {
         let mut f = good.clone();
         f[51] ^= 1;
         assert_eq!(parse_tcp_frame(&f), Err(DropReason::BadTcpChecksum));
+        // A port that trusts TCP checksums takes it, and still checks the IP header.
+        let t = parse_tcp_frame_with(&f, TcpChecksum::Trust).unwrap();
+        assert_eq!(t.key, parse_tcp_frame(&good).unwrap().key);
+        f[24] ^= 1;
+        assert_eq!(
+            parse_tcp_frame_with(&f, TcpChecksum::Trust),
+            Err(DropReason::BadIpChecksum)
+        );
         let mut f = good.clone();
         f[16..18].copy_from_slice(&60u16.to_be_bytes()); // total length beyond the frame
         Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
