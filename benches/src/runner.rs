@@ -131,6 +131,7 @@ impl GatewayType {
             pod_mtu: opts.mtu.pod,
             uplink_mtu: opts.mtu.uplink,
             offloads: *self == GatewayType::KernelOffload,
+            pod_tx_checksum: opts.pod_tx_checksum,
             ..TopologyOpts::default()
         }
     }
@@ -213,6 +214,9 @@ pub struct RunOptions {
     /// Extra arguments of both gateways' `xdpmesh-dataplane run` (xdpmesh types), to
     /// measure options such as `--poll busy`.
     pub dataplane_args: Vec<String>,
+    /// The pods' veth ends keep checksum offload (`--pod-tx-checksum`); the xdpmesh
+    /// gateways then run with `--trust-tcp-checksum pod0`.
+    pub pod_tx_checksum: bool,
     /// This executable (run in the pod namespaces for the load generators).
     pub self_exe: PathBuf,
 }
@@ -247,6 +251,7 @@ impl RunOptions {
             "hbone_config": self.hbone_config,
             "assume_hbone": self.assume_hbone,
             "dataplane_args": self.dataplane_args,
+            "pod_tx_checksum": self.pod_tx_checksum,
         })
     }
 }
@@ -566,7 +571,11 @@ fn setup(opts: &RunOptions, gw: &GatewayType) -> anyhow::Result<Bed> {
         queues,
         xdp_mode: opts.xdp_mode.clone(),
     };
-    let dataplane_args: Vec<&str> = opts.dataplane_args.iter().map(String::as_str).collect();
+    let mut dataplane_args: Vec<&str> = opts.dataplane_args.iter().map(String::as_str).collect();
+    if opts.pod_tx_checksum {
+        // The pods' segments carry partial checksums: verified, all would be dropped.
+        dataplane_args.extend(["--trust-tcp-checksum", "pod0"]);
+    }
     bed.topo.set_gateway_args(&[], &dataplane_args);
     match gw {
         GatewayType::Kernel | GatewayType::KernelOffload => bed
@@ -1409,6 +1418,7 @@ mod tests {
             hbone_config: None,
             assume_hbone: false,
             dataplane_args: Vec::new(),
+            pod_tx_checksum: false,
             self_exe: PathBuf::from("xdpmesh-bench"),
         }
     }
@@ -1433,6 +1443,16 @@ mod tests {
                 ..GatewayType::Kernel.topology_opts(&opts)
             }
         );
+        // --pod-tx-checksum reaches every gateway type's topology.
+        let pods = RunOptions {
+            pod_tx_checksum: true,
+            ..opts.clone()
+        };
+        for gw in [GatewayType::Kernel, GatewayType::XdpmeshTcp] {
+            let t = gw.topology_opts(&pods);
+            assert!(t.pod_tx_checksum && !t.offloads, "{gw:?}");
+        }
+        assert!(!GatewayType::Kernel.topology_opts(&opts).pod_tx_checksum);
     }
 
     #[test]

@@ -144,6 +144,11 @@ pub struct TopologyOpts {
     /// Off by default: the topology then turns them off on every interface
     /// (`ethtool -K <if> tx off tso off gso off gro off`), which AF_XDP copy mode needs.
     pub offloads: bool,
+    /// The pods' own veth ends (`eth0` of client and server) keep checksum offload
+    /// (`tx-checksumming`, the kernel's default) when the other offloads are turned off:
+    /// their TCP segments then reach the gateways with only a partial checksum, which
+    /// xdpmesh gateways take only with `--trust-tcp-checksum pod0`.
+    pub pod_tx_checksum: bool,
     /// Put a bridge in a fifth namespace (`<prefix>-wire`) between the gateways'
     /// uplinks, so the gateway-to-gateway traffic can be captured there
     /// ([`Topology::wire_ns`]). On the gateways themselves it cannot: frames that XDP
@@ -160,6 +165,7 @@ impl Default for TopologyOpts {
             pod_mtu: DEFAULT_MTU,
             uplink_mtu: DEFAULT_MTU,
             offloads: false,
+            pod_tx_checksum: false,
             wire_tap: false,
             families: Families::V4,
         }
@@ -640,11 +646,18 @@ fn veth_args(a_ns: &str, a_if: &str, b_ns: &str, b_if: &str, mtu: u32, queues: u
 
 /// The command that turns `iface`'s offloads off, or `None` when `opts` keeps them
 /// ([`TopologyOpts::offloads`]). AF_XDP copy mode sees CHECKSUM_PARTIAL packets unless
-/// offloads are off.
-fn offloads_argv<'a>(opts: &TopologyOpts, iface: &'a str) -> Option<[&'a str; 11]> {
-    (!opts.offloads).then_some([
-        "ethtool", "-K", iface, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-    ])
+/// offloads are off; a pod's `eth0` keeps checksum offload with
+/// [`TopologyOpts::pod_tx_checksum`].
+fn offloads_argv<'a>(opts: &TopologyOpts, iface: &'a str) -> Option<Vec<&'a str>> {
+    if opts.offloads {
+        return None;
+    }
+    let mut argv = vec!["ethtool", "-K", iface];
+    if !(opts.pod_tx_checksum && iface == "eth0") {
+        argv.extend(["tx", "off"]);
+    }
+    argv.extend(["tso", "off", "gso", "off", "gro", "off"]);
+    Some(argv)
 }
 
 /// `ip <args>` in the host namespace (all calls here use `-n` or `netns`).
@@ -772,5 +785,17 @@ mod tests {
             ..TopologyOpts::default()
         };
         assert_eq!(offloads_argv(&keep, "eth0"), None);
+        let pods = TopologyOpts {
+            pod_tx_checksum: true,
+            ..TopologyOpts::default()
+        };
+        assert_eq!(
+            offloads_argv(&pods, "eth0").unwrap().join(" "),
+            "ethtool -K eth0 tso off gso off gro off"
+        );
+        assert_eq!(
+            offloads_argv(&pods, "pod0").unwrap().join(" "),
+            "ethtool -K pod0 tx off tso off gso off gro off"
+        );
     }
 }

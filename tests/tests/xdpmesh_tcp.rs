@@ -549,10 +549,12 @@ fn test_xdpmesh_tcp_trusts_partial_checksums_from_pods_only_where_told() {
     if !require_root(name) {
         return;
     }
-    let mut topo = Topology::new(&unique_prefix("xcsum"), TopologyOpts::default()).unwrap();
+    let opts = TopologyOpts {
+        pod_tx_checksum: true,
+        ..TopologyOpts::default()
+    };
+    let mut topo = Topology::new(&unique_prefix("xcsum"), opts).unwrap();
     for node in [Node::Client, Node::Server] {
-        topo.run(node, &["ethtool", "-K", "eth0", "tx", "on"])
-            .expect("ethtool -K eth0 tx on");
         let k = topo.run(node, &["ethtool", "-k", "eth0"]).unwrap();
         let k = String::from_utf8_lossy(&k.stdout).into_owned();
         assert!(k.contains("tx-checksumming: on"), "{node:?}: {k}");

@@ -141,6 +141,10 @@ struct RunArgs {
     /// (e.g. "--poll busy"), for the xdpmesh gateway types.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     dataplane_args: Option<String>,
+    /// The pods' veth ends keep checksum offload (tx-checksumming, the kernel's default;
+    /// every other offload stays off); the xdpmesh gateways get --trust-tcp-checksum pod0.
+    #[arg(long)]
+    pod_tx_checksum: bool,
     /// Seconds per throughput run (default 5, smoke 1).
     #[arg(long)]
     iperf_secs: Option<u32>,
@@ -210,6 +214,7 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
             .as_deref()
             .map(|s| s.split_whitespace().map(String::from).collect())
             .unwrap_or_default(),
+        pod_tx_checksum: a.pod_tx_checksum,
         self_exe: std::env::current_exe().context("locating this executable")?,
     };
     opts.validate()?;

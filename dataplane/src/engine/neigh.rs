@@ -23,7 +23,14 @@ use crate::wire::{self, Mac};
 pub const RESOLVE_TIMEOUT_US: i64 = 3_000_000;
 /// Re-send a request this often while resolving.
 pub const RESOLVE_RETRY_US: i64 = 200_000;
-/// Waiting objects are looked at most this often.
+/// A waiting object is first looked at this long after its request went out, then
+/// after twice as long each time, up to [`RESOLVE_PASS_US`]. The answer is not
+/// delivered to the worker (the XDP program's snoop map learns it on its way to the
+/// kernel), so the worker polls for it: a neighbour on the same link answers within
+/// tens of microseconds, and a fixed 1 ms pass made every first connection to a new
+/// next hop wait up to a millisecond for it, at each gateway.
+const RESOLVE_FIRST_CHECK_US: i64 = 25;
+/// Waiting objects are looked at least this often.
 const RESOLVE_PASS_US: i64 = 1_000;
 
 /// Looks up a next hop's MAC outside the engine (XDP's ARP snoop map, the kernel's
@@ -36,6 +43,9 @@ struct Waiting {
     nexthop: IpAddr,
     started: i64,
     last_request: i64,
+    /// When it is next looked at, and the wait after that.
+    next_check: i64,
+    backoff: i64,
 }
 
 /// The neighbour cache and the objects waiting for a MAC.
@@ -43,7 +53,6 @@ pub(crate) struct Neigh {
     cache: AHashMap<(usize, IpAddr), Mac>,
     waiting: Vec<Waiting>,
     resolver: Resolver,
-    last_pass: i64,
 }
 
 impl Neigh {
@@ -52,7 +61,6 @@ impl Neigh {
             cache: AHashMap::new(),
             waiting: Vec::new(),
             resolver,
-            last_pass: i64::MIN,
         }
     }
 
@@ -66,13 +74,9 @@ impl Neigh {
         Some(m)
     }
 
-    /// When waiting objects are next looked at, if any wait.
+    /// When a waiting object is next looked at, if any waits.
     pub(crate) fn next_pass(&self) -> Option<i64> {
-        if self.waiting.is_empty() {
-            None
-        } else {
-            Some(self.last_pass.saturating_add(RESOLVE_PASS_US))
-        }
+        self.waiting.iter().map(|w| w.next_check).min()
     }
 
     /// Drops a freed object's wait (keeps the list short; a stale entry would resolve
@@ -134,24 +138,40 @@ impl<S: FrameSink> Engine<S> {
             nexthop,
             started: now,
             last_request: now,
+            next_check: now + RESOLVE_FIRST_CHECK_US,
+            backoff: RESOLVE_FIRST_CHECK_US,
         });
     }
 
     /// Gives resolved next hops to their legs (and services them), fails the legs whose
-    /// next hop did not answer in time, repeats requests. At most every
-    /// millisecond.
+    /// next hop did not answer in time, repeats requests. Each waiting object is looked
+    /// at when its check is due: soon after its request, then less and less often, at
+    /// least every millisecond.
     pub(crate) fn resolve_pending(&mut self, now: i64) {
-        if self.neigh.waiting.is_empty()
-            || now.saturating_sub(self.neigh.last_pass) < RESOLVE_PASS_US
-        {
+        if self.neigh.next_pass().is_none_or(|at| at > now) {
             return;
         }
-        self.neigh.last_pass = now;
+        // Next hops looked up in vain in this pass: the others waiting for them are not
+        // looked up again (the kernel table's lookup reads /proc/net/arp).
+        let mut unknown: Vec<(usize, IpAddr)> = Vec::new();
         for mut w in std::mem::take(&mut self.neigh.waiting) {
             if !self.objects.contains_key(w.obj) {
                 continue;
             }
-            if let Some(mac) = self.lookup_neighbor(w.port, w.nexthop) {
+            if w.next_check > now {
+                self.neigh.waiting.push(w);
+                continue;
+            }
+            let mac = if unknown.contains(&(w.port, w.nexthop)) {
+                None
+            } else {
+                let m = self.lookup_neighbor(w.port, w.nexthop);
+                if m.is_none() {
+                    unknown.push((w.port, w.nexthop));
+                }
+                m
+            };
+            if let Some(mac) = mac {
                 if let Some(o) = self.objects.get_mut(w.obj) {
                     o.resolving_leg().dst_mac = Some(mac);
                 }
@@ -174,10 +194,18 @@ impl<S: FrameSink> Engine<S> {
                 }
                 self.service(w.obj, now);
             } else {
+                // Soon after a request, then less and less often; and on time for the
+                // next request and for the timeout, whatever the backoff.
                 if now - w.last_request >= RESOLVE_RETRY_US {
                     w.last_request = now;
                     self.solicit(w.port, w.nexthop);
+                    w.backoff = RESOLVE_FIRST_CHECK_US;
+                } else {
+                    w.backoff = (w.backoff * 2).min(RESOLVE_PASS_US);
                 }
+                w.next_check = (now + w.backoff)
+                    .min(w.last_request + RESOLVE_RETRY_US)
+                    .min(w.started + RESOLVE_TIMEOUT_US + 1);
                 self.neigh.waiting.push(w);
             }
         }

@@ -527,3 +527,45 @@ fn the_oldest_generation_in_use_follows_the_live_connections() {
         assert_eq!(w.a.oldest_generation_in_use(), after);
     }
 }
+
+/// A next hop that answers its ARP request at once is used at once: the waiting leg is
+/// looked at 25 µs after the request, then less and less often (every 1 ms at the
+/// longest), so the SYN to it leaves within a hundred microseconds of the answer, not
+/// at the next millisecond. (With one pass per millisecond this fails: the SYN left
+/// 1 ms after the request.)
+#[test]
+fn a_next_hop_that_answers_at_once_is_used_at_once() {
+    let mut w = World::new(Opts::default());
+    w.log_wire = true;
+    let b_up = w.addrs.b_up;
+    w.a_neigh.lock().unwrap().remove(&(UP0_IFINDEX, b_up));
+    let srv = w.server.listen(80);
+    let cli = w.client.connect(server_addr(), 40_701);
+    w.run_until("a asks for b's MAC", 1_000_000, |w| {
+        w.a.counters().neighbor_requests == 1
+    });
+    let asked = w.now;
+    let uplink_syn = |w: &World| {
+        w.wire_log
+            .iter()
+            .any(|(from_a, f)| *from_a && f.len() > 47 && f[47] == 0x02)
+    };
+    assert!(!uplink_syn(&w), "the SYN waits for the MAC");
+    // The answer lands in the snoop map 30 µs after the request.
+    w.run_until("30 µs later", 1_000, |w| w.now >= asked + 30);
+    w.a_neigh
+        .lock()
+        .unwrap()
+        .insert((UP0_IFINDEX, b_up), B_UP_MAC);
+    w.run_until("the SYN on the uplink", 2_000, |w| uplink_syn(w));
+    assert!(
+        w.now - asked <= 120,
+        "the SYN left {} µs after the request",
+        w.now - asked
+    );
+    w.run_until("established", 1_000_000, |w| {
+        w.client.tcp(cli).state() == State::Established
+            && w.server.tcp(srv).state() == State::Established
+    });
+    assert_eq!(w.a.counters().neighbor_requests, 1);
+}
