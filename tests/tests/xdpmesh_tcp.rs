@@ -901,6 +901,21 @@ fn test_bad_input_is_refused_with_a_reason() {
         err.contains("interface nope0 not found in this network namespace: check `ip link`"),
         "{err}"
     );
+    // Only the dataplane's own interfaces can be trusted.
+    let err = run(&[
+        "--iface",
+        "pod0",
+        "--iface",
+        "up0",
+        "--trust-tcp-checksum",
+        "eth9",
+    ]);
+    assert!(
+        err.contains(
+            "--trust-tcp-checksum eth9: not one of the dataplane's interfaces (--iface pod0 --iface up0)"
+        ),
+        "{err}"
+    );
     // Loopback has no native XDP support.
     let err = run(&["--iface", "lo", "--xdp-mode", "native"]);
     assert!(
